@@ -1,0 +1,544 @@
+"""Live objects hosted in their own processes, forkable with `os.fork` (a cheap snapshot).
+
+A `ForkServer` starts one *zygote* process that imports the heavy modules once (`preload`).
+`spawn()` asks the zygote to fork a *host* process that builds an object from a factory
+(`"module:callable"`) and serves method calls on it over a unix socket. `Remote.fork()` makes
+the host `os.fork()` itself: the copy continues with an identical in-memory state and is
+connected to the caller over a new socketpair whose end is passed back with `SCM_RIGHTS`.
+
+    server = ForkServer(preload=["textworld"])              # one zygote per worker
+    env = server.spawn("envs.alfworld_game:Game", "path/to/game", timeout=60)
+    env.call("step", "go to desk 1", timeout=10)             # -> whatever Game.step returns
+    child = env.fork()                                       # independent copy, same state
+    child.call("step", "take pen 1 from desk 1")             # env is unaffected
+    child.close(); env.close(); server.close()
+
+API
+- `ForkServer(preload=(), env=None, codec="pickle", zygote_setup=None, name="forkable")`
+  `env`: the zygote's environment (None = inherit the caller's; pass a dict to scrub it).
+  `codec`: "pickle" (trusted hosts; any picklable values) or "json" (hosts that run untrusted
+  code: the caller never unpickles what they send). `zygote_setup`: `"module:callable"` run
+  once in the zygote after preloading (e.g. namespaces for a sandbox).
+- `ForkServer.spawn(factory, *args, setup=None, callback=None, timeout=60, **kwargs) -> Remote`
+  `setup`: `"module:callable"` run in the new host before the factory (e.g. rlimits).
+  `callback(name, args, kwargs) -> result` runs in the caller whenever the host calls
+  `host_callback(name, *args, **kwargs)` during a call (tools of a sandbox, for instance).
+- `Remote.call(method, *args, timeout=None, **kwargs)`: runs `obj.method(*args, **kwargs)` in the
+  host. Raises `RemoteError` (the host raised; the host lives on), `CallTimeout` (the host is
+  killed: its state is unknown) or `RemoteDied`. Time spent in `callback` does not count.
+  Methods whose names start with `_` are refused.
+- `Remote.fork(timeout=30) -> Remote`: the copy's `obj._after_fork()` runs first if defined.
+- `Remote.close()`: kills the host's whole process tree (its descendants, its session and
+  process group) and, because hosts live under the zygote (a child subreaper), any process
+  orphaned by a host's code. Idempotent. `ForkServer.close()` closes every remote and the zygote.
+- `kill_process_tree(pid)`: the same killing, usable on its own.
+The zygote dies when the caller closes it or exits (its control socket reaches EOF), killing
+every process it adopted.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import os
+import pickle
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_HEADER = struct.Struct("!I")
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_GET_CHILD_SUBREAPER = 37
+
+
+class RemoteError(RuntimeError):
+    """The hosted object raised; `remote_type` and `remote_traceback` describe the exception."""
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = ""):
+        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+
+class RemoteDied(RuntimeError):
+    """The host process is gone (crashed, was killed, or closed the connection)."""
+
+
+class CallTimeout(TimeoutError):
+    """A call did not answer in time; the host has been killed."""
+
+
+# ----------------------------------------------------------------------------- wire format
+class _Codec:
+    def __init__(self, name: str):
+        if name not in ("pickle", "json"):
+            raise ValueError(f"codec must be 'pickle' or 'json', got {name!r}")
+        self.name = name
+
+    def dumps(self, obj: Any) -> bytes:
+        if self.name == "json":
+            return json.dumps(obj).encode()
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data) if self.name == "json" else pickle.loads(data)
+
+
+def _send(sock: socket.socket, codec: _Codec, obj: Any) -> None:
+    data = codec.dumps(obj)
+    sock.sendall(_HEADER.pack(len(data)) + data)
+
+
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise CallTimeout("no answer in time")
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise RemoteDied("connection closed")
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def _recv(sock: socket.socket, codec: _Codec, deadline: float | None = None) -> Any:
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
+    if size > MAX_MESSAGE_BYTES:
+        raise RemoteDied(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+    return codec.loads(_recv_exact(sock, size, deadline))
+
+
+def resolve(spec: str) -> Callable[..., Any]:
+    """`"package.module:attr"` -> the attribute."""
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"expected 'module:callable', got {spec!r}")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if option == _PR_GET_CHILD_SUBREAPER:
+        out = ctypes.c_int(0)
+        libc.prctl(option, ctypes.byref(out), 0, 0, 0)
+        return out.value
+    return libc.prctl(option, arg, 0, 0, 0)
+
+
+# ----------------------------------------------------------------------------- killing
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, pgid, sid) for every visible process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def _members(pid: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
+    """`pid`, its descendants, and everything in its session / process group, transitively."""
+    found = {pid}
+    changed = True
+    while changed:
+        changed = False
+        for p, (ppid, pgid, sid) in table.items():
+            if p not in found and (ppid in found or pgid == pid or sid == pid):
+                found.add(p)
+                changed = True
+    return found
+
+
+def kill_process_tree(pid: int, rounds: int = 20) -> None:
+    """SIGSTOP then SIGKILL `pid` with all descendants and session / group members."""
+    if pid <= 1:
+        return
+    stopped: set[int] = set()
+    for _ in range(rounds):  # freeze until no new process appears (a frozen one cannot fork)
+        members = _members(pid, _proc_table()) - {os.getpid()}
+        fresh = members - stopped
+        if not fresh:
+            break
+        for p in fresh:
+            try:
+                os.kill(p, signal.SIGSTOP)
+            except OSError:
+                pass
+        stopped |= fresh
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+# ----------------------------------------------------------------------------- host side
+_HOST_CONN: socket.socket | None = None
+_HOST_CODEC: _Codec | None = None
+
+
+def host_callback(name: str, *args: Any, **kwargs: Any) -> Any:
+    """From inside a host: call the caller's `callback(name, args, kwargs)` and return its result."""
+    if _HOST_CONN is None or _HOST_CODEC is None:
+        raise RuntimeError("host_callback is only available inside a forkable host")
+    _send(_HOST_CONN, _HOST_CODEC, {"op": "callback", "name": name, "args": list(args), "kwargs": kwargs})
+    reply = _recv(_HOST_CONN, _HOST_CODEC)
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error", "callback failed"))
+    return reply.get("result")
+
+
+def _error_reply(exc: BaseException) -> dict[str, Any]:
+    return {"ok": False, "type": type(exc).__name__, "error": str(exc),
+            "traceback": traceback.format_exc(limit=20)}
+
+
+def _fork_host(conn: socket.socket, codec: _Codec, obj: Any) -> None:
+    """Answer a fork request: double-fork so the copy is adopted by the zygote, not by us."""
+    ours, theirs = socket.socketpair()
+    subreaper = _prctl(_PR_GET_CHILD_SUBREAPER)
+    if subreaper:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 0)
+    rfd, wfd = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            child = os.fork()
+            if child == 0:
+                os.close(rfd)
+                os.close(wfd)
+                conn.close()
+                ours.close()
+                os.setsid()
+                if subreaper:
+                    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+                after = getattr(obj, "_after_fork", None)
+                if after is not None:
+                    after()
+                _serve(theirs, codec, obj)
+                os._exit(0)
+            os.write(wfd, str(child).encode())
+        finally:
+            os._exit(0)
+    theirs.close()
+    os.close(wfd)
+    os.waitpid(middle, 0)
+    with os.fdopen(rfd, "rb") as f:
+        child_pid = int(f.read() or 0)
+    if subreaper:
+        _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    if not child_pid:
+        ours.close()
+        _send(conn, codec, {"ok": False, "type": "OSError", "error": "fork failed", "traceback": ""})
+        return
+    _send(conn, codec, {"ok": True, "result": {"pid": child_pid}})
+    socket.send_fds(conn, [b"F"], [ours.fileno()])
+    ours.close()
+
+
+def _serve(conn: socket.socket, codec: _Codec, obj: Any) -> None:
+    global _HOST_CONN, _HOST_CODEC
+    _HOST_CONN, _HOST_CODEC = conn, codec
+    while True:
+        try:
+            msg = _recv(conn, codec)
+        except (RemoteDied, OSError, ValueError):
+            return
+        op = msg.get("op") if isinstance(msg, dict) else None
+        if op == "close":
+            return
+        if op == "fork":
+            _fork_host(conn, codec, obj)
+            continue
+        if op != "call" or not isinstance(msg.get("method"), str) or msg["method"].startswith("_"):
+            _send(conn, codec, {"ok": False, "type": "ValueError", "error": f"bad request {msg!r:.200}"})
+            continue
+        try:
+            result = getattr(obj, msg["method"])(*msg.get("args", ()), **msg.get("kwargs", {}))
+            reply = {"ok": True, "result": result}
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            reply = _error_reply(exc)
+        try:
+            _send(conn, codec, reply)
+        except (TypeError, ValueError, pickle.PicklingError) as exc:
+            _send(conn, codec, _error_reply(exc))
+
+
+def _host_main(conn: socket.socket, request: dict[str, Any]) -> None:
+    codec = _Codec(request["codec"])
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        if request.get("setup"):
+            resolve(request["setup"])()
+        obj = resolve(request["factory"])(*request["args"], **request["kwargs"])
+    except BaseException as exc:  # noqa: BLE001 - reported to the caller, then exit
+        _send(conn, codec, _error_reply(exc))
+        os._exit(1)
+    _send(conn, codec, {"ok": True, "result": {"pid": os.getpid()}})
+    _serve(conn, codec, obj)
+
+
+# ----------------------------------------------------------------------------- zygote side
+def _kill_adopted() -> None:
+    me = os.getpid()
+    table = _proc_table()
+    for pid, (ppid, _pgid, _sid) in table.items():
+        if ppid == me:
+            kill_process_tree(pid)
+
+
+def _zygote_main() -> None:
+    ctl_fd, preload, setup = int(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+    ctl = socket.socket(fileno=ctl_fd)
+    for module in preload:
+        importlib.import_module(module)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of hosts come here, so close() can find them
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # auto-reap hosts and adopted orphans
+
+    def on_term(*_: Any) -> None:
+        _kill_adopted()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    if setup:
+        resolve(setup)()
+    codec = _Codec("pickle")
+    _send(ctl, codec, {"ok": True, "pid": os.getpid()})
+    while True:
+        try:
+            request = _recv(ctl, codec)
+        except (RemoteDied, OSError):
+            break
+        if request.get("op") == "exit":
+            break
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            ctl.close()
+            ours.close()
+            try:
+                _host_main(theirs, request)
+            finally:
+                os._exit(0)
+        theirs.close()
+        _send(ctl, codec, {"ok": True, "pid": pid})
+        socket.send_fds(ctl, [b"F"], [ours.fileno()])
+        ours.close()
+    _kill_adopted()
+    os._exit(0)
+
+
+_BOOTSTRAP = ("import json, sys; sys.path[:0] = json.loads(sys.argv.pop(1)); "
+              "from envs.forkable import _zygote_main; _zygote_main()")
+
+
+class ForkServer:
+    """A zygote process that forks hosts (see the module docstring)."""
+
+    def __init__(self, preload: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
+                 codec: str = "pickle", zygote_setup: str | None = None, name: str = "forkable",
+                 start_timeout: float = 120.0):
+        self.codec = _Codec(codec)
+        self.name = name
+        self._lock = threading.RLock()
+        self._remotes: dict[int, Remote] = {}
+        ctl, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parent.parent)
+        paths = [root] + [p for p in sys.path if p and p != root]
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(paths), str(theirs.fileno()),
+             json.dumps(list(preload)), zygote_setup or ""],
+            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        theirs.close()
+        self._ctl = ctl
+        self._ctl_codec = _Codec("pickle")
+        try:
+            hello = _recv(ctl, self._ctl_codec, time.monotonic() + start_timeout)
+        except (CallTimeout, RemoteDied) as exc:
+            self._proc.kill()
+            raise RemoteDied(f"{name} zygote failed to start: {exc}") from None
+        self.pid = hello["pid"]
+
+    def spawn(self, factory: str, *args: Any, setup: str | None = None,
+              callback: Callable[[str, list, dict], Any] | None = None, timeout: float = 60.0,
+              **kwargs: Any) -> "Remote":
+        """Fork a host from the zygote that builds `factory(*args, **kwargs)`."""
+        with self._lock:
+            if self._ctl is None:
+                raise RemoteDied(f"{self.name} fork server is closed")
+            _send(self._ctl, self._ctl_codec, {"op": "spawn", "factory": factory, "args": list(args),
+                                               "kwargs": kwargs, "setup": setup, "codec": self.codec.name})
+            reply = _recv(self._ctl, self._ctl_codec, time.monotonic() + 30)
+            _, fds, _, _ = socket.recv_fds(self._ctl, 1, 1)
+            remote = Remote(socket.socket(fileno=fds[0]), reply["pid"], self, callback)
+            self._remotes[remote.pid] = remote
+        try:
+            remote._expect_ready(timeout)
+        except BaseException:
+            remote.close()
+            raise
+        return remote
+
+    def _register(self, remote: "Remote") -> None:
+        self._remotes[remote.pid] = remote
+
+    def _forget(self, remote: "Remote") -> None:
+        with self._lock:
+            self._remotes.pop(remote.pid, None)
+            self._kill_orphans()
+
+    def _kill_orphans(self) -> None:
+        """Kill processes the zygote adopted that are not live hosts (detached by hosted code)."""
+        if self._ctl is None:
+            return
+        live = set(self._remotes)
+        for pid, (ppid, _pgid, _sid) in _proc_table().items():
+            if ppid == self.pid and pid not in live:
+                kill_process_tree(pid)
+
+    def close(self) -> None:
+        """Close every remote, then stop the zygote (which kills whatever it still adopted)."""
+        with self._lock:
+            for remote in list(self._remotes.values()):
+                remote.close()
+            if self._ctl is not None:
+                try:
+                    _send(self._ctl, self._ctl_codec, {"op": "exit"})
+                except OSError:
+                    pass
+                self._ctl.close()
+                self._ctl = None
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            kill_process_tree(self._proc.pid)
+            self._proc.wait()
+
+    def __enter__(self) -> "ForkServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Remote:
+    """Caller-side handle of one host process (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, pid: int, server: ForkServer,
+                 callback: Callable[[str, list, dict], Any] | None):
+        self._sock: socket.socket | None = sock
+        self.pid = pid
+        self.server = server
+        self.callback = callback
+
+    @property
+    def alive(self) -> bool:
+        return self._sock is not None
+
+    def _expect_ready(self, timeout: float | None) -> None:
+        self._roundtrip(None, timeout)
+
+    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Run `method(*args, **kwargs)` on the hosted object and return its result."""
+        return self._roundtrip({"op": "call", "method": method, "args": list(args), "kwargs": kwargs}, timeout)
+
+    def _roundtrip(self, request: dict[str, Any] | None, timeout: float | None) -> Any:
+        if self._sock is None:
+            raise RemoteDied(f"host {self.pid} is closed")
+        codec = self.server.codec
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            if request is not None:
+                _send(self._sock, codec, request)
+            while True:
+                reply = _recv(self._sock, codec, deadline)
+                if isinstance(reply, dict) and reply.get("op") == "callback":
+                    started = time.monotonic()
+                    _send(self._sock, codec, self._run_callback(reply))
+                    if deadline is not None:
+                        deadline += time.monotonic() - started
+                    continue
+                break
+        except CallTimeout:
+            self.close()
+            raise CallTimeout(f"host {self.pid} did not answer within {timeout} s; it was killed") from None
+        except (RemoteDied, OSError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+            self.close()
+            raise RemoteDied(f"host {self.pid} died: {exc}") from None
+        if not isinstance(reply, dict) or "ok" not in reply:
+            self.close()
+            raise RemoteDied(f"host {self.pid} sent a malformed reply")
+        if not reply["ok"]:
+            raise RemoteError(str(reply.get("type")), str(reply.get("error")), str(reply.get("traceback", "")))
+        return reply.get("result")
+
+    def _run_callback(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if self.callback is None:
+            return {"ok": False, "error": "no callback registered"}
+        try:
+            args, kwargs = msg.get("args", []), msg.get("kwargs", {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise TypeError("callback arguments must be a list and a dict")
+            return {"ok": True, "result": self.callback(str(msg.get("name")), args, kwargs)}
+        except Exception as exc:  # noqa: BLE001 - the host sees the error message
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+    def fork(self, timeout: float = 30.0) -> "Remote":
+        """An independent host continuing from this host's current in-memory state."""
+        if self._sock is None:
+            raise RemoteDied(f"host {self.pid} is closed")
+        with self.server._lock:
+            result = self._roundtrip({"op": "fork"}, timeout)
+            try:
+                _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
+            except OSError as exc:
+                self.close()
+                raise RemoteDied(f"host {self.pid} died while forking: {exc}") from None
+            if not fds:
+                self.close()
+                raise RemoteDied(f"host {self.pid} sent no socket for its fork")
+            child = Remote(socket.socket(fileno=fds[0]), int(result["pid"]), self.server, self.callback)
+            self.server._register(child)
+        return child
+
+    def close(self) -> None:
+        """Kill the host and everything it started. Idempotent."""
+        if self._sock is None:
+            return
+        try:
+            self._sock.close()
+        finally:
+            self._sock = None
+            kill_process_tree(self.pid)
+            self.server._forget(self)
+
+    def __enter__(self) -> "Remote":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
