@@ -1,0 +1,54 @@
+"""TreeDPO: DPO-train a model on a pairwise dataset with LLaMA-Factory and export a servable model.
+
+  .venv/bin/python TreeDPO/train.py CONFIG --dataset NAME [--model DIR|NAME] [--output-dir DIR] [key=value ...]
+
+CONFIG is a name under TreeDPO/configs/ (cpu_tiny, gpu_full_zero3, gpu_lora) or a YAML path; NAME must be
+registered in TreeDPO/data/dataset_info.json (see prepare_dataset.py); key=value overrides any
+LLaMA-Factory key (e.g. max_steps=8 learning_rate=1e-6). The output directory (default
+TreeDPO/saves/<model>/<full|lora>/<dataset>) holds the servable model, train_config.yaml, train.log and
+dpo_loss.png / dpo_rewards.png; evaluate it with ./distributed_test.sh <output dir> <dataset> codeact_agent 1 0.
+"""
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from densepolicy.config import ConfigError  # noqa: E402
+from densepolicy.training import TrainingError, train  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="TreeDPO/configs/<config>.yaml name, or a YAML path")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="LLaMA-Factory key overrides")
+    parser.add_argument("--dataset", help="dataset name(s) registered in dataset_info.json (comma-separated)")
+    parser.add_argument("--dataset-dir", help="directory of dataset_info.json (default TreeDPO/data)")
+    parser.add_argument("--model", help="base model directory, or a name under models/")
+    parser.add_argument("--output-dir", help="where the trained model goes (must not exist or be empty)")
+    parser.add_argument("--resume", action="store_true", help="continue in an existing output dir from its last checkpoint")
+    parser.add_argument("--skip-template-check", action="store_true",
+                        help="do not compare LLaMA-Factory's template with the model's chat template")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        result = train(args.config, dataset=args.dataset, model=args.model, output_dir=args.output_dir,
+                       overrides=args.overrides, dataset_dir=args.dataset_dir,
+                       template_check=not args.skip_template_check, resume=args.resume)
+    except (ConfigError, TrainingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    loss = result.metrics.get("train_loss")
+    print(f"trained model: {result.model_dir}")
+    print(f"train loss {loss:.4f}" if isinstance(loss, float) else "train loss n/a",
+          f"| llamafactory-cli train {result.train_seconds:.1f} s"
+          + (f", export {result.export_seconds:.1f} s" if result.export_seconds else ""))
+    print("plots:", " ".join(str(p) for p in result.plots))
+    print(f"log: {result.log_path}")
+    print(f"evaluate: ./distributed_test.sh {result.model_dir} <dataset> codeact_agent 1 0")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

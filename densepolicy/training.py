@@ -1,0 +1,596 @@
+"""TreeDPO training: run LLaMA-Factory DPO on a registered pairwise dataset and produce a servable model.
+
+One call does the whole stage (``TreeDPO/train.py`` is the command-line face of `train`):
+
+1. read a LLaMA-Factory YAML from ``TreeDPO/configs/<name>.yaml``, apply ``key=value`` overrides (every
+   key is checked against LLaMA-Factory's own argument dataclasses, so a typo fails before training);
+2. check the dataset name against ``<dataset_dir>/dataset_info.json`` and the model directory;
+3. check that LLaMA-Factory's chat template and the model's own template (what vLLM renders at serving
+   time) give the same token ids on a record of the dataset;
+4. write the effective YAML into the output directory and run ``llamafactory-cli train`` from the main
+   venv, streaming its output to ``train.log`` and showing a progress bar;
+5. for LoRA, merge the adapter with ``llamafactory-cli export``;
+6. verify the result is a self-contained model directory vLLM can serve, and draw loss / reward curves.
+
+Output directory layout (default ``TreeDPO/saves/<model>/<full|lora>/<dataset>``)::
+
+    config.json  model.safetensors  generation_config.json  tokenizer.json  tokenizer_config.json
+    chat_template.jinja                       the servable model (LoRA: the merged model)
+    train_config.yaml  train.log              effective LLaMA-Factory YAML and its full output
+    trainer_state.json  trainer_log.jsonl     LLaMA-Factory's logs (LoRA: under adapter/)
+    dpo_loss.png  dpo_rewards.png             curves drawn from trainer_state.json
+    densepolicy_train.json                    what produced this model (config, dataset, base, timings)
+    adapter/  export_config.yaml              LoRA only: the adapter and the merge YAML
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from densepolicy.config import ConfigError, parse_overrides, read_yaml
+from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
+
+log = logging.getLogger(__name__)
+
+CONFIG_DIR = PROJECT_ROOT / "TreeDPO" / "configs"
+DEFAULT_DATASET_DIR = PROJECT_ROOT / "TreeDPO" / "data"
+SAVES_DIR = PROJECT_ROOT / "TreeDPO" / "saves"
+
+# Keys whose values are file-system paths, resolved against the project root in the effective YAML.
+PATH_KEYS = ("model_name_or_path", "dataset_dir", "deepspeed", "output_dir", "adapter_name_or_path")
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "WANDB_DISABLED": "true",
+    "WANDB_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+class TrainingError(RuntimeError):
+    """Training or export failed; the message names the log file to read."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` produced."""
+
+    model_dir: Path
+    """Self-contained model directory (merged for LoRA) that vLLM / the launcher can serve."""
+    config_path: Path
+    """The effective LLaMA-Factory YAML."""
+    log_path: Path
+    plots: list[Path]
+    train_seconds: float
+    """Wall time of `llamafactory-cli train` (start-up included)."""
+    export_seconds: float
+    metrics: dict[str, Any]
+    """LLaMA-Factory's all_results.json (train_loss, train_runtime, ...)."""
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def config_path(name: str | os.PathLike) -> Path:
+    """`cpu_tiny` → TreeDPO/configs/cpu_tiny.yaml; an existing YAML path is used as is."""
+    raw = str(name)
+    if raw.endswith((".yaml", ".yml")) or os.sep in raw:
+        path = resolve(raw)
+    else:
+        path = CONFIG_DIR / f"{raw}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"TreeDPO config {raw!r} not found ({path}); known configs: {', '.join(known)}")
+    return path
+
+
+def registered_datasets(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """The entries of `<dataset_dir>/dataset_info.json` (empty if the file does not exist)."""
+    info = Path(dataset_dir) / "dataset_info.json"
+    if not info.is_file():
+        return {}
+    try:
+        data = json.loads(info.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"malformed JSON in {info}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{info}: expected a mapping of dataset names")
+    return data
+
+
+def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
+    """Every comma-separated name must be registered and its file must exist."""
+    registry = registered_datasets(dataset_dir)
+    info = Path(dataset_dir) / "dataset_info.json"
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        if name not in registry:
+            known = ", ".join(sorted(registry)) or "none"
+            raise ConfigError(f"dataset {name!r} is not registered in {info} (registered: {known})")
+        entry = registry[name]
+        file_name = entry.get("file_name") if isinstance(entry, dict) else None
+        if file_name and not (Path(dataset_dir) / file_name).exists():
+            raise ConfigError(f"dataset {name!r}: file {Path(dataset_dir) / file_name} does not exist")
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """A model directory: a path, or a name under models/ (e.g. `SmolLM2-135M-Instruct`)."""
+    raw = str(name_or_path)
+    candidates = [resolve(raw)] if (os.sep in raw or raw.startswith(".")) else [resolve(raw), models_dir() / raw]
+    for path in candidates:
+        if (path / "config.json").is_file():
+            return path
+    raise ConfigError(
+        f"model {raw!r}: no model directory with a config.json at {' or '.join(str(c) for c in candidates)}"
+    )
+
+
+def llamafactory_keys() -> set[str]:
+    """Every key LLaMA-Factory's `train`/`export` accept (its argument dataclasses), plus a few meta keys."""
+    from llamafactory.hparams import (  # imported lazily: pulls in transformers (several seconds)
+        DataArguments,
+        FinetuningArguments,
+        GeneratingArguments,
+        ModelArguments,
+        TrainingArguments,
+    )
+
+    keys = {"dataset", "eval_dataset"}  # declared on DataArguments already; listed for clarity
+    for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments, GeneratingArguments):
+        keys |= {f.name for f in dataclasses.fields(cls)}
+    return keys
+
+
+def check_keys(args: dict[str, Any], source: str, known: set[str] | None = None) -> None:
+    """Fail on the first key LLaMA-Factory does not know, naming it and where it came from."""
+    known = llamafactory_keys() if known is None else known
+    for key in args:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown LLaMA-Factory key {key!r}")
+
+
+def default_output_dir(model: Path, finetuning_type: str, dataset: str) -> Path:
+    """The original's layout: TreeDPO/saves/<model name>/<full|lora>/<dataset>."""
+    return SAVES_DIR / model.name / finetuning_type / dataset.replace(",", "+")
+
+
+def build_train_args(
+    config: str | os.PathLike,
+    dataset: str | None = None,
+    model: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    known_keys: set[str] | None = None,
+) -> dict[str, Any]:
+    """The effective LLaMA-Factory arguments: YAML < overrides < explicit arguments; paths made absolute.
+
+    Raises `ConfigError` for an unknown key, an unregistered dataset or a missing model directory.
+    """
+    path = config_path(config)
+    args = read_yaml(path)
+    known = llamafactory_keys() if known_keys is None else known_keys
+    check_keys(args, str(path), known)
+    update = parse_overrides(overrides or [])
+    check_keys(update, "command line", known)
+    args.update(update)
+    if dataset is not None:
+        args["dataset"] = dataset
+    if model is not None:
+        args["model_name_or_path"] = str(model)
+    if dataset_dir is not None:
+        args["dataset_dir"] = str(dataset_dir)
+    if output_dir is not None:
+        args["output_dir"] = str(output_dir)
+
+    if not args.get("dataset"):
+        raise ConfigError(f"{path}: no dataset given (use --dataset NAME or dataset=NAME)")
+    if "model_name_or_path" not in args:
+        raise ConfigError(f"{path}: no model given (use --model or model_name_or_path=...)")
+    args["model_name_or_path"] = str(resolve_model(args["model_name_or_path"]))
+    args["dataset_dir"] = str(resolve(args.get("dataset_dir") or DEFAULT_DATASET_DIR))
+    check_dataset(str(args["dataset"]), args["dataset_dir"])
+    if not args.get("output_dir"):
+        args["output_dir"] = str(default_output_dir(
+            Path(args["model_name_or_path"]), args.get("finetuning_type", "lora"), str(args["dataset"])))
+    for key in PATH_KEYS:
+        if args.get(key):
+            args[key] = str(resolve(args[key]))
+    if args.get("deepspeed") and not Path(args["deepspeed"]).is_file():
+        raise ConfigError(f"{path}: deepspeed config {args['deepspeed']} does not exist")
+    return args
+
+
+# --------------------------------------------------------------------------------- chat template
+
+
+def _dataset_records(dataset: str, dataset_dir: str | os.PathLike, limit: int = 3) -> list[dict[str, Any]]:
+    """The first records of the first dataset (JSON list or JSONL), for the template check."""
+    entry = registered_datasets(dataset_dir)[dataset.split(",")[0].strip()]
+    path = Path(dataset_dir) / entry["file_name"]
+    if path.is_dir() or path.suffix not in (".json", ".jsonl"):
+        return []
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in text.splitlines()[:limit] if line.strip()]
+    return json.loads(text)[:limit]
+
+
+def sharegpt_messages(record: dict[str, Any], entry: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
+    """(chat messages of the prompt + chosen answer as role/content, system text) of one ShareGPT record."""
+    columns = {"messages": "conversations", "chosen": "chosen", "system": "system", **entry.get("columns", {})}
+    tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+            "system_tag": "system", **entry.get("tags", {})}
+    role_of = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
+    raw = list(record[columns["messages"]]) + [record[columns["chosen"]]]
+    messages = [{"role": role_of[m[tags["role_tag"]]], "content": m[tags["content_tag"]]} for m in raw]
+    system = record.get(columns["system"]) or ""
+    if messages and messages[0]["role"] == "system":
+        system = messages.pop(0)["content"]
+    return messages, system
+
+
+@dataclasses.dataclass
+class TemplateComparison:
+    """Token ids of one conversation rendered by LLaMA-Factory (training) and by the tokenizer (serving)."""
+
+    training_prompt_ids: list[int]
+    serving_prompt_ids: list[int]
+    training_full_ids: list[int]
+    serving_full_ids: list[int]
+
+    @property
+    def agree(self) -> bool:
+        """Same prompt ids, and the answer ids LLaMA-Factory trains on start the served continuation
+        (LLaMA-Factory may append a trailing newline after the end-of-turn token)."""
+        return (self.training_prompt_ids == self.serving_prompt_ids
+                and self.serving_full_ids == self.training_full_ids[:len(self.serving_full_ids)])
+
+
+class TemplatePair:
+    """LLaMA-Factory's `template` and the model's own chat template, loaded once (main venv only)."""
+
+    def __init__(self, model_dir: str | os.PathLike, template: str, default_system: str | None = None):
+        import copy
+
+        from llamafactory.data.template import TEMPLATES, get_template_and_fix_tokenizer
+        from llamafactory.hparams import DataArguments
+        from transformers import AutoTokenizer
+
+        logging.getLogger("llamafactory").setLevel(logging.WARNING)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        serving_template = self.tokenizer.chat_template  # before LLaMA-Factory may replace it
+        registered = TEMPLATES.get(template)
+        if registered is not None:  # LLaMA-Factory sets default_system on its global template object
+            TEMPLATES[template] = copy.deepcopy(registered)
+        try:
+            self.template = get_template_and_fix_tokenizer(
+                self.tokenizer, DataArguments(template=template, default_system=default_system))
+        finally:
+            if registered is not None:
+                TEMPLATES[template] = registered
+        self.tokenizer.chat_template = serving_template
+
+    def compare(self, messages: list[dict[str, str]], system: str = "") -> TemplateComparison:
+        """Render `messages` (ending with the assistant answer) both ways; serving = what vLLM does for
+        a chat request with all but the last message: chat template + generation prompt, no extra BOS."""
+        prompt_ids, answer_ids = self.template.encode_oneturn(self.tokenizer, messages, system or None)
+        chat = ([{"role": "system", "content": system}] if system else []) + messages
+        serving_prompt = self.tokenizer.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
+        serving_full = self.tokenizer.apply_chat_template(chat, tokenize=False)
+        return TemplateComparison(
+            training_prompt_ids=prompt_ids,
+            serving_prompt_ids=self.tokenizer.encode(serving_prompt, add_special_tokens=False),
+            training_full_ids=prompt_ids + answer_ids,
+            serving_full_ids=self.tokenizer.encode(serving_full, add_special_tokens=False),
+        )
+
+
+def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
+    """Fail if LLaMA-Factory's template renders the dataset's first records differently from the model's
+    own chat template (the one vLLM uses), e.g. because of a different default system prompt."""
+    dataset = str(args["dataset"]).split(",")[0].strip()
+    entry = registered_datasets(args["dataset_dir"])[dataset]
+    if entry.get("formatting") != "sharegpt":
+        log.warning("template check skipped: dataset %s is not in sharegpt format", dataset)
+        return
+    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
+    pair = TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
+    for record in _dataset_records(dataset, args["dataset_dir"], records):
+        messages, system = sharegpt_messages(record, entry)
+        if not pair.compare(messages, system).agree:
+            raise ConfigError(
+                f"chat template mismatch: LLaMA-Factory template {args['template']!r} "
+                f"(default_system={args.get('default_system')!r}) and the chat template of "
+                f"{tokenizer_dir} render a record of {dataset!r} differently, so the model would be trained "
+                f"on a prompt format it is not served with. Fix `template`/`default_system` "
+                f"(or skip with --skip-template-check)."
+            )
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment of LLaMA-Factory runs: offline, no telemetry, a project-local datasets cache."""
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    env.setdefault("HF_DATASETS_CACHE", str(cache_dir() / "hf_datasets"))
+    return env
+
+
+def llamafactory_cli() -> Path:
+    """`llamafactory-cli` of the main venv."""
+    cli = main_python().parent / "llamafactory-cli"
+    if not cli.exists():
+        raise TrainingError(f"{cli} not found: build the main venv first (make setup)")
+    return cli
+
+
+def run_logged(
+    command: list[str],
+    log_path: Path,
+    on_poll: Callable[[], None] | None = None,
+    poll_seconds: float = 2.0,
+) -> float:
+    """Run `command` in the project root with its output appended to `log_path`; returns wall seconds.
+
+    `on_poll` is called every `poll_seconds` while it runs (progress display). Raises `TrainingError`
+    with the tail of the log if the command fails.
+    """
+    start = time.monotonic()
+    with open(log_path, "ab") as log_file:
+        log_file.write(f"$ {' '.join(command)}\n".encode())
+        log_file.flush()
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=log_file,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            while proc.poll() is None:
+                if on_poll:
+                    on_poll()
+                time.sleep(poll_seconds)
+        except BaseException:
+            proc.terminate()
+            proc.wait(timeout=30)
+            raise
+    if on_poll:
+        on_poll()
+    if proc.returncode != 0:
+        tail = "\n".join(log_path.read_text(errors="replace").replace("\r", "\n").splitlines()[-25:])
+        raise TrainingError(f"`{' '.join(command[:2])}` failed (exit {proc.returncode}); log: {log_path}\n{tail}")
+    return time.monotonic() - start
+
+
+class _StepProgress:
+    """A tqdm bar fed from LLaMA-Factory's trainer_log.jsonl (one line per logged step)."""
+
+    def __init__(self, trainer_log: Path, desc: str):
+        from tqdm import tqdm
+
+        self.trainer_log = trainer_log
+        self.bar = tqdm(total=None, desc=desc, unit="step")
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if not self.trainer_log.is_file():
+            return
+        lines = [line for line in self.trainer_log.read_text().splitlines() if line.strip()]
+        if not lines:
+            return
+        try:
+            last = json.loads(lines[-1])
+        except json.JSONDecodeError:  # line being written
+            return
+        with self.lock:
+            self.bar.total = last.get("total_steps")
+            self.bar.n = last.get("current_steps", 0)
+            if "loss" in last:
+                self.bar.set_postfix(loss=f"{last['loss']:.4f}")
+            self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+
+
+def export_args(train_args: dict[str, Any], adapter_dir: Path, export_dir: Path) -> dict[str, Any]:
+    """`llamafactory-cli export` arguments that merge the LoRA adapter into the base model."""
+    args = {
+        "model_name_or_path": train_args["model_name_or_path"],
+        "adapter_name_or_path": str(adapter_dir),
+        "template": train_args["template"],
+        "finetuning_type": "lora",
+        "export_dir": str(export_dir),
+        "export_size": 5,
+        "export_device": "cpu",
+        "export_legacy_format": False,
+    }
+    for key in ("default_system", "trust_remote_code"):
+        if key in train_args:
+            args[key] = train_args[key]
+    return args
+
+
+def train(
+    config: str | os.PathLike,
+    dataset: str | None = None,
+    model: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    dataset_dir: str | os.PathLike | None = None,
+    template_check: bool = True,
+    progress: bool = True,
+    resume: bool = False,
+) -> TrainResult:
+    """Train (and for LoRA merge) a DPO model; see the module docstring for the output layout.
+
+    Refuses to write into a non-empty `output_dir` unless `resume` (LLaMA-Factory then continues from
+    the last checkpoint-*/ in it).
+    """
+    args = build_train_args(config, dataset, model, output_dir, overrides, dataset_dir)
+    out = Path(args["output_dir"])
+    if resume and not out.is_dir():
+        raise ConfigError(f"--resume: output directory {out} does not exist")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output directory {out} exists and is not empty; choose another --output-dir "
+                          f"(or --resume to continue from its last checkpoint)")
+    if template_check:
+        check_chat_template(args)
+    out.mkdir(parents=True, exist_ok=True)
+
+    lora = args.get("finetuning_type", "lora") == "lora"
+    train_out = out / "adapter" if lora else out
+    args["output_dir"] = str(train_out)
+    train_yaml = out / "train_config.yaml"
+    _write_yaml(train_yaml, args)
+    log_path = out / "train.log"
+
+    bar = _StepProgress(train_out / "trainer_log.jsonl", desc=f"DPO {Path(args['model_name_or_path']).name}") \
+        if progress else None
+    try:
+        train_seconds = run_logged([str(llamafactory_cli()), "train", str(train_yaml)], log_path, on_poll=bar)
+    finally:
+        if bar:
+            bar.close()
+
+    export_seconds = 0.0
+    if lora:
+        export_yaml = out / "export_config.yaml"
+        _write_yaml(export_yaml, export_args(args, train_out, out))
+        export_seconds = run_logged([str(llamafactory_cli()), "export", str(export_yaml)], log_path)
+
+    check_servable(out)
+    plots = plot_training_curves(train_out / "trainer_state.json", out)
+    metrics_path = train_out / "all_results.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    (out / "densepolicy_train.json").write_text(json.dumps({
+        "config": str(config_path(config)),
+        "dataset": args["dataset"],
+        "dataset_dir": args["dataset_dir"],
+        "base_model": args["model_name_or_path"],
+        "finetuning_type": args.get("finetuning_type"),
+        "template": args.get("template"),
+        "train_seconds": round(train_seconds, 1),
+        "export_seconds": round(export_seconds, 1),
+        "metrics": metrics,
+    }, indent=2) + "\n")
+    return TrainResult(out, train_yaml, log_path, plots, train_seconds, export_seconds, metrics)
+
+
+# ------------------------------------------------------------------------------------ outputs
+
+
+def check_servable(model_dir: str | os.PathLike) -> Path:
+    """Raise `TrainingError` unless `model_dir` is a self-contained model vLLM can serve.
+
+    Needs: config.json with `architectures`; safetensors weights (all shards of an index present); a
+    tokenizer (tokenizer.json or a sentencepiece model + tokenizer_config.json); a chat template (in
+    chat_template.jinja or tokenizer_config.json). A bare LoRA adapter is rejected.
+    """
+    path = Path(model_dir)
+    problems = []
+    config = path / "config.json"
+    if not config.is_file():
+        problems.append("config.json missing")
+        if (path / "adapter_config.json").is_file():
+            problems.append("this is a LoRA adapter, not a merged model (merge it with llamafactory-cli export)")
+    elif not json.loads(config.read_text()).get("architectures"):
+        problems.append("config.json has no 'architectures'")
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        shards = set(json.loads(index.read_text())["weight_map"].values())
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            problems.append(f"weight shards missing: {', '.join(missing)}")
+    elif not (path / "model.safetensors").is_file():
+        problems.append("no model.safetensors (or model.safetensors.index.json)")
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer.model").is_file():
+        problems.append("no tokenizer.json / tokenizer.model")
+    tokenizer_config = path / "tokenizer_config.json"
+    if not tokenizer_config.is_file():
+        problems.append("tokenizer_config.json missing")
+    has_template = (path / "chat_template.jinja").is_file() or (
+        tokenizer_config.is_file() and json.loads(tokenizer_config.read_text()).get("chat_template"))
+    if not has_template:
+        problems.append("no chat template (chat_template.jinja or tokenizer_config.json:chat_template)")
+    if problems:
+        raise TrainingError(f"{path} is not a servable model directory: " + "; ".join(problems))
+    return path
+
+
+def read_log_history(trainer_state: str | os.PathLike) -> list[dict[str, Any]]:
+    """The `log_history` of a Hugging Face trainer_state.json (one dict per logged step)."""
+    path = Path(trainer_state)
+    if not path.is_file():
+        raise TrainingError(f"{path} not found: training wrote no trainer state")
+    return json.loads(path.read_text()).get("log_history", [])
+
+
+def metric_series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
+    """(steps, values) of one logged metric, training entries only."""
+    points = [(h["step"], float(h[key])) for h in history if key in h and "step" in h]
+    return [s for s, _ in points], [v for _, v in points]
+
+
+def plot_training_curves(trainer_state: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw dpo_loss.png (train + eval loss) and dpo_rewards.png (rewards/margins, rewards/accuracies).
+
+    Returns the written files.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    history = read_log_history(trainer_state)
+    out = Path(out_dir)
+    written = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for key, style in (("loss", "-o"), ("eval_loss", "--s")):
+        steps, values = metric_series(history, key)
+        if steps:
+            ax.plot(steps, values, style, markersize=3, label=key)
+    ax.set_xlabel("step")
+    ax.set_ylabel("DPO loss")
+    ax.set_title("TreeDPO training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "dpo_loss.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "dpo_loss.png")
+
+    fig, (ax_margin, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis in (ax_margin, ax_acc):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    steps, margins = metric_series(history, "rewards/margins")
+    ax_margin.plot(steps, margins, "-o", markersize=3, color="tab:green")
+    ax_margin.set_title("rewards/margins (chosen - rejected)")
+    ax_margin.set_xlabel("step")
+    steps, accuracies = metric_series(history, "rewards/accuracies")
+    ax_acc.plot(steps, accuracies, "-o", markersize=3, color="tab:orange")
+    ax_acc.set_ylim(-0.05, 1.05)
+    ax_acc.set_title("rewards/accuracies")
+    ax_acc.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(out / "dpo_rewards.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "dpo_rewards.png")
+    return written
