@@ -1,0 +1,194 @@
+"""Streaming readers and atomic writers for the result files of docs/formats.md.
+
+Readers never load a whole file: they yield one record at a time and raise `CorruptFileError`
+naming the file and line when a record is truncated or malformed. Writers go through a temp file
+in the target directory + fsync + rename, so a reader never sees half a file.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, TextIO
+
+csv.field_size_limit(sys.maxsize)  # histories can be megabytes in one cell
+
+JSON_COLUMNS = ("history", "extra", "prompt")
+"""CSV columns whose cells hold JSON (empty cells are allowed)."""
+
+
+class CorruptFileError(ValueError):
+    """A result file is truncated or malformed; the message names the file and line."""
+
+    def __init__(self, path: str | os.PathLike, line: int, problem: str):
+        super().__init__(f"{path}:{line}: {problem}")
+        self.path, self.line, self.problem = Path(path), line, problem
+
+
+class OutputExistsError(FileExistsError):
+    """Refusing to overwrite an existing output file."""
+
+
+def ensure_new(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Return `path` if it may be written; raise `OutputExistsError` if it exists and not `overwrite`."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"output {path} already exists (pass --overwrite to replace it)")
+    return path
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() == 0:
+            return True
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) == b"\n"
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSONL file.
+
+    A line that is not a JSON object, or a last line without its newline (a writer killed
+    mid-line), raises `CorruptFileError`.
+    """
+    path = Path(path)
+    truncated_tail = not _ends_with_newline(path)
+    with path.open("r", encoding="utf-8") as fh:
+        line_no = 0
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            if truncated_tail and not line.endswith("\n"):
+                raise CorruptFileError(path, line_no, "truncated last line (no newline at end of file)")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CorruptFileError(path, line_no, f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise CorruptFileError(path, line_no, f"expected a JSON object, got {type(obj).__name__}")
+            yield line_no, obj
+
+
+def read_csv_header(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV file ([] for an empty file)."""
+    with Path(path).open("r", encoding="utf-8", newline="") as fh:
+        return next(csv.reader(fh, strict=True), [])
+
+
+def iter_csv(path: str | os.PathLike, json_columns: Iterable[str] = JSON_COLUMNS,
+             parse_json: bool = False) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield ``(line_number, row)`` for each data row of a CSV file with a header.
+
+    Rows with the wrong number of cells, unterminated quotes, a missing final newline or (for
+    `json_columns`) a cell that is not valid JSON raise `CorruptFileError`. Cells stay strings
+    unless `parse_json` is true, in which case the JSON columns are decoded. A zero-byte file
+    yields nothing (a shard whose worker never finished a task).
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        return
+    truncated_tail = not _ends_with_newline(path)
+    json_columns = set(json_columns)
+    with path.open("r", encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh, strict=True)
+        try:
+            header = next(reader)
+        except csv.Error as exc:
+            raise CorruptFileError(path, 1, f"malformed header ({exc})") from None
+        if len(set(header)) != len(header):
+            raise CorruptFileError(path, 1, "duplicate column names in header")
+        line_start = reader.line_num + 1
+        pending: tuple[int, dict[str, str]] | None = None  # one-row lookahead to spot the last row
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise CorruptFileError(path, line_start, f"malformed CSV row ({exc})") from None
+            if not cells:
+                line_start = reader.line_num + 1
+                continue
+            if len(cells) != len(header):
+                problem = (f"row has {len(cells)} cells, header has {len(header)}"
+                           + (" (file truncated?)" if truncated_tail else ""))
+                raise CorruptFileError(path, line_start, problem)
+            row = dict(zip(header, cells))
+            for col in json_columns.intersection(row):
+                if row[col] == "":
+                    continue
+                try:
+                    value = json.loads(row[col])
+                except json.JSONDecodeError:
+                    raise CorruptFileError(path, line_start, f"column {col!r} is not valid JSON") from None
+                if parse_json:
+                    row[col] = value
+            if pending is not None:
+                yield pending
+            pending = (line_start, row)
+            line_start = reader.line_num + 1
+        if pending is not None:
+            if truncated_tail:  # the writer was killed while writing the last row
+                raise CorruptFileError(path, pending[0], "truncated last row (no newline at end of file)")
+            yield pending
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[TextIO]:
+    """Open a temp file next to `path`; on success fsync and rename it onto `path`.
+
+    If the body raises, the temp file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
+    """Write `obj` as JSON to `path` atomically (UTF-8, non-ASCII kept)."""
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, ensure_ascii=False, indent=indent)
+        fh.write("\n")
+
+
+def encode_cell(value: Any) -> Any:
+    """CSV cell for `value`: lists/dicts become JSON, None becomes empty, the rest is kept."""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    if value is None:
+        return ""
+    return value
+
+
+def write_csv_atomic(path: str | os.PathLike, fieldnames: list[str],
+                     rows: Iterable[Mapping[str, Any]]) -> int:
+    """Stream `rows` into a CSV at `path` atomically; structured cells are JSON. Returns the row count."""
+    count = 0
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: encode_cell(row.get(k)) for k in fieldnames})
+            count += 1
+    return count

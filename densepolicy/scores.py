@@ -1,0 +1,247 @@
+"""Score tables of evaluation results (`post_process_test_result.py --see_score`, spec §0.1, §2.7, §5).
+
+Math (gsm8k, math): acc(t) = mean(score == 1 and turns <= t) for t = 1…max_trial, from one run with
+max_turn attempts. t = 1 is plain accuracy; t > 1 is "with correctness feedback" (the agent is told
+whether each answer is right and may try again; spec §10.2). ALFWorld: success per task type and
+the unweighted (macro) mean over the types; BabyAI and other datasets: success rate.
+Tree-sampling files (status `done`) hold coverage (any leaf solved), not accuracy: labelled as such.
+
+Several files become rows of one table, keyed by a label (default: the model part of the
+`<method>.<model>/<run>/` directory), so a base and a trained model sit side by side.
+"""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from densepolicy.postprocess_config import ScoresConfig
+from densepolicy.results_io import iter_csv
+
+MATH_DATASETS = ("gsm8k", "math")
+FEEDBACK_NOTE = ("@1 = accuracy (one answer). @k (k > 1) = solved within k answer attempts WITH CORRECTNESS "
+                 "FEEDBACK: after each wrong answer the agent is told it is wrong and may retry.")
+
+
+@dataclass
+class FileScore:
+    """Scores of one result file."""
+
+    path: Path
+    label: str
+    dataset: str
+    n: int = 0
+    solved: int = 0
+    kind: str = "accuracy"  # or "coverage" for tree-sampling files
+    solved_within: list[int] = field(default_factory=list)  # index t-1: solved with turns <= t
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [solved, n]
+    duplicate_rows: int = 0
+    missing_turns: int = 0
+
+    def acc(self, t: int) -> float:
+        return self.solved_within[t - 1] / self.n if self.n else float("nan")
+
+    @property
+    def success(self) -> float:
+        return self.solved / self.n if self.n else float("nan")
+
+
+def default_label(path: Path) -> str:
+    """`eval_results/codeact_agent.SmolLM2/10.10.None/math.test.None.csv` -> `SmolLM2`."""
+    method_model = path.resolve().parent.parent.name
+    return method_model.split(".", 1)[1] if "." in method_model else (method_model or path.stem)
+
+
+def _solved(cell: str) -> bool:
+    try:
+        return float(cell) >= 1 - 1e-9
+    except ValueError:
+        return False
+
+
+def score_file(path: str | os.PathLike, cfg: ScoresConfig = ScoresConfig(), label: str | None = None) -> FileScore:
+    """Stream one result CSV and count solved tasks (per attempt budget and per task type)."""
+    path = Path(path)
+    result = FileScore(path=path, label=label or default_label(path), dataset="",
+                       solved_within=[0] * cfg.max_trial)
+    seen: set[str] = set()
+    statuses: set[str] = set()
+    for _, row in iter_csv(path):
+        task = row.get("task_id", "")
+        if task in seen:
+            result.duplicate_rows += 1
+        seen.add(task)
+        result.dataset = result.dataset or row.get("dataset", "") or path.name.split(".", 1)[0]
+        statuses.add(row.get("status", ""))
+        solved = _solved(row.get("score", ""))
+        result.n += 1
+        result.solved += solved
+        if solved:
+            try:
+                turns = int(float(row.get("turns") or ""))
+            except ValueError:
+                turns, result.missing_turns = 1, result.missing_turns + 1
+            for t in range(max(turns, 1), cfg.max_trial + 1):
+                result.solved_within[t - 1] += 1
+        task_type = row.get("task_type", "")
+        if task_type:
+            counts = result.by_type.setdefault(task_type, [0, 0])
+            counts[0] += solved
+            counts[1] += 1
+    if statuses == {"done"}:
+        result.kind = "coverage"
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or x != x else f"{100 * x:.2f}"
+
+
+@dataclass
+class ScoreTables:
+    """The tables of several files: rows by label, as lists of cells, plus a tidy long form."""
+
+    math_header: list[str]
+    math_rows: list[list[str]]
+    embodied_header: list[str]
+    embodied_rows: list[list[str]]
+    other_header: list[str]
+    other_rows: list[list[str]]
+    tidy: list[dict[str, object]]
+    notes: list[str]
+
+
+def _label_rows(scores: Iterable[FileScore]) -> dict[str, dict[str, FileScore]]:
+    rows: dict[str, dict[str, FileScore]] = {}
+    for s in scores:
+        by_dataset = rows.setdefault(s.label, {})
+        if s.dataset in by_dataset:
+            raise ValueError(f"two files for label {s.label!r} and dataset {s.dataset!r}: "
+                             f"{by_dataset[s.dataset].path} and {s.path}; give distinct --labels")
+        by_dataset[s.dataset] = s
+    return rows
+
+
+def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()) -> ScoreTables:
+    """Table 1 (math @t), Table 2 (ALFWorld types + macro avg, BabyAI) and other datasets' success."""
+    rows = _label_rows(scores)
+    datasets = list(dict.fromkeys(s.dataset for s in scores))
+    math_ds = [d for d in MATH_DATASETS if d in datasets]
+    other_ds = [d for d in datasets if d not in MATH_DATASETS and d not in ("alfworld", "babyai")]
+    tidy: list[dict[str, object]] = []
+    notes: list[str] = []
+
+    def add(s: FileScore, metric: str, solved: int, n: int) -> None:
+        tidy.append({"label": s.label, "dataset": s.dataset, "metric": metric,
+                     "value": round(100 * solved / n, 2) if n else "", "solved": solved, "n": n,
+                     "kind": s.kind, "file": str(s.path)})
+
+    for s in scores:
+        notes.append(f"{s.label} / {s.dataset}: n={s.n} ({s.kind}) from {s.path}")
+        if s.kind == "coverage":
+            notes.append(f"  WARNING: {s.path.name} is a tree-sampling file: score = coverage "
+                         "(any leaf solved), not accuracy")
+        if s.duplicate_rows:
+            notes.append(f"  WARNING: {s.duplicate_rows} duplicate task row(s); run --merge_distributed_result")
+        if s.missing_turns and s.dataset in MATH_DATASETS:
+            notes.append(f"  WARNING: {s.missing_turns} solved row(s) without `turns` counted as solved at @1")
+        if s.dataset in MATH_DATASETS:
+            for t in range(1, cfg.max_trial + 1):
+                add(s, f"acc@{t}", s.solved_within[t - 1], s.n)
+        elif s.dataset == "alfworld":
+            for task_type in cfg.alfworld_types:
+                solved, n = s.by_type.get(task_type, [0, 0])
+                add(s, f"success_{task_type}", solved, n)
+            add(s, "success", s.solved, s.n)
+        else:
+            add(s, "success", s.solved, s.n)
+
+    math_header = ["model"] + [f"{d.upper() if d == 'gsm8k' else 'MATH'}@{t}" + ("" if t == 1 else "*")
+                               for d in math_ds for t in cfg.table_trials]
+    math_rows = []
+    for label, by_ds in rows.items():
+        if any(d in by_ds for d in math_ds):
+            math_rows.append([label] + [_pct(by_ds[d].acc(t)) if d in by_ds else "–"
+                                        for d in math_ds for t in cfg.table_trials])
+
+    embodied_header = ["model"] + list(cfg.alfworld_types) + ["avg", "BabyAI"]
+    embodied_rows = []
+    for label, by_ds in rows.items():
+        if "alfworld" not in by_ds and "babyai" not in by_ds:
+            continue
+        cells = [label]
+        alf = by_ds.get("alfworld")
+        rates = []
+        for task_type in cfg.alfworld_types:
+            solved, n = alf.by_type.get(task_type, [0, 0]) if alf else [0, 0]
+            cells.append(_pct(solved / n) if n else "–")
+            if n:
+                rates.append(solved / n)
+        macro = sum(rates) / len(rates) if rates else None
+        if alf and rates and len(rates) < len(cfg.alfworld_types):
+            notes.append(f"  NOTE: {label} ALFWorld avg is over {len(rates)} of {len(cfg.alfworld_types)} types")
+        if alf and macro is not None:
+            tidy.append({"label": label, "dataset": "alfworld", "metric": "success_avg_macro",
+                         "value": round(100 * macro, 2), "solved": "", "n": len(rates), "kind": alf.kind,
+                         "file": str(alf.path)})
+        cells.append(_pct(macro))
+        cells.append(_pct(by_ds["babyai"].success) if "babyai" in by_ds else "–")
+        embodied_rows.append(cells)
+
+    other_header = ["model"] + [f"{d} success" for d in other_ds]
+    other_rows = [[label] + [_pct(by_ds[d].success) if d in by_ds else "–" for d in other_ds]
+                  for label, by_ds in rows.items() if any(d in by_ds for d in other_ds)]
+    return ScoreTables(math_header, math_rows, embodied_header, embodied_rows, other_header, other_rows,
+                       tidy, notes)
+
+
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _sections(tables: ScoreTables) -> list[tuple[str, list[str], list[list[str]]]]:
+    sections = []
+    if tables.math_rows:
+        sections.append(("Math: accuracy (%) by answer attempts", tables.math_header, tables.math_rows))
+    if tables.embodied_rows:
+        sections.append(("Embodied: success (%) per ALFWorld task type, macro avg, BabyAI",
+                         tables.embodied_header, tables.embodied_rows))
+    if tables.other_rows:
+        sections.append(("Other datasets: success (%)", tables.other_header, tables.other_rows))
+    return sections
+
+
+def render_text(tables: ScoreTables) -> str:
+    """Plain-text tables for the terminal."""
+    parts = []
+    for title, header, rows in _sections(tables):
+        parts.append(f"{title}\n{_text_table(header, rows)}")
+    if tables.math_rows:
+        parts.append("* " + FEEDBACK_NOTE)
+    parts.append("\n".join(tables.notes))
+    return "\n\n".join(parts)
+
+
+def render_markdown(tables: ScoreTables) -> str:
+    """Markdown version of `render_text`."""
+    parts = []
+    for title, header, rows in _sections(tables):
+        parts.append(f"### {title}\n\n{_md_table(header, rows)}")
+    if tables.math_rows:
+        parts.append("\\* " + FEEDBACK_NOTE)
+    parts.append("\n".join(f"- {n.strip()}" for n in tables.notes))
+    return "\n\n".join(parts) + "\n"
+
+
+TIDY_COLUMNS = ["label", "dataset", "metric", "value", "solved", "n", "kind", "file"]

@@ -1,0 +1,196 @@
+"""Node values, visit counts and the sibling pair rule of a sampled tree (spec §3.4, §6.1).
+
+The functions here work on the node records of ONE task (the tree dump of docs/formats.md, or any
+mappings with the keys `node_id`, `parent_id`, `depth`, `terminal`, `success`, `status`):
+
+    stats = compute_node_stats(nodes)                 # {node_id: NodeStats}
+    pairs = candidate_pairs(stats, PairRule())        # sibling pairs with different values
+    n = count_qualifying_pairs(stats, PairRule())     # the sampler's stopping statistic
+
+Definitions (the original's, with its visit-count quirk made optional):
+- a finished run ends at a terminal node; leaf value = 1.0 if it succeeded else 0.0;
+- the value of an inner node is the plain mean of its children's values (not visit-weighted);
+- `runs` = finished runs through the node (= finished leaves below it, itself included);
+- visits = `runs` (default) or `2*runs - 1` (the original's counting, `visit_counting="original"`);
+- avg remaining depth = mean over those runs of (leaf depth - node depth);
+- a pair (a, b) of siblings is selected when value_a - value_b >= thre_value and both have
+  visits >= min(floor(2 ** avg_remaining_depth), thre_max).
+Runs cut by the context limit (`status == "context_overflow"`) are not finished runs: the original
+drops them in post-processing, so they neither count as visits nor as failures.
+Everything is linear in the number of nodes.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal, Mapping
+
+VisitCounting = Literal["runs", "original"]
+_EPS = 1e-9
+
+
+class TreeError(ValueError):
+    """The node records of a task do not form a tree (unknown parent, duplicate node id)."""
+
+
+@dataclass
+class NodeStats:
+    """Statistics of one node, recomputed from the structure of the tree."""
+
+    node_id: str
+    parent_id: str
+    depth: int
+    label: int
+    terminal: bool
+    runs: int = 0
+    """Finished runs through this node."""
+    value: float | None = None
+    """Leaf: 1.0/0.0; inner: mean of children's values; None if no finished run passes here."""
+    avg_remaining_depth: float | None = None
+    """Mean over the finished runs through this node of (leaf depth - node depth)."""
+    children: list[str] = field(default_factory=list)
+    leaf_depth_sum: int = 0
+
+    def visits(self, counting: VisitCounting = "runs") -> int:
+        """Visit count under the chosen counting (`original` reproduces the 2k-1 quirk of spec §3.4)."""
+        if counting == "original":
+            return 2 * self.runs - 1 if self.runs else 0
+        return self.runs
+
+
+@dataclass(frozen=True)
+class PairRule:
+    """Which sibling pairs are selected (spec §6.1 step 5)."""
+
+    thre_value: float = 0.5
+    """Minimum value gap between the chosen and the rejected sibling."""
+    thre_max: int = 8
+    """Cap of the visit threshold min(floor(2 ** avg remaining depth), thre_max)."""
+    visit_counting: VisitCounting = "runs"
+    """`runs` = finished runs through the node; `original` = the original's 2k-1."""
+
+    def visit_threshold(self, avg_remaining_depth: float) -> int:
+        """Visits a node needs before its value is trusted."""
+        return min(math.floor(2 ** avg_remaining_depth), self.thre_max)
+
+    def is_trusted(self, node: NodeStats) -> bool:
+        """The node has enough visits for its average remaining depth."""
+        if node.value is None or node.avg_remaining_depth is None:
+            return False
+        return node.visits(self.visit_counting) >= self.visit_threshold(node.avg_remaining_depth)
+
+
+@dataclass(frozen=True)
+class SiblingPair:
+    """Two sibling nodes with different values; `chosen` has the higher value."""
+
+    chosen: NodeStats
+    rejected: NodeStats
+    selected: bool
+
+    @property
+    def value_gap(self) -> float:
+        return float(self.chosen.value) - float(self.rejected.value)  # type: ignore[arg-type]
+
+
+def _label(record: Mapping[str, Any]) -> int:
+    if record.get("label") not in (None, ""):
+        return int(record["label"])
+    last = str(record["node_id"]).rsplit("-", 1)[-1]
+    return int(last) if last.lstrip("-").isdigit() else 0
+
+
+def is_finished_leaf(record: Mapping[str, Any]) -> bool:
+    """A terminal node that ends a finished run (context-limit cuts do not count)."""
+    return bool(record.get("terminal")) and record.get("status") != "context_overflow"
+
+
+def compute_node_stats(nodes: Iterable[Mapping[str, Any]]) -> dict[str, NodeStats]:
+    """Values, runs and average remaining depths of every node of one task's tree.
+
+    `nodes` are tree-dump records (extra keys are ignored). Raises `TreeError` for a duplicate
+    node id or a parent that is not in the tree.
+    """
+    stats: dict[str, NodeStats] = {}
+    finished: set[str] = set()
+    success: dict[str, bool] = {}
+    for rec in nodes:
+        node_id = str(rec["node_id"])
+        if node_id in stats:
+            raise TreeError(f"duplicate node id {node_id!r}")
+        stats[node_id] = NodeStats(node_id=node_id, parent_id=str(rec.get("parent_id") or ""),
+                                   depth=int(rec["depth"]), label=_label(rec),
+                                   terminal=bool(rec.get("terminal")))
+        if is_finished_leaf(rec):
+            finished.add(node_id)
+            success[node_id] = rec.get("success") is True or rec.get("status") == "success"
+    by_depth: dict[int, list[NodeStats]] = defaultdict(list)
+    for node in stats.values():
+        if node.parent_id:
+            parent = stats.get(node.parent_id)
+            if parent is None:
+                raise TreeError(f"node {node.node_id!r} has parent {node.parent_id!r}, which is not in the tree")
+            parent.children.append(node.node_id)
+        by_depth[node.depth].append(node)
+    for depth in sorted(by_depth, reverse=True):  # children before parents
+        for node in by_depth[depth]:
+            if node.node_id in finished:
+                node.runs, node.leaf_depth_sum = 1, node.depth
+                node.value = 1.0 if success[node.node_id] else 0.0
+            elif not node.terminal:
+                valued = [stats[c] for c in node.children if stats[c].value is not None]
+                node.runs = sum(c.runs for c in valued)
+                node.leaf_depth_sum = sum(c.leaf_depth_sum for c in valued)
+                if valued:
+                    node.value = sum(c.value for c in valued) / len(valued)  # type: ignore[misc]
+            if node.runs:
+                node.avg_remaining_depth = node.leaf_depth_sum / node.runs - node.depth
+    for node in stats.values():
+        node.children.sort(key=lambda c: (stats[c].label, c))
+    return stats
+
+
+def sibling_groups(stats: Mapping[str, NodeStats]) -> dict[str, list[NodeStats]]:
+    """Nodes grouped by parent id ("" = the first-step nodes), each group sorted by label."""
+    groups: dict[str, list[NodeStats]] = defaultdict(list)
+    for node in stats.values():
+        groups[node.parent_id].append(node)
+    for group in groups.values():
+        group.sort(key=lambda n: (n.label, n.node_id))
+    return groups
+
+
+def candidate_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
+                    texts: Mapping[str, str] | None = None) -> list[SiblingPair]:
+    """All sibling pairs whose values differ, the higher value as `chosen`, with the `selected` flag.
+
+    If `texts` (node id -> assistant message) is given, pairs whose two messages are identical
+    after `strip()` are skipped ("contrast step is the same" in the original).
+    """
+    pairs: list[SiblingPair] = []
+    for group in sibling_groups(stats).values():
+        valued = [n for n in group if n.value is not None]
+        for i, a in enumerate(valued):
+            for b in valued[i + 1:]:
+                if abs(a.value - b.value) <= _EPS:  # type: ignore[operator]
+                    continue
+                if texts is not None and texts.get(a.node_id, "").strip() == texts.get(b.node_id, "").strip():
+                    continue
+                chosen, rejected = (a, b) if a.value > b.value else (b, a)  # type: ignore[operator]
+                selected = (chosen.value - rejected.value >= rule.thre_value - _EPS  # type: ignore[operator]
+                            and rule.is_trusted(chosen) and rule.is_trusted(rejected))
+                pairs.append(SiblingPair(chosen, rejected, selected))
+    return pairs
+
+
+def qualifying_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
+                     texts: Mapping[str, str] | None = None) -> list[SiblingPair]:
+    """The selected sibling pairs (value gap and visit thresholds met)."""
+    return [p for p in candidate_pairs(stats, rule, texts) if p.selected]
+
+
+def count_qualifying_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
+                           texts: Mapping[str, str] | None = None) -> int:
+    """Number of selected sibling pairs (the tree sampler's stopping statistic, spec §3.7)."""
+    return len(qualifying_pairs(stats, rule, texts))
