@@ -1,0 +1,63 @@
+"""Wait until servers answer, failing early (with the log tail) when one of them dies."""
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from densepolicy.launcher.files import tail_lines
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not become healthy in time; the message ends with its log tail."""
+
+
+@dataclass
+class PendingServer:
+    """A server to wait for: its OpenAI base URL, its log, and a probe telling whether it still runs."""
+
+    name: str
+    url: str
+    log: Optional[str] = None
+    is_running: Callable[[], bool] = lambda: True
+
+
+def is_healthy(url: str, timeout: float = 3.0) -> bool:
+    """True if `GET <url>/models` answers 200 (any OpenAI-compatible server, vLLM included)."""
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout) as reply:
+            return reply.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_all_healthy(servers: list[PendingServer], timeout: float, poll_s: float = 1.0,
+                     progress: Callable[[str], None] = print) -> None:
+    """Block until every server is healthy; raise `ServerStartError` on death or time-out.
+
+    All servers are polled together, so they start in parallel and the wait is as long as the slowest.
+    """
+    pending = list(servers)
+    deadline = time.time() + timeout
+    started = time.time()
+    while pending:
+        for server in list(pending):
+            if is_healthy(server.url):
+                pending.remove(server)
+                progress(f"{server.name} healthy at {server.url} after {time.time() - started:.0f} s")
+            elif not server.is_running():
+                raise ServerStartError(_failure(server, "exited before becoming healthy"))
+        if not pending:
+            return
+        if time.time() > deadline:
+            raise ServerStartError(_failure(pending[0], f"not healthy after {timeout:.0f} s "
+                                                        f"(server_start_timeout_s)"))
+        time.sleep(poll_s)
+
+
+def _failure(server: PendingServer, what: str) -> str:
+    tail = tail_lines(server.log, 25) if server.log else []
+    log_part = f"\n--- last lines of {server.log} ---\n" + "\n".join(tail) if tail else ""
+    return f"server {server.name} ({server.url}) {what}{log_part}"

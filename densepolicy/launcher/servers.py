@@ -1,0 +1,88 @@
+"""The launcher's view of model serving: resolve the model, build one server's command, pick ports.
+
+Everything vLLM-specific comes from `densepolicy.serving` (VLLMServer, ServingConfig, find_free_port)
+and `densepolicy.models.resolve_model`; this module only adapts them to processes the launcher
+runs itself inside tmux or a Slurm task.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ModelNotFound(RuntimeError):
+    """MODEL is neither a directory nor a name configured in configs/."""
+
+
+@dataclass
+class ServerProcess:
+    """What it takes to run one server: argv, extra environment, and the model name it serves."""
+
+    argv: list[str]
+    env: dict[str, str]
+    served_model: str
+
+
+def resolve_model(name_or_path: str) -> tuple[str, str]:
+    """(resolved model directory, served name) of MODEL: a name from configs/models.yaml or a directory."""
+    from densepolicy.models import resolve_model as _resolve
+
+    try:
+        spec = _resolve(name_or_path)
+    except ValueError as exc:  # ModelError / ConfigError name the model and what is missing
+        raise ModelNotFound(str(exc)) from None
+    return str(spec.path), spec.served_name
+
+
+def load_serving_config(device: str, overrides: list[str], tensor_parallel_size: int | None = None):
+    """configs/serving.yaml with `device` (cpu/gpu, from GPU detection) and the user's `serving.*` overrides."""
+    from densepolicy.serving import load_serving_config as _load
+
+    base = [f"device={device}"] + ([f"tensor_parallel_size={tensor_parallel_size}"] if tensor_parallel_size else [])
+    return _load(None, base + list(overrides))
+
+
+def server_process(model: str, serving_cfg, log_file: Path, port: int, gpus: list[str]) -> ServerProcess:
+    """argv + environment of one vLLM server for `model` on `port` using `gpus` ([] = as the environment says)."""
+    from densepolicy.serving import VLLMServer
+
+    server = VLLMServer(model, serving_cfg, log_file, port=port)
+    env = {k: str(v) for k, v in server.environment().items()}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    return ServerProcess(argv=[str(a) for a in server.command()], env=env, served_model=server.served_name)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on `port` and we could bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class NoFreePort(RuntimeError):
+    """No free TCP port in the searched range."""
+
+
+def find_free_ports(start: int, count: int, taken: set[int] = frozenset(), span: int = 2000) -> list[int]:
+    """`count` distinct free ports at or above `start`, skipping `taken` (ports of live runs)."""
+    ports: list[int] = []
+    port = start
+    while len(ports) < count:
+        if port > min(65535, start + span):
+            raise NoFreePort(f"no free port in {start}..{min(65535, start + span)} "
+                             f"(needed {count}); set base_port=... or stop other servers")
+        if port not in taken and port_is_free(port):
+            ports.append(port)
+        port += 1
+    return ports
+
+
+def base_url(port: int, host: str = "127.0.0.1") -> str:
+    """OpenAI-compatible base URL of a server on `port`."""
+    return f"http://{host}:{port}/v1"
