@@ -1,0 +1,69 @@
+"""`codeact_agent`: the evaluation agent (spec §2.5), greedy by default.
+
+One task = one trajectory: generate, parse, execute, append [assistant, observation], until the
+episode is done, `max_steps` / `max_turn` is reached, or the context is full (its own outcome,
+`context_overflow`). `turns` counts answer attempts including the correct one, so accuracy @t for
+t = 1..10 ("Max Trial", with correctness feedback) comes from one run (spec §2.7).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from agents.runtime import WorkerContext, execute_generation, request_seed, restore_end_action
+from densepolicy.llm_client import ContextLengthError
+
+
+async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:
+    """Run one task; returns the shard-CSV row fields of docs/formats.md."""
+    cfg = ctx.cfg
+    started = time.monotonic()
+    episode = await ctx.blocking(ctx.env.start, task_id)
+    try:
+        messages, _ = ctx.opening(episode, task_id)
+        context_tokens = ctx.counter.messages(messages)
+        steps = turns = prompt_tokens = completion_tokens = 0
+        status, success, log_infos = "", False, []
+        while True:
+            budget = ctx.completion_budget(context_tokens)
+            if budget == 0:
+                status = "context_overflow"
+                log_infos.append(f"context length limitation {ctx.context_length} exceeded")
+                break
+            try:
+                res = await ctx.client.chat(
+                    messages, n=1, temperature=cfg.temperature, top_p=cfg.top_p, stop=ctx.stop,
+                    max_tokens=budget, seed=request_seed(cfg.seed, task_id, f"step{steps}"))
+            except ContextLengthError as exc:
+                status = "context_overflow"
+                log_infos.append(str(exc))
+                break
+            text = restore_end_action(res.texts[0], res.finish_reasons[0])
+            prompt_tokens += res.prompt_tokens
+            completion_tokens += res.completion_tokens
+            outcome = await ctx.blocking(execute_generation, episode, text, ctx.env.requires_answer)
+            messages = messages + [{"role": "assistant", "content": text},
+                                   {"role": "user", "content": outcome.observation}]
+            context_tokens = (res.prompt_tokens + res.completion_tokens + ctx.counter.text(outcome.observation)
+                              + 2 * 8)
+            steps += 1
+            if outcome.kind == "answer":
+                turns += 1
+            if outcome.done:
+                success = outcome.success
+                status = "success" if success else "fail"
+                break
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                status = "max_steps"
+                break
+            if cfg.max_turn is not None and turns >= cfg.max_turn:
+                status = "max_turn"
+                break
+        if status != "success":
+            log_infos.append(f"ended with {status} after {steps} steps")
+        return {"status": status, "score": 1.0 if success else 0.0, "turns": turns, "steps": steps,
+                "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                "wall_time_s": round(time.monotonic() - started, 3), "history": messages,
+                "extra": {"log_infos": log_infos}}
+    finally:
+        await ctx.blocking(episode.close)

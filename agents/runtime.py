@@ -1,0 +1,146 @@
+"""What both agents share: the worker context, one executed step, token counting and seeds.
+
+A step (spec §2.4): parse the generation, run it on the episode (in a thread: env calls block on
+sandbox processes), and build the observation text that becomes the next user message.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, TypeVar
+
+from agents.incontext import example_pool
+from agents.parser import parse_generation
+from agents.prompts import InContextExample, initial_messages
+from densepolicy.sampler_config import SamplerConfig
+from envs.base import Env, Episode
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+FINISHED_SUFFIX = " You finished the task."
+REMINDER_PREFIX = "\n*Extra reminder: "
+END_ACTION = "End Action"
+MESSAGE_OVERHEAD_TOKENS = 8  # chat-template tokens around one message (role header + end marker)
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """Result of executing one assistant message."""
+
+    kind: str            # action / answer / invalid
+    observation: str     # the next user message
+    done: bool
+    success: bool
+
+
+def request_seed(seed: int, task_id: str, node: str) -> int:
+    """Per-request sampling seed from the run seed, the task and the node (31-bit, stable across runs)."""
+    digest = hashlib.sha256(f"{seed}|{task_id}|{node}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def task_rng(seed: int, task_id: str, purpose: str) -> random.Random:
+    """A per-task RNG (proposals, in-context example order) independent of scheduling."""
+    return random.Random(request_seed(seed, task_id, purpose))
+
+
+def execute_generation(episode: Episode, text: str, requires_answer: bool) -> StepOutcome:
+    """Run one generation on `episode` (blocking) and build the observation of spec §2.4."""
+    parsed = parse_generation(text)
+    reminder = REMINDER_PREFIX + parsed.reminder if parsed.reminder else ""
+    if parsed.kind == "invalid":
+        return StepOutcome("invalid", parsed.feedback, episode.done, episode.success)
+    if parsed.kind == "answer":
+        result = episode.answer(parsed.content)
+        return StepOutcome("answer", result.observation + reminder, result.done, result.success)
+    result = episode.act(parsed.content)
+    observation = result.observation + reminder
+    if not requires_answer and result.done:
+        observation += FINISHED_SUFFIX
+    return StepOutcome("action", observation, result.done, result.success)
+
+
+def restore_end_action(text: str, finish_reason: str) -> str:
+    """Put back the 'End Action' that the stop string cut off, so the stored message is well formed."""
+    if finish_reason == "stop" and "Action:" in text and END_ACTION not in text and "Answer:" not in text:
+        return text.rstrip() + "\n" + END_ACTION
+    return text
+
+
+class TokenCounter:
+    """Counts prompt tokens with the model's tokenizer (or ~4 characters per token without one)."""
+
+    def __init__(self, tokenizer: Any = None) -> None:
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def for_model_dir(cls, model_dir: Any) -> "TokenCounter":
+        """Load the tokenizer of a local model directory (falls back to the estimate on failure)."""
+        try:
+            from transformers import AutoTokenizer
+            return cls(AutoTokenizer.from_pretrained(str(model_dir)))
+        except Exception as exc:  # noqa: BLE001 - any tokenizer problem only costs accuracy
+            log.warning("no tokenizer for %s (%s); estimating 4 characters per token", model_dir, exc)
+            return cls(None)
+
+    def text(self, text: str) -> int:
+        """Tokens of a plain text."""
+        if self.tokenizer is None:
+            return len(text) // 4 + 1
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def messages(self, messages: Sequence[dict]) -> int:
+        """Tokens of a whole chat with the generation prompt."""
+        if self.tokenizer is not None and getattr(self.tokenizer, "chat_template", None):
+            ids = self.tokenizer.apply_chat_template(list(messages), tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "keys"):
+                ids = ids["input_ids"]
+            return len(ids)
+        return sum(self.text(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages) + MESSAGE_OVERHEAD_TOKENS
+
+
+@dataclass
+class WorkerContext:
+    """Everything the agents need, shared by the tasks of one worker."""
+
+    cfg: SamplerConfig
+    env: Env
+    client: Any                     # densepolicy.llm_client.LLMClient (or a test double with `chat`)
+    context_length: int
+    stop: list[str]
+    counter: TokenCounter = field(default_factory=TokenCounter)
+    executor: ThreadPoolExecutor | None = None
+    examples: list[InContextExample] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            self.executor = ThreadPoolExecutor(self.cfg.env_threads, thread_name_prefix="env")
+        if not self.examples:
+            self.examples = example_pool(self.cfg.env if ":" not in self.cfg.env else self.cfg.dataset)
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking env call in the worker's env thread pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def task_examples(self, task_id: str) -> list[InContextExample]:
+        """`in_context_number` examples in a per-task random order (seeded; spec §2.1)."""
+        n = min(self.cfg.in_context_number, len(self.examples))
+        return task_rng(self.cfg.seed, task_id, "incontext").sample(self.examples, n) if n else []
+
+    def opening(self, episode: Episode, task_id: str) -> tuple[list[dict], list[dict]]:
+        """(messages with in-context examples, training prompt without them) for a fresh episode."""
+        kwargs = dict(goal=episode.goal, observation=episode.observation, tools=self.env.tools,
+                      requires_answer=self.env.requires_answer, answer_type=self.env.answer_type)
+        return (initial_messages(examples=self.task_examples(task_id), **kwargs), initial_messages(**kwargs))
+
+    def completion_budget(self, prompt_tokens: int) -> int:
+        """max_tokens for a prompt of this size, or 0 if the context is exhausted."""
+        free = self.context_length - prompt_tokens
+        if free < self.cfg.min_completion_tokens:
+            return 0
+        return min(self.cfg.max_tokens, free)

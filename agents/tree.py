@@ -1,0 +1,315 @@
+"""The tree search of the original sampler as pure data structures (spec §3.1, §3.4-§3.7). No I/O.
+
+    search = TreeSearch(TreeRules(base=3, max_steps=4, ...), seed=1234)
+    queue = search.first_queue()                     # (k, 0, ..., 0) for every label k
+    while not search.should_stop():
+        for full_index in queue: search.record(full_index, run_index, outcome, status)
+        queue = search.next_queue()                  # update stats, select, propose, de-dup, sample
+
+Indices are tuples of branch labels. A *full index* has length `max_steps`; its *run index* is the
+prefix that was really executed (it ends at the first terminal node). Quirks of the original are
+kept behind switches (`visit_counting`, `gap_refresh`, `select_leaves`, `dedup`, `update_rows`);
+the defaults are the fixed behaviour (see docs/deviations.md).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Sequence
+
+NodeId = tuple[int, ...]
+Mode = Literal["fixed", "faithful"]
+
+
+def node_key(node: Sequence[int]) -> str:
+    """`(3, 0, 1)` -> `"3-0-1"` (the node id written to files)."""
+    return "-".join(str(x) for x in node)
+
+
+def parse_node_key(key: str) -> NodeId:
+    """`"3-0-1"` -> `(3, 0, 1)`; `""` -> `()`."""
+    return tuple(int(x) for x in key.split("-")) if key else ()
+
+
+def branch_temperature(label: int, method: str = "temperature",
+                       cycle: Sequence[float] = (0.7, 1.0, 0.5), greedy: float = 0.0,
+                       sampling_temperature: float = 1.0) -> float:
+    """Temperature of branch `label` (spec §3.1): label 0 greedy, else `cycle[label % 3]`
+    (labels 1,4,7 -> 1.0; 2,5,8 -> 0.5; 3,6,9 -> 0.7). Method `sampling`: 1.0 for every label."""
+    if method == "sampling":
+        return sampling_temperature
+    if label == 0:
+        return greedy
+    return cycle[label % len(cycle)]
+
+
+@dataclass(frozen=True)
+class TreeRules:
+    """Every constant of the tree search (defaults = the original's values, fixed quirks)."""
+
+    base: int
+    max_steps: int
+    max_sample_number: int = 512
+    window_size: int = 8
+    max_runs: int = 1000
+    max_empty_iterations: int = 1000
+    proposal_factor: int = 3
+    """Draw up to proposal_factor * proposals_per_window * window_size random suffixes."""
+    proposals_per_window: int = 2
+    thre_value: float = 0.5
+    thre_max: int = 8
+    gap_weight: float = 0.8
+    gap_power: float = 0.25
+    depth_weight: float = 0.2
+    explore_weight: float = 2.0
+    visit_counting: Mode = "fixed"
+    """fixed: visits = finished runs through the node; faithful: +1 new, +2 per revisit, +1 per selection."""
+    gap_refresh: Mode = "fixed"
+    """fixed: sibling gaps from current values; faithful: gaps refreshed only on updated paths (stale)."""
+    select_leaves: bool = False
+    """True (original): selection may pick terminal or full-depth nodes, which yield no proposals."""
+    dedup: Mode = "fixed"
+    """fixed: any terminal run blocks its extensions; faithful: only successful runs do (spec §3.6)."""
+    update_rows: Mode = "fixed"
+    """fixed: update the stats with exactly the new rows; faithful: with the last len(queue) rows."""
+
+    def __post_init__(self) -> None:
+        for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"key {name!r} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class NodeStats:
+    """Statistics of one node of the value tree (spec §3.4)."""
+
+    visits: int = 0
+    runs: int = 0
+    selections: int = 0
+    score_sum: float = 0.0
+    value: float = 0.0
+    outcomes: list[float] = field(default_factory=list)
+    remaining: list[int] = field(default_factory=list)
+    avg_remaining: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One finished leaf run: the proposal, the executed prefix, the outcome and the end status."""
+
+    full_index: NodeId
+    run_index: NodeId
+    outcome: float
+    status: str = ""
+    in_tree: bool = True
+
+
+class MCValueTree:
+    """Monte-Carlo value tree: leaf value = outcome, node value = mean of its children's values."""
+
+    def __init__(self, rules: TreeRules) -> None:
+        self.rules = rules
+        self.stats: dict[NodeId, NodeStats] = {}
+        self.children: dict[NodeId, list[int]] = {}
+
+    def update(self, run_index: NodeId, outcome: float) -> None:
+        """Add one finished run, from the leaf upward (spec §3.4)."""
+        y = float(outcome)
+        faithful = self.rules.visit_counting == "faithful"
+        for depth in range(len(run_index), 0, -1):
+            node = run_index[:depth]
+            rem = len(run_index) - depth
+            s = self.stats.get(node)
+            if s is None:
+                s = NodeStats(visits=1, runs=1, score_sum=y, value=y, outcomes=[y], remaining=[rem],
+                              avg_remaining=float(rem), gaps=[0.0] * self.rules.base)
+                self.stats[node] = s
+                self.children.setdefault(node[:-1], []).append(node[-1])
+            else:
+                s.visits += 2 if faithful else 1
+                s.runs += 1
+                s.score_sum += y
+                kids = self.children.get(node, [])
+                s.value = (sum(self.stats[node + (k,)].value for k in kids) / len(kids)
+                           if kids else s.score_sum / s.runs)
+                s.outcomes.append(y)
+                s.remaining.append(rem)
+                s.avg_remaining = sum(s.remaining) / len(s.remaining)
+            for label in self.children.get(node[:-1], []):
+                if label != node[-1]:
+                    sib = self.stats[node[:-1] + (label,)]
+                    gap = abs(s.value - sib.value)
+                    s.gaps[label] = gap
+                    sib.gaps[node[-1]] = gap
+
+    def max_gap(self, node: NodeId) -> float:
+        """Largest value gap to a sibling (stale stored gaps in `faithful` gap mode)."""
+        if self.rules.gap_refresh == "faithful":
+            return max(self.stats[node].gaps)
+        value = self.stats[node].value
+        gaps = [abs(value - self.stats[node[:-1] + (k,)].value)
+                for k in self.children.get(node[:-1], []) if k != node[-1]]
+        return max(gaps, default=0.0)
+
+    def visit_threshold(self, node: NodeId) -> int:
+        """Visits needed before the node's value is trusted: min(floor(2 ** avg_remaining), thre_max)."""
+        return min(math.floor(2 ** self.stats[node].avg_remaining), self.rules.thre_max)
+
+    def qualifying_pairs(self) -> list[tuple[NodeId, NodeId]]:
+        """Sibling pairs with |value gap| >= thre_value whose both sides have enough visits."""
+        pairs = []
+        trusted = {n for n, s in self.stats.items() if s.visits >= self.visit_threshold(n)}
+        for parent, labels in self.children.items():
+            for i, a in enumerate(labels):
+                na = parent + (a,)
+                if na not in trusted:
+                    continue
+                for b in labels[i + 1:]:
+                    nb = parent + (b,)
+                    if nb in trusted and abs(self.stats[na].value - self.stats[nb].value) >= self.rules.thre_value - 1e-12:
+                        pairs.append((na, nb) if a < b else (nb, na))
+        return pairs
+
+    def contrast_pair_count(self) -> int:
+        """Number of qualifying sibling pairs (the stopping statistic)."""
+        return len(self.qualifying_pairs())
+
+    def priority(self, node: NodeId) -> float:
+        """Selection score of spec §3.5 (exploration bonus from visits, plus selections when fixed)."""
+        r, s = self.rules, self.stats[node]
+        visits = s.visits if r.visit_counting == "faithful" else s.runs + s.selections
+        return (r.gap_weight * self.max_gap(node) ** r.gap_power
+                + r.depth_weight * s.avg_remaining / r.max_steps
+                + r.explore_weight * math.sqrt(1 + visits) / (2 + visits))
+
+    def select(self, rng: random.Random, expandable: Iterable[NodeId] | None = None) -> NodeId | None:
+        """Argmax of the priority (ties broken uniformly at random); counts the selection."""
+        candidates = list(self.stats) if expandable is None else list(expandable)
+        if not candidates:
+            return None
+        scores = [self.priority(n) for n in candidates]
+        best = max(scores)
+        chosen = rng.choice([n for n, sc in zip(candidates, scores) if sc == best])
+        if self.rules.visit_counting == "faithful":
+            self.stats[chosen].visits += 1
+        else:
+            self.stats[chosen].selections += 1
+        return chosen
+
+
+def propose(prefix: NodeId, rules: TreeRules, rng: random.Random) -> list[NodeId]:
+    """Up to N = proposals_per_window * window_size distinct full-length indices extending `prefix`,
+    from at most proposal_factor * N random draws (spec §3.6)."""
+    wanted = rules.proposals_per_window * rules.window_size
+    length = rules.max_steps - len(prefix)
+    seen: dict[NodeId, None] = {}
+    for _ in range(rules.proposal_factor * wanted):
+        seen.setdefault(tuple(rng.randrange(rules.base) for _ in range(length)), None)
+        if len(seen) >= wanted:
+            break
+    return [prefix + suffix for suffix in seen]
+
+
+class RunIndex:
+    """The explored runs, indexed for the de-duplication rules of spec §3.6."""
+
+    def __init__(self, dedup: Mode) -> None:
+        self.dedup = dedup
+        self.runs: set[NodeId] = set()
+        self.blocking_ends: set[NodeId] = set()   # runs whose extensions are blocked
+        self.covered: set[NodeId] = set()         # prefixes (incl. self) of every blocking/failed run
+
+    def add(self, run: Run, terminal: bool) -> None:
+        self.runs.add(run.run_index)
+        blocks = run.outcome > 0 or (self.dedup == "fixed" and terminal)
+        if blocks:
+            self.blocking_ends.add(run.run_index)
+        for d in range(1, len(run.run_index) + 1):
+            self.covered.add(run.run_index[:d])
+
+    def blocked(self, proposal: NodeId) -> bool:
+        """True if the proposal would only repeat explored work."""
+        if proposal in self.covered:
+            return True
+        return any(proposal[:d] in self.blocking_ends for d in range(1, len(proposal) + 1))
+
+
+class TreeSearch:
+    """The per-task main loop of spec §3.7 as a state machine; the caller runs the leaves."""
+
+    def __init__(self, rules: TreeRules, seed: int) -> None:
+        self.rules = rules
+        self.rng = random.Random(seed)
+        self.tree = MCValueTree(rules)
+        self.rows: list[Run] = []
+        self.index = RunIndex(rules.dedup)
+        self.duplicates = 0
+        self.empty_iterations = 0
+        self.iterations = 0
+        self._new_rows: list[Run] = []
+        self._last_queue_len = 0
+        self._pairs = 0
+
+    def first_queue(self) -> list[NodeId]:
+        """The `base` first-step variants (k, 0, ..., 0)."""
+        queue = [(k,) + (0,) * (self.rules.max_steps - 1) for k in range(self.rules.base)]
+        self._last_queue_len = len(queue)
+        return queue
+
+    def record(self, full_index: NodeId, run_index: NodeId, outcome: float, status: str = "",
+               in_tree: bool = True) -> bool:
+        """Add a finished leaf run; returns False (and ignores it) if its run index was seen before."""
+        if run_index in self.index.runs:
+            self.duplicates += 1
+            return False
+        run = Run(tuple(full_index), tuple(run_index), float(outcome), status, in_tree)
+        terminal = len(run_index) < self.rules.max_steps or status in ("success", "fail", "context_overflow")
+        self.index.add(run, terminal)
+        self.rows.append(run)
+        self._new_rows.append(run)
+        return True
+
+    def next_queue(self) -> list[NodeId]:
+        """Update the statistics, select a node, propose, de-duplicate and sample `window_size`."""
+        self.iterations += 1
+        if self.rules.update_rows == "faithful":
+            k = self._last_queue_len
+            batch = self.rows[-k:] if k else []
+        else:
+            batch = self._new_rows
+        for run in batch:
+            if run.in_tree:
+                self.tree.update(run.run_index, run.outcome)
+        self._new_rows = []
+        self._pairs = self.tree.contrast_pair_count()
+        expandable = None
+        if not self.rules.select_leaves:
+            expandable = [n for n in self.tree.stats
+                          if len(n) < self.rules.max_steps and n not in self.index.runs]
+        chosen = self.tree.select(self.rng, expandable)
+        queue: list[NodeId] = []
+        if chosen is not None:
+            kept = [p for p in propose(chosen, self.rules, self.rng) if not self.index.blocked(p)]
+            queue = self.rng.sample(kept, min(len(kept), self.rules.window_size))
+        if not queue:
+            self.empty_iterations += 1
+        self._last_queue_len = len(queue)
+        return queue
+
+    @property
+    def pair_count(self) -> int:
+        """Qualifying pairs as of the last statistics update."""
+        return self._pairs
+
+    def should_stop(self) -> bool:
+        """Enough pairs, the run cap, or the empty-iteration cap (spec §3.7)."""
+        r = self.rules
+        return (self._pairs >= r.max_sample_number or len(self.rows) >= r.max_runs
+                or self.empty_iterations >= r.max_empty_iterations)
+
+    @property
+    def coverage(self) -> float:
+        """1.0 if any run succeeded (the tree CSV's `score`; not accuracy)."""
+        return max((r.outcome for r in self.rows), default=0.0)

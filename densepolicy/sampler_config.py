@@ -1,0 +1,176 @@
+"""Typed settings of `sample_tree.py` (both methods) and the output naming of the original.
+
+Resolution order (later wins): `configs/sampler.yaml` -> `configs/tasks/<dataset>.yaml` (its top-level
+keys, then its `<method>:` section) -> `key=value` overrides on the command line.
+
+    cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", ["base=3", "max_steps=4"])
+    out = default_output_dir(cfg, "SmolLM2-135M-Instruct")   # eval_results/codeact_agent_tree.<m>/temperature_256_3_4
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
+from densepolicy.paths import PROJECT_ROOT
+
+METHODS = ("codeact_agent", "codeact_agent_tree")
+CONFIG_DIR = PROJECT_ROOT / "configs"
+
+
+@dataclass
+class SamplerConfig:
+    """Everything one worker needs. Defaults are the original's values where it had one."""
+
+    # -- what to run -------------------------------------------------------------------------------
+    method: Literal["codeact_agent", "codeact_agent_tree"] = help_field(
+        "codeact_agent_tree", help="codeact_agent: greedy evaluation; codeact_agent_tree: tree sampling.")
+    dataset: str = help_field("gsm8k", help="Dataset name (configs/tasks/<dataset>.yaml).")
+    env: str = help_field("gsm8k", help="Env registry name (envs.load_env) or 'module:Factory' for a custom env.")
+    split: str = help_field("train", help="Env split (tree: train splits; evaluation: test splits).")
+    task_type: Optional[str] = help_field(
+        None, help="Keep only tasks whose task_info()['task_type'] equals this (alfworld_put: 'put').")
+    data_dir: Optional[str] = help_field(None, help="Data directory for the env (null = densepolicy.paths.data_dir()).")
+    max_tasks: Optional[int] = help_field(None, help="Use only the first N tasks of the split (before sharding).")
+    task_ids: list[str] = help_field([], help="Explicit task ids (before sharding); empty = the whole split.")
+    seed: int = help_field(62471893, help="Seed of everything: per-task RNGs and per-request seeds derive from it.")
+    # -- agent (spec §2) ---------------------------------------------------------------------------
+    in_context_number: int = help_field(0, help="In-context examples in the prompt (GSM8K 8, MATH 1, else 0).")
+    max_steps: Optional[int] = help_field(
+        None, help="Agent: step limit (ALFWorld/BabyAI 30). Tree: the tree depth (required).")
+    max_turn: Optional[int] = help_field(None, help="Agent: answer-attempt limit (math 10); the tree ignores it.")
+    max_tokens: int = help_field(512, help="Completion cap per step (the original had none; the fork 1024).")
+    stop: list[str] = help_field(
+        ["End Action"], help="Stop strings added to the model's own (one action per message); "
+                             "a cut 'End Action' is restored in the stored message.")
+    temperature: float = help_field(0.0, help="Agent: sampling temperature (greedy evaluation).")
+    top_p: float = help_field(1.0, help="top_p of every request.")
+    context_length: Optional[int] = help_field(
+        None, help="Model context in tokens; null = read from the model's config (densepolicy.models).")
+    min_completion_tokens: int = help_field(
+        120, help="A step whose prompt leaves fewer free context tokens ends the run as context_overflow.")
+    # -- tree (spec §3) ----------------------------------------------------------------------------
+    base: int = help_field(10, help="Branch labels per step (labels 0..base-1).")
+    max_sample_number: int = help_field(512, help="Stop a task after this many qualifying sibling pairs.")
+    window_size: int = help_field(8, help="Leaves run per iteration (all in flight together).")
+    contrastive_method: Literal["temperature", "sampling"] = help_field(
+        "temperature", help="temperature: label -> temperature map; sampling: T=1.0 for every label.")
+    temperature_cycle: list[float] = help_field(
+        [0.7, 1.0, 0.5], help="Temperature of label k>=1 is temperature_cycle[k % 3] (label 0 is greedy).")
+    max_runs: int = help_field(1000, help="Run cap per task (finished leaves).")
+    max_empty_iterations: int = help_field(1000, help="Cap on iterations that produced no proposal.")
+    proposal_factor: int = help_field(3, help="Random suffix draws = proposal_factor * proposals_per_window * window.")
+    proposals_per_window: int = help_field(2, help="Distinct proposals kept before de-dup = this * window_size.")
+    thre_value: float = help_field(0.5, help="Pair rule: minimum value gap.")
+    thre_max: int = help_field(8, help="Pair rule: visits >= min(floor(2**avg remaining depth), thre_max).")
+    gap_weight: float = help_field(0.8, help="Selection: weight of max sibling gap ** gap_power.")
+    gap_power: float = help_field(0.25, help="Selection: exponent of the sibling gap.")
+    depth_weight: float = help_field(0.2, help="Selection: weight of avg remaining depth / max_steps.")
+    explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
+    visit_counting: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
+    gap_refresh: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="fixed: sibling gaps from current values; faithful: stale gaps as in the original.")
+    select_leaves: bool = help_field(False, help="True = the original: selection may pick nodes that cannot expand.")
+    dedup: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="fixed: every finished run blocks its extensions; faithful: only successful runs.")
+    update_rows: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="fixed: update stats with the new runs; faithful: with the last len(queue) rows.")
+    overflow_counts_as_failure: bool = help_field(
+        False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
+    # -- execution ---------------------------------------------------------------------------------
+    execution: Literal["concurrent", "sequential"] = help_field(
+        "concurrent", help="concurrent: leaves of a window and several tasks in flight, forked episodes; "
+                           "sequential: the original (one request at a time, replay from reset per leaf).")
+    task_concurrency: int = help_field(4, help="Tasks processed at once by one worker (concurrent mode).")
+    batch_siblings: bool = help_field(
+        False, help="Ask for all same-temperature siblings of a parent in one request (n>1).")
+    max_live_episodes: int = help_field(
+        256, help="Live forked episodes kept per worker; the least recently used are closed (and recreated by "
+                  "forking the nearest live ancestor + replay when needed).")
+    env_threads: int = help_field(16, help="Threads running blocking env calls (act/fork/close).")
+    max_concurrency: int = help_field(64, help="LLM requests in flight per worker.")
+    request_timeout_s: float = help_field(120.0, help="Per-attempt timeout of one LLM request.")
+    max_retries: int = help_field(6, help="Retries of a failed LLM request (backoff doubles) before the run stops.")
+    backoff_s: float = help_field(0.5, help="First retry delay of the LLM client.")
+    on_task_error: Literal["record", "raise"] = help_field(
+        "record", help="A task that raises (not a server fault): record a row with status=error, or stop the run.")
+    progress: bool = help_field(True, help="Show a tqdm progress bar.")
+
+    def __post_init__(self) -> None:
+        if self.method == "codeact_agent_tree":
+            if self.max_steps is None or self.max_steps < 1:
+                raise ConfigError("key 'max_steps' must be a positive integer for codeact_agent_tree")
+            if self.base < 1:
+                raise ConfigError(f"key 'base' must be >= 1, got {self.base}")
+        elif self.max_steps is None and self.max_turn is None:
+            raise ConfigError("codeact_agent needs 'max_steps' or 'max_turn'")
+        for key in ("window_size", "task_concurrency", "max_live_episodes", "env_threads", "max_concurrency",
+                    "max_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.in_context_number < 0:
+            raise ConfigError("key 'in_context_number' must be >= 0")
+        if not self.temperature_cycle:
+            raise ConfigError("key 'temperature_cycle' must not be empty")
+
+
+def task_config_path(dataset: str, config_dir: Path = CONFIG_DIR) -> Path:
+    """configs/tasks/<dataset>.yaml (a clear error lists the known datasets)."""
+    path = config_dir / "tasks" / f"{dataset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (config_dir / "tasks").glob("*.yaml"))
+        raise ConfigError(f"unknown dataset {dataset!r}: no {path} (known: {', '.join(known)})")
+    return path
+
+
+def resolve_sampler_config(method: str, dataset: str, overrides: list[str] | None = None,
+                           config_dir: str | os.PathLike | None = None) -> SamplerConfig:
+    """Merge sampler.yaml, the dataset's task YAML (common keys + `<method>` section) and overrides."""
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
+    cdir = Path(config_dir) if config_dir else CONFIG_DIR
+    base_path = cdir / "sampler.yaml"
+    data = read_yaml(base_path) if base_path.is_file() else {}
+    task_path = task_config_path(dataset, cdir)
+    task = read_yaml(task_path)
+    sections = {m: task.pop(m, None) or {} for m in METHODS}
+    data = merge_dicts(data, task)
+    data = merge_dicts(data, sections[method])
+    data.update(method=method, dataset=dataset)
+    cfg = from_dict(SamplerConfig, data, f"{base_path} + {task_path}")
+    if overrides:
+        update = parse_overrides(overrides)
+        for key in ("method", "dataset"):
+            if key in update:
+                raise ConfigError(f"command line: {key!r} is given as a positional argument, not key=value")
+        cfg = from_dict(SamplerConfig, merge_dicts(to_dict(cfg), update), "command line")
+    return cfg
+
+
+def sanitize_model_name(model: str) -> str:
+    """A model name or path as one directory component (the last path part; '/' never nests dirs)."""
+    name = str(model).rstrip("/")
+    if os.sep in name or "/" in name:
+        name = Path(name).name if Path(name).exists() else name.replace("/", "_")
+    return name
+
+
+def run_name(cfg: SamplerConfig) -> str:
+    """`temperature_<pairs>_<base>_<steps>` (tree) or `<max_steps>.<max_turn>.<in_context>` (agent)."""
+    if cfg.method == "codeact_agent_tree":
+        return f"{cfg.contrastive_method}_{cfg.max_sample_number}_{cfg.base}_{cfg.max_steps}"
+    return f"{cfg.max_steps}.{cfg.max_turn}.{cfg.in_context_number}"
+
+
+def default_output_dir(cfg: SamplerConfig, model: str, root: str | os.PathLike | None = None) -> Path:
+    """eval_results/<method>.<model>/<run_name>/ (the original's naming), under `root` (default project)."""
+    base = Path(root) if root is not None else PROJECT_ROOT / "eval_results"
+    return base / f"{cfg.method}.{sanitize_model_name(model)}" / run_name(cfg)
+
+
+def shard_file_stem(cfg: SamplerConfig, shard: int | str) -> str:
+    """`<dataset>.<split>.<K>` (K = shard index, or "None" for merged files)."""
+    return f"{cfg.dataset}.{cfg.split}.{shard}"
