@@ -5,7 +5,9 @@ parts of vLLM's API the project uses:
 
 * ``POST /v1/chat/completions``: ``n`` choices, ``stop`` strings (text cut before the first stop,
   finish_reason "stop"), ``max_tokens`` (word-ish tokens, finish_reason "length"), ``usage`` with
-  approximate token counts, optional ``logprobs``; an optional ``max_model_len`` gives vLLM's HTTP 400.
+  approximate token counts, optional ``logprobs``; with ``max_model_len``, like vLLM 0.32, a prompt
+  that fills the context or ``max_tokens > max_model_len`` gets HTTP 400, and otherwise ``max_tokens``
+  is shrunk to the room left.
 * ``GET /health``, ``GET /v1/models``, ``GET /metrics`` (Prometheus text with vLLM's gauge names
   ``vllm:num_requests_running`` / ``vllm:num_requests_waiting`` and token counters).
 
@@ -121,7 +123,7 @@ class FakeOpenAIServer:
         batch_capacity: sequence slots; requests needing more than the free slots wait (FIFO).
         fail_plan: ``{0-based request number: "500" | "hang" | "drop" | "context_length"}``.
         model: served model name; when set, requests for another model get vLLM's 404.
-        max_model_len: when set, prompt tokens + max_tokens above it get vLLM's HTTP 400.
+        max_model_len: when set, enforce the context like vLLM (see the module docstring).
         hang_s: how long a "hang" request stays silent (shutdown ends it early).
     """
 
@@ -224,7 +226,7 @@ class FakeOpenAIServer:
         if action == "500":
             return 500, _error(f"fake server: scripted failure of request {number}", "InternalServerError", 500)
         if action == "context_length":
-            return 400, _error(_context_message(self.max_model_len or 2048, 512, 2048), "BadRequestError", 400)
+            return 400, _error(_context_message(self.max_model_len or 2048, 4096), "BadRequestError", 400)
         if self.model is not None and body.get("model") != self.model:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404)
         messages = body.get("messages")
@@ -233,9 +235,13 @@ class FakeOpenAIServer:
         n = int(body.get("n") or 1)
         max_tokens = body.get("max_tokens")
         prompt_tokens = sum(count_tokens(str(m.get("content") or "")) + PER_MESSAGE_TOKENS for m in messages)
-        if self.max_model_len is not None and prompt_tokens + (max_tokens or 0) > self.max_model_len:
-            return 400, _error(_context_message(self.max_model_len, max_tokens or 0, prompt_tokens),
-                               "BadRequestError", 400)
+        if self.max_model_len is not None:  # vLLM 0.32: reject what can never fit, else shrink max_tokens
+            if max_tokens is not None and max_tokens > self.max_model_len:
+                return 400, _error(f"max_tokens={max_tokens} cannot be greater than max_model_len="
+                                   f"{self.max_model_len}. Please request fewer output tokens.", "BadRequestError", 400)
+            if prompt_tokens >= self.max_model_len:
+                return 400, _error(_context_message(self.max_model_len, prompt_tokens), "BadRequestError", 400)
+            max_tokens = min(max_tokens or self.max_model_len, self.max_model_len - prompt_tokens)
         try:
             raw_texts = self._replies(messages, body, n)
         except Exception as exc:  # a scripting mistake must fail the test quickly, not be retried
@@ -323,10 +329,11 @@ def _error(message: str, kind: str, code: int) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
 
 
-def _context_message(max_model_len: int, max_tokens: int, prompt_tokens: int) -> str:
-    return (f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{max_tokens + prompt_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
-            f"completion). Please reduce the length of the messages or completion.")
+def _context_message(max_model_len: int, prompt_tokens: int) -> str:
+    """vLLM 0.32's wording for a prompt that leaves no room for output."""
+    return (f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+            f"{prompt_tokens} input tokens, which exceeds this limit even without any output tokens. "
+            f"Please reduce the length of the input prompt.")
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -99,6 +99,15 @@ def test_fail_plan_numbers_requests_from_zero(fake_server):
     assert status == 200 and reply["choices"][0]["message"]["content"] == "b"  # failures consume no reply
 
 
+def test_max_model_len_rejects_long_prompts_and_shrinks_max_tokens(fake_server):
+    server = fake_server(lambda m, r: "one two three four five six seven eight", max_model_len=10)
+    status, reply = post(server, {**BODY, "max_tokens": 9})  # "hi" + 4 template tokens: 5 left
+    assert status == 200 and reply["choices"][0]["message"]["content"] == "one two three four five"
+    assert reply["choices"][0]["finish_reason"] == "length"
+    status, reply = post(server, {**BODY, "messages": [{"role": "user", "content": "a b c d e f"}]})
+    assert status == 400 and "prompt contains 10 input tokens" in reply["error"]["message"]
+
+
 def test_fail_plan_rejects_unknown_actions():
     with pytest.raises(ValueError, match="fail_plan\\[0\\] = 'explode'"):
         FakeOpenAIServer(["x"], fail_plan={0: "explode"})

@@ -114,9 +114,12 @@ def test_unreachable_server_is_retried_then_named_in_the_error():
 def test_context_length_error_is_not_retried(fake_server):
     server = fake_server(["x"], max_model_len=50)
     client = LLMClient(server.base_url, "m", backoff_s=0.01)
-    with pytest.raises(ContextLengthError, match="maximum context length is 50"):
-        run(client.chat(USER, max_tokens=100))
-    assert len(server.requests) == 1 and client.stats["retries"] == 0
+    long_prompt = [{"role": "user", "content": "word " * 60}]
+    with pytest.raises(ContextLengthError, match="maximum context length is 50 tokens"):
+        run(client.chat(long_prompt, max_tokens=10))
+    with pytest.raises(ContextLengthError, match="max_tokens=51 cannot be greater than max_model_len=50"):
+        run(client.chat(USER, max_tokens=51))
+    assert len(server.requests) == 2 and client.stats["retries"] == 0
 
 
 def test_other_client_errors_are_not_retried(fake_server):

