@@ -27,7 +27,9 @@ API
   host. Raises `RemoteError` (the host raised; the host lives on), `CallTimeout` (the host is
   killed: its state is unknown) or `RemoteDied`. Time spent in `callback` does not count.
   Methods whose names start with `_` are refused.
-- `Remote.fork(timeout=30) -> Remote`: the copy's `obj._after_fork()` runs first if defined.
+- `Remote.fork(timeout=30) -> Remote`: `obj._before_fork()` (if defined) runs before `os.fork`, and
+  the copy's `obj._after_fork()` (if defined) before it serves (e.g. to undo `random`'s reseeding
+  at fork, so that a fork behaves exactly like a replay).
 - `Remote.close()`: kills the host's whole process tree (its descendants, its session and
   process group) and, because hosts live under the zygote (a child subreaper), any process
   orphaned by a host's code. Idempotent. `ForkServer.close()` closes every remote and the zygote.
@@ -168,29 +170,40 @@ def _members(pid: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
     return found
 
 
-def kill_process_tree(pid: int, rounds: int = 20) -> None:
-    """SIGSTOP then SIGKILL `pid` with all descendants and session / group members."""
+def kill_process_tree(pid: int, rounds: int = 50) -> None:
+    """SIGKILL `pid` with all descendants and session / group members, until none is left.
+
+    Members are frozen with SIGSTOP first (a frozen process cannot fork). Killing members can
+    wake frozen ones (the kernel sends SIGCONT to newly orphaned process groups), so the whole
+    scan-freeze-kill cycle repeats until a scan finds nobody."""
     if pid <= 1:
         return
-    stopped: set[int] = set()
-    for _ in range(rounds):  # freeze until no new process appears (a frozen one cannot fork)
-        members = _members(pid, _proc_table()) - {os.getpid()}
-        fresh = members - stopped
-        if not fresh:
-            break
-        for p in fresh:
-            try:
-                os.kill(p, signal.SIGSTOP)
-            except OSError:
-                pass
-        stopped |= fresh
-    for p in stopped:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except OSError:
-            pass
+    me = os.getpid()
+    for _ in range(rounds):
+        members = _members(pid, _proc_table()) - {me}
+        alive = {p for p in members if _state(p) not in ("Z", "X", "")}
+        if not alive:
+            return
+        for p in alive:
+            _signal(p, signal.SIGSTOP)
+        for p in alive | (_members(pid, _proc_table()) - {me}):
+            _signal(p, signal.SIGKILL)
+        _signal(-pid, signal.SIGKILL)
+        time.sleep(0.002)
+
+
+def _state(pid: int) -> str:
     try:
-        os.killpg(pid, signal.SIGKILL)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rfind(b")") + 2:].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
     except OSError:
         pass
 
@@ -218,6 +231,9 @@ def _error_reply(exc: BaseException) -> dict[str, Any]:
 
 def _fork_host(conn: socket.socket, codec: _Codec, obj: Any) -> None:
     """Answer a fork request: double-fork so the copy is adopted by the zygote, not by us."""
+    before = getattr(obj, "_before_fork", None)
+    if before is not None:
+        before()
     ours, theirs = socket.socketpair()
     subreaper = _prctl(_PR_GET_CHILD_SUBREAPER)
     if subreaper:
