@@ -219,3 +219,66 @@ def read_pairs(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
             if row.get(key, "") != "":
                 row[key] = float(row[key])
         yield line, row
+
+
+@dataclass
+class ExtractionPaths:
+    """Where `--process_result` reads and writes."""
+
+    tree: Path
+    results_csv: Path | None
+    output: Path
+    dataset: str
+
+    @property
+    def stem(self) -> Path:
+        """Output path without `.pairs.csv` (prefix of the histogram and tree pictures)."""
+        name = self.output.name
+        return self.output.with_name(name[: -len(".pairs.csv")] if name.endswith(".pairs.csv") else self.output.stem)
+
+    def tree_picture(self, task_id: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in task_id)
+        return self.stem.with_name(f"{self.stem.name}.tree_{safe}.png")
+
+    @property
+    def histogram(self) -> Path:
+        return self.stem.with_name(f"{self.stem.name}.pairs_per_task.png")
+
+
+def _base_name(file_name: str) -> str:
+    """`math.train.None.csv` / `.jsonl` -> `math.train`."""
+    for ext in (".csv", ".jsonl"):
+        if file_name.endswith(ext):
+            file_name = file_name[: -len(ext)]
+    return file_name[: -len(".None")] if file_name.endswith(".None") else file_name
+
+
+def extraction_paths(data_dir: str | None = None, dataset_file_name: str | None = None,
+                     template: str | None = None, data_sub_dir: str | None = None,
+                     tree_file: str | None = None, output: str | None = None) -> ExtractionPaths:
+    """Resolve the seed's arguments (`--data_dir --dataset_file_name[_list] --data_sub_dir`) or the
+    simple `--tree_file [--output]` form into input and output paths."""
+    if tree_file:
+        tree = Path(tree_file)
+        root = tree.parent.parent if tree.parent.name == "trees" else tree.parent
+        csv_guess = root / (tree.name[: -len(".jsonl")] + ".csv")
+        results_csv = csv_guess if csv_guess.is_file() else None
+        name = tree.name
+    else:
+        if not data_dir or not (dataset_file_name or template):
+            raise ValueError("--process_result needs --tree_file, or --data_dir with --dataset_file_name "
+                             "or --dataset_file_name_list")
+        name = dataset_file_name or template.format("None")  # type: ignore[union-attr]
+        root = Path(data_dir)
+        results_csv = root / name
+        tree = root / "trees" / (name[: -len(".csv")] + ".jsonl")
+        if not tree.is_file() and template and (root / template.format(0)).is_file():
+            raise FileNotFoundError(f"{tree} not found but unmerged shards exist: run "
+                                    "post_process_test_result.py --merge_distributed_result first")
+        if not results_csv.is_file():
+            results_csv = None
+    if not tree.is_file():
+        raise FileNotFoundError(f"tree dump {tree} not found")
+    base = _base_name(name)
+    out = Path(output) if output else root / (data_sub_dir or "pairs") / f"{base}.pairs.csv"
+    return ExtractionPaths(tree=tree, results_csv=results_csv, output=out, dataset=base.split(".", 1)[0])

@@ -11,6 +11,8 @@ Several files become rows of one table, keyed by a label (default: the model par
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -245,3 +247,12 @@ def render_markdown(tables: ScoreTables) -> str:
 
 
 TIDY_COLUMNS = ["label", "dataset", "metric", "value", "solved", "n", "kind", "file"]
+
+
+def render_csv(tables: ScoreTables) -> str:
+    """The tidy long form (one metric per row) as CSV text."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=TIDY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(tables.tidy)
+    return buffer.getvalue()

@@ -1,0 +1,43 @@
+"""Shared command-line plumbing of the three post-processing scripts (config + overrides, errors)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from densepolicy.config import ConfigError, describe, load_config
+from densepolicy.paths import resolve
+from densepolicy.postprocess_config import PostprocessConfig
+
+DEFAULT_CONFIG = "configs/postprocess.yaml"
+
+
+def make_parser(description: str) -> argparse.ArgumentParser:
+    """An argparse parser with --config, --overwrite and trailing key=value overrides."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in --config or as key=value):\n" + describe(PostprocessConfig))
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. pairs.thre_value=0.3")
+    return parser
+
+
+def load_postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
+    """The config of `--config` with the command-line overrides applied."""
+    path = resolve(args.config)
+    if not path.is_file() and args.config == DEFAULT_CONFIG:
+        return load_config(PostprocessConfig, None, args.overrides)
+    return load_config(PostprocessConfig, path, args.overrides)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """Run `main`, turning expected errors into one line on stderr and exit status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code = main()
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

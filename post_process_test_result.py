@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+"""Merge distributed results and print score tables.
+
+    # merge the shards math.train.0.csv, math.train.1.csv, ... into math.train.None.csv
+    python post_process_test_result.py --merge_distributed_result --data_dir eval_results/<method>.<model>/<run> \
+        --dataset_file_name_list 'math.train.{}.csv'
+
+    # accuracy @1..@10 (math), ALFWorld per type + macro avg, BabyAI; several files side by side
+    python post_process_test_result.py --see_score --files base/math.test.None.csv trained/math.test.None.csv \
+        --labels base trained
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from densepolicy.merge import merge_distributed
+from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
+from densepolicy.results_io import write_text_atomic
+from densepolicy.scores import build_tables, render_csv, render_markdown, render_text, score_file
+
+
+def parse_args():
+    parser = make_parser(__doc__)
+    parser.add_argument("--merge_distributed_result", action="store_true", help="merge shard files into <...>.None.csv")
+    parser.add_argument("--see_score", action="store_true", help="print and write score tables")
+    parser.add_argument("--data_dir", help="directory of the run (holds the shards and trees/)")
+    parser.add_argument("--dataset_file_name_list", nargs="+", default=[],
+                        help="file name templates with {} for the shard id, e.g. 'math.train.{}.csv'")
+    parser.add_argument("--num_shards", type=int, help="expected number of shards (reports missing ones)")
+    parser.add_argument("--files", nargs="+", default=[], help="--see_score: result CSV files")
+    parser.add_argument("--labels", nargs="+", default=[], help="--see_score: row label per file (default: model name)")
+    parser.add_argument("--output", help="--see_score: output prefix for <prefix>.csv and <prefix>.md "
+                        "(default: <first file without .csv>.scores)")
+    return parser.parse_args()
+
+
+def _write_if_allowed(path: Path, text: str, overwrite: bool) -> str:
+    if path.exists() and not overwrite and path.read_text(encoding="utf-8") != text:
+        return f"kept existing {path} (differs; pass --overwrite to replace it)"
+    write_text_atomic(path, text)
+    return f"wrote {path}"
+
+
+def see_score(args, cfg) -> None:
+    files = [Path(f) for f in args.files]
+    if args.data_dir:
+        files += [Path(args.data_dir) / t.format("None") for t in args.dataset_file_name_list]
+    if not files:
+        raise ValueError("--see_score needs --files or --data_dir with --dataset_file_name_list")
+    for f in files:
+        if not f.is_file():
+            raise FileNotFoundError(f"result file {f} not found (merge the shards first?)")
+    if args.labels and len(args.labels) != len(files):
+        raise ValueError(f"--labels has {len(args.labels)} names for {len(files)} files")
+    labels = args.labels or [None] * len(files)
+    scores = [score_file(f, cfg.scores, label) for f, label in zip(files, labels)]
+    tables = build_tables(scores, cfg.scores)
+    print(render_text(tables))
+    prefix = Path(args.output) if args.output else files[0].with_name(files[0].name[:-4] + ".scores")
+    print(_write_if_allowed(prefix.with_name(prefix.name + ".csv"), render_csv(tables), args.overwrite))
+    print(_write_if_allowed(prefix.with_name(prefix.name + ".md"), render_markdown(tables), args.overwrite))
+
+
+def main() -> int:
+    args = parse_args()
+    cfg = load_postprocess_config(args)
+    if not (args.merge_distributed_result or args.see_score):
+        raise ValueError("nothing to do: pass --merge_distributed_result and/or --see_score")
+    if args.merge_distributed_result:
+        if not args.data_dir or not args.dataset_file_name_list:
+            raise ValueError("--merge_distributed_result needs --data_dir and --dataset_file_name_list")
+        for template in args.dataset_file_name_list:
+            report = merge_distributed(args.data_dir, template, num_shards=args.num_shards)
+            print(report.summary())
+    if args.see_score:
+        see_score(args, cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
