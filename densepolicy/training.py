@@ -28,6 +28,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
@@ -161,6 +162,14 @@ def check_keys(args: dict[str, Any], source: str, known: set[str] | None = None)
             raise ConfigError(f"{source}: unknown LLaMA-Factory key {key!r}")
 
 
+_EXPONENT_FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _numbers(args: dict[str, Any]) -> dict[str, Any]:
+    """YAML 1.1 reads `1e-6` (no dot) as a string; LLaMA-Factory would then get a str learning rate."""
+    return {k: float(v) if isinstance(v, str) and _EXPONENT_FLOAT.match(v) else v for k, v in args.items()}
+
+
 def default_output_dir(model: Path, finetuning_type: str, dataset: str) -> Path:
     """The original's layout: TreeDPO/saves/<model name>/<full|lora>/<dataset>."""
     return SAVES_DIR / model.name / finetuning_type / dataset.replace(",", "+")
@@ -180,10 +189,10 @@ def build_train_args(
     Raises `ConfigError` for an unknown key, an unregistered dataset or a missing model directory.
     """
     path = config_path(config)
-    args = read_yaml(path)
+    args = _numbers(read_yaml(path))
     known = llamafactory_keys() if known_keys is None else known_keys
     check_keys(args, str(path), known)
-    update = parse_overrides(overrides or [])
+    update = _numbers(parse_overrides(overrides or []))
     check_keys(update, "command line", known)
     args.update(update)
     if dataset is not None:

@@ -1,0 +1,266 @@
+"""TreeDPO training: config/dataset/model validation, the chat-template agreement between training and
+serving, curve plotting, and real LLaMA-Factory DPO runs (full + LoRA) on the embedded model."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from densepolicy.config import ConfigError
+from densepolicy.paths import PROJECT_ROOT, embedded_model_dir, serve_python
+from densepolicy.training import (
+    TrainingError,
+    build_train_args,
+    check_servable,
+    config_path,
+    metric_series,
+    plot_training_curves,
+    read_log_history,
+    train,
+)
+from tests.treedpo_helpers import tiny_pairs, write_dataset
+
+# A small stand-in for LLaMA-Factory's key set, for the tests that are about our own checks.
+KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "pref_beta", "pref_loss", "pref_ftx",
+        "dataset", "dataset_dir", "template", "default_system", "cutoff_len", "max_samples", "overwrite_cache",
+        "preprocessing_num_workers", "dataloader_num_workers", "logging_steps", "save_strategy", "plot_loss",
+        "report_to", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps",
+        "lr_scheduler_type", "bf16", "fp16", "seed", "output_dir", "deepspeed", "save_steps",
+        "num_train_epochs", "warmup_ratio", "val_size", "per_device_eval_batch_size", "eval_strategy",
+        "eval_steps", "lora_rank", "lora_alpha", "lora_dropout", "lora_target"}
+SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    d = tmp_path / "data"
+    write_dataset(d, "tiny_tree_dpo")
+    return d
+
+
+# ------------------------------------------------------------------------------ argument building
+
+
+@pytest.mark.parametrize("name", ["cpu_tiny", "gpu_full_zero3", "gpu_lora"])
+def test_shipped_configs_use_only_known_llamafactory_keys(name, dataset_dir):
+    from densepolicy.training import llamafactory_keys
+
+    args = build_train_args(name, dataset="tiny_tree_dpo", model=embedded_model_dir(),
+                            dataset_dir=dataset_dir, known_keys=_cached_keys(llamafactory_keys))
+    assert args["stage"] == "dpo" and args["pref_beta"] == 0.1 and args["pref_loss"] == "sigmoid"
+
+
+_KEYS_CACHE: dict = {}
+
+
+def _cached_keys(fn):
+    if "keys" not in _KEYS_CACHE:
+        _KEYS_CACHE["keys"] = fn()
+    return _KEYS_CACHE["keys"]
+
+
+def test_paper_config_matches_spec(dataset_dir):
+    args = build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=embedded_model_dir(),
+                            dataset_dir=dataset_dir, known_keys=KEYS)
+    assert args["finetuning_type"] == "full" and args["template"] == "llama3" and args["cutoff_len"] == 4096
+    assert args["learning_rate"] == pytest.approx(7.2e-8) and args["warmup_ratio"] == 1.0
+    assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 32
+    ds = json.loads((PROJECT_ROOT / "TreeDPO/configs/ds_z3_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3
+    assert args["deepspeed"] == str(PROJECT_ROOT / "TreeDPO/configs/ds_z3_config.json")
+
+
+def test_overrides_and_explicit_arguments_win(dataset_dir, tmp_path):
+    args = build_train_args("cpu_tiny", dataset="tiny_tree_dpo", model=embedded_model_dir(),
+                            output_dir=tmp_path / "out", dataset_dir=dataset_dir,
+                            overrides=["max_steps=7", "learning_rate=1e-6", "dataset=ignored"], known_keys=KEYS)
+    assert args["max_steps"] == 7 and args["learning_rate"] == pytest.approx(1e-6)
+    assert args["dataset"] == "tiny_tree_dpo"  # --dataset beats dataset=
+    assert args["output_dir"] == str(tmp_path / "out")
+
+
+def test_default_output_dir_follows_the_original_layout(dataset_dir):
+    args = build_train_args("cpu_tiny", dataset="tiny_tree_dpo", model=embedded_model_dir(),
+                            dataset_dir=dataset_dir, known_keys=KEYS)
+    assert args["output_dir"] == str(PROJECT_ROOT / "TreeDPO/saves/SmolLM2-135M-Instruct/full/tiny_tree_dpo")
+
+
+def test_unknown_key_is_named(dataset_dir):
+    with pytest.raises(ConfigError, match="command line: unknown LLaMA-Factory key 'lerning_rate'"):
+        build_train_args("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir,
+                         overrides=["lerning_rate=1e-6"], known_keys=KEYS)
+
+
+def test_unregistered_dataset_lists_registered_ones(dataset_dir):
+    write_dataset(dataset_dir, "other_pairs")
+    with pytest.raises(ConfigError, match=r"'nope' is not registered .*registered: other_pairs, tiny_tree_dpo"):
+        build_train_args("cpu_tiny", dataset="nope", dataset_dir=dataset_dir, known_keys=KEYS)
+
+
+def test_registered_dataset_with_missing_file_is_an_error(dataset_dir):
+    (dataset_dir / "tiny_tree_dpo.json").unlink()
+    with pytest.raises(ConfigError, match="tiny_tree_dpo.json does not exist"):
+        build_train_args("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir, known_keys=KEYS)
+
+
+def test_missing_model_dir_is_named(dataset_dir, tmp_path):
+    with pytest.raises(ConfigError, match="no model directory with a config.json"):
+        build_train_args("cpu_tiny", dataset="tiny_tree_dpo", model=tmp_path / "no_model",
+                         dataset_dir=dataset_dir, known_keys=KEYS)
+
+
+def test_unknown_config_lists_known_configs():
+    with pytest.raises(ConfigError, match="known configs: .*cpu_tiny"):
+        config_path("cpu_huge")
+
+
+def test_existing_output_is_never_overwritten(dataset_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.safetensors").write_text("precious")
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        train("cpu_tiny", dataset="tiny_tree_dpo", output_dir=out, dataset_dir=dataset_dir)
+    assert (out / "model.safetensors").read_text() == "precious"
+
+
+def test_cli_error_is_one_line_and_nonzero(dataset_dir):
+    proc = subprocess.run([sys.executable, "TreeDPO/train.py", "cpu_tiny", "--dataset", "missing",
+                           "--dataset-dir", str(dataset_dir)], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error: dataset 'missing' is not registered")
+    assert "registered: tiny_tree_dpo" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def test_check_servable_names_what_is_missing(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "adapter_config.json").write_text("{}")
+    with pytest.raises(TrainingError, match="LoRA adapter, not a merged model"):
+        check_servable(model)
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    (model / "model.safetensors").write_text("")
+    (model / "tokenizer.json").write_text("{}")
+    (model / "tokenizer_config.json").write_text("{}")
+    with pytest.raises(TrainingError, match="no chat template"):
+        check_servable(model)
+    (model / "chat_template.jinja").write_text("{{ messages }}")
+    assert check_servable(model) == model
+    check_servable(embedded_model_dir())
+
+
+def test_curves_are_read_from_trainer_state(tmp_path):
+    history = [{"step": s, "loss": 0.7 - 0.1 * s, "rewards/margins": 0.2 * s, "rewards/accuracies": min(1.0, 0.5 * s)}
+               for s in (1, 2, 3)] + [{"step": 3, "eval_loss": 0.55}, {"step": 3, "train_loss": 0.6}]
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": history}))
+    assert metric_series(read_log_history(state), "rewards/margins") == ([1, 2, 3], [0.2, 0.4, pytest.approx(0.6)])
+    assert metric_series(read_log_history(state), "eval_loss") == ([3], [0.55])
+    plots = plot_training_curves(state, tmp_path)
+    assert [p.name for p in plots] == ["dpo_loss.png", "dpo_rewards.png"]
+    for p in plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------ chat template
+
+SERVE_IDS = r"""
+import json, sys
+from transformers import AutoTokenizer
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+prompts = [tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in json.loads(sys.argv[2])]
+print(json.dumps([tok.encode(p, add_special_tokens=False) for p in prompts]))
+"""
+
+
+def serving_prompt_ids(model_dir, chats) -> list[list[int]]:
+    """Prompt ids as vLLM renders chat requests: the serving venv's transformers + the model's template."""
+    out = subprocess.run([str(serve_python()), "-c", SERVE_IDS, str(model_dir), json.dumps(chats)],
+                         capture_output=True, text=True, check=True, timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.integration
+def test_training_template_equals_serving_template():
+    """cpu_tiny's LLaMA-Factory template (smollm2 + default_system) gives the same prompt token ids as the
+    model's own chat template in the serving venv (transformers 5.19), for agent-style multi-turn prompts
+    with and without a system message; without default_system the two would differ."""
+    from densepolicy.training import TemplatePair, sharegpt_messages
+
+    entry = {"formatting": "sharegpt", "columns": {"messages": "conversations", "chosen": "chosen"}}
+    aligned = TemplatePair(embedded_model_dir(), "smollm2", SMOLLM_SYSTEM)
+    cases = [(sharegpt_messages(record, entry)[0], sys_text)
+             for record in tiny_pairs(3) for sys_text in ("", "You solve math problems.")]
+    chats = [([{"role": "system", "content": s}] if s else []) + messages[:-1] for messages, s in cases]
+    served = serving_prompt_ids(embedded_model_dir(), chats)
+    for (messages, sys_text), serving_ids in zip(cases, served):
+        training = aligned.compare(messages, sys_text)
+        assert training.training_prompt_ids == serving_ids
+        assert training.agree
+    # LLaMA-Factory's stock smollm2 default system prompt ends with "." and the model's does not
+    stock = TemplatePair(embedded_model_dir(), "smollm2").compare(cases[0][0])
+    assert not stock.agree
+    assert stock.training_prompt_ids != served[0]
+
+
+@pytest.mark.integration
+def test_template_mismatch_stops_training_before_it_starts(dataset_dir, tmp_path):
+    with pytest.raises(ConfigError, match="chat template mismatch"):
+        train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir, output_dir=tmp_path / "out",
+              overrides=["default_system=You are a pirate."], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ real LLaMA-Factory
+
+
+@pytest.fixture(scope="module")
+def trained_full(tmp_path_factory):
+    """cpu_tiny, 2 full-DPO steps on the embedded model (shared by the tests below)."""
+    root = tmp_path_factory.mktemp("treedpo_full")
+    write_dataset(root / "data", "tiny_tree_dpo")
+    return train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=root / "data", output_dir=root / "model",
+                 overrides=["max_steps=2"], progress=False)
+
+
+@pytest.mark.integration
+def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(trained_full):
+    out = trained_full.model_dir
+    check_servable(out)
+    history = read_log_history(out / "trainer_state.json")
+    steps, losses = metric_series(history, "loss")
+    assert steps == [1, 2]
+    assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: loss = ln 2
+    assert metric_series(history, "rewards/margins")[0] == [1, 2]
+    assert all(p.stat().st_size > 1000 for p in trained_full.plots)
+    effective = (out / "train_config.yaml").read_text()
+    assert "max_steps: 2" in effective and "stage: dpo" in effective
+    assert "Running tokenizer on dataset" in trained_full.log_path.read_text()
+    # the chat template travels with the model unchanged
+    assert (out / "chat_template.jinja").read_text() == (embedded_model_dir() / "chat_template.jinja").read_text()
+    meta = json.loads((out / "densepolicy_train.json").read_text())
+    assert meta["dataset"] == "tiny_tree_dpo" and meta["train_seconds"] > 0
+    # the weights moved
+    from safetensors.torch import load_file
+
+    trained = load_file(out / "model.safetensors")
+    base = load_file(embedded_model_dir() / "model.safetensors")
+    name = next(n for n in trained if n.endswith("layers.0.self_attn.q_proj.weight"))
+    assert not (trained[name] == base[name]).all()
+
+
+@pytest.mark.integration
+def test_cpu_tiny_lora_is_merged_into_a_servable_model(tmp_path, dataset_dir):
+    result = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir, output_dir=tmp_path / "lora",
+                   overrides=["finetuning_type=lora", "lora_target=all", "lora_rank=4", "max_steps=1",
+                              "learning_rate=1e-4"], progress=False)
+    assert result.model_dir == tmp_path / "lora"
+    check_servable(result.model_dir)
+    assert (tmp_path / "lora" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "lora" / "adapter_config.json").exists()
+    assert result.export_seconds > 0
+    assert (tmp_path / "lora" / "export_config.yaml").is_file()
