@@ -53,6 +53,8 @@ def main() -> int:
         writer = csv.writer(fh)
         if new_file:
             writer.writerow(["task_id", "dataset", "method", "model", "status", "score", "pairs"])
+            fh.flush()
+            os.fsync(fh.fileno())
         bar = tqdm(total=len(mine), initial=len(done & set(mine)), desc=f"shard {args.shard}")
         for task in mine:
             if task in done:

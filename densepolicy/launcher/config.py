@@ -26,7 +26,9 @@ class SlurmConfig:
         1, help="GPUs per array task (= tensor-parallel size of its server). 0 = CPU-only tasks (vLLM-CPU).")
     cpus_per_task: int = help_field(8, help="`--cpus-per-task` of each array task.")
     mem: Optional[str] = help_field(None, help="`--mem` of each array task (e.g. '64G'); null = cluster default.")
-    time: Optional[str] = help_field(None, help="`--time` limit of each array task (e.g. '24:00:00').")
+    time: Optional[str] = help_field(
+        None, help="`--time` limit of each array task, quoted: '24:00:00' or '1-00:00:00' (unquoted YAML "
+                   "reads 24:00:00 as the number 86400, which is refused).")
     partition: Optional[str] = help_field(None, help="`--partition`; null = the cluster's default partition.")
     max_concurrent: int = help_field(0, help="Run at most this many array tasks at once (`--array=..%N`); 0 = no limit.")
     extra_args: list[str] = help_field([], help="More sbatch arguments, e.g. ['--account=abc', '--qos=high'].")
@@ -42,6 +44,9 @@ class SlurmConfig:
             raise ConfigError(f"key 'slurm.array_size' must be >= 1, got {self.array_size}")
         if self.gpus_per_task < 0:
             raise ConfigError(f"key 'slurm.gpus_per_task' must be >= 0, got {self.gpus_per_task}")
+        if self.time is not None and str(self.time).isdigit():
+            raise ConfigError(f"key 'slurm.time' is the bare number {self.time}: write the limit quoted, e.g. "
+                              f"'24:00:00' (YAML turns unquoted 24:00:00 into seconds)")
         if self.max_concurrent < 0:
             raise ConfigError(f"key 'slurm.max_concurrent' must be >= 0, got {self.max_concurrent}")
 

@@ -59,10 +59,16 @@ def run_task(plan: dict, task_id: int) -> int:
         print(f"task {task_id}: all {len(workers)} shards already finished")
         return 0
     running: list[subprocess.Popen] = []
+    cancelled: list[int] = []
 
     def on_signal(signum, _frame):
-        _stop(running, grace)
-        sys.exit(128 + signum)
+        # Only signal here: Popen.wait() inside a handler that interrupted another wait() spins on a lock.
+        cancelled.append(signum)
+        for proc in running:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)  # the supervisor forwards it to its process group
+            except ProcessLookupError:
+                pass
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -82,6 +88,9 @@ def run_task(plan: dict, task_id: int) -> int:
             print(exc, file=sys.stderr)
             _stop(running, grace)
             return EXIT_SERVER
+        if cancelled:
+            _stop(running, grace)
+            return 128 + cancelled[0]
     procs = []
     for slot, argv in todo:
         argv = [a.replace("{SERVER_URL}", url) for a in argv]
@@ -91,6 +100,9 @@ def run_task(plan: dict, task_id: int) -> int:
     codes = [p.wait() for p in procs]
     if server_proc is not None:
         _stop([server_proc], grace)
+    if cancelled:
+        print(f"task {task_id}: cancelled (signal {cancelled[0]})", flush=True)
+        return 128 + cancelled[0]
     failed = [slot.index for (slot, _), code in zip(todo, codes) if code != 0]
     print(f"task {task_id}: {len(todo) - len(failed)}/{len(todo)} shards finished"
           + (f", failed: {failed}" if failed else ""), flush=True)

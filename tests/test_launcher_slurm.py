@@ -1,0 +1,100 @@
+"""Slurm backend on a real single-node Slurm started by the test (slurm-wlm + munge, own SLURM_CONF).
+
+What this covers: `backend=slurm` writes an sbatch array script and submits it; every array task runs
+its workers (`server=external`: a fake OpenAI server in this process stands in for vLLM to stay
+within CI time, so no vLLM is started inside the array tasks) on its contiguous shards into the shared
+output dir; `status` reads the task states from squeue; resubmitting while the job runs is refused;
+`stop` = scancel, and every worker process is gone afterwards; resubmitting resumes every shard to
+completion without duplicates. Not covered: GPUs (`--gres`), vLLM inside an array task, several nodes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from densepolicy.config import ConfigError
+from densepolicy.launcher.config import load_launcher_config
+from densepolicy.launcher.plan import RunPlan, RunRequest
+from densepolicy.launcher.slurm_backend import batch_script
+from launcher_helpers import STUB, Launcher, read_shard_rows
+from slurm_local import SlurmUnavailable, start_local_slurm
+
+
+def test_batch_script_asks_for_gpus_and_limits(tmp_path):
+    cfg = load_launcher_config(["backend=slurm", "slurm.array_size=4", "slurm.gpus_per_task=2",
+                                "slurm.max_concurrent=2", "slurm.time='12:00:00'", "slurm.extra_args=['--account=x']"])
+    plan = RunPlan(RunRequest("m", "math", "codeact_agent_tree", 5, 0), cfg, "/m", "m", [[]] * 4, 40, tmp_path)
+    script = batch_script(plan, tmp_path / "plan.json", "/venv/bin/python")
+    with pytest.raises(ConfigError, match="slurm.time"):
+        load_launcher_config(["slurm.time=12:00:00"])
+    for line in ("#SBATCH --array=0-3%2", "#SBATCH --gres=gpu:2", "#SBATCH --time=12:00:00",
+                 "#SBATCH --account=x", "-m densepolicy.launcher.slurm_task"):
+        assert line in script
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    try:
+        cluster = start_local_slurm(tmp_path_factory.mktemp("slurm"))
+    except SlurmUnavailable as exc:
+        pytest.fail(f"could not start a local Slurm: {exc}", pytrace=False)
+    yield cluster
+    cluster.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+def test_slurm_array_runs_stops_and_resumes(slurm, tmp_path, fake_server):
+    server = fake_server(["x"])
+    launcher = Launcher(tmp_path, f"dpslurm-{uuid.uuid4().hex[:8]}")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 0.5}))
+    cmd = ["SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "2", "0", "backend=slurm",
+           "slurm.array_size=2", "slurm.gpus_per_task=0", "slurm.cpus_per_task=1", "server=external",
+           f"server_url={server.base_url}", f"worker_script={STUB}", f"output_dir={out_dir}", "sampler.max_tasks=24"]
+
+    first = launcher(*cmd, env=slurm.env)
+    assert first.returncode == 0, first.stderr
+    assert "submitted Slurm array job" in first.stdout
+    deadline = time.time() + 60
+    while "slurm RUNNING" not in (status := launcher("status", "0", env=slurm.env).stdout):
+        assert time.time() < deadline, status
+        time.sleep(0.5)
+    while sum(len(read_shard_rows(p)) for p in out_dir.glob("math.test.*.csv")) < 4:
+        assert time.time() < deadline, "workers made no progress"
+        time.sleep(0.3)
+    busy = launcher(*cmd, env=slurm.env)
+    assert busy.returncode == 2 and "still queued or running" in busy.stderr
+
+    stop = launcher("stop", "0", env=slurm.env)
+    assert stop.returncode == 0 and "stopped" in stop.stdout
+    assert slurm.run("squeue", "-h").stdout.strip() == ""
+    pids = [json.loads((out_dir / "logs" / f"worker-{k}.status.json").read_text())["pid"] for k in range(4)]
+    assert not any(_alive(pid) for pid in pids)
+    done_before = sum(len(read_shard_rows(p)) for p in out_dir.glob("math.test.*.csv"))
+    assert 4 <= done_before < 24
+
+    again = launcher(*cmd, "wait=true", env=slurm.env, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    ids = [r["task_id"] for k in range(4) for r in read_shard_rows(out_dir / f"math.test.{k}.csv")]
+    assert sorted(ids, key=int) == [str(i) for i in range(24)]  # every shard complete, no duplicates
+    script = (out_dir / "logs" / "slurm_job.sh").read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --cpus-per-task=1" in script
+    task_logs = sorted((out_dir / "logs").glob("slurm-*_*.out"))
+    assert any("2/2 shards finished" in p.read_text() for p in task_logs)
+    status = launcher("status", "0", env=slurm.env).stdout
+    assert status.count("exited 0") == 4 and "total: 24 tasks done" in status
