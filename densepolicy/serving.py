@@ -355,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the tmux pane/session was killed
+        signal.signal(signum, on_signal)
     try:
         print(f"[serving] starting {server.model.name} on port {server.port}", flush=True)
         server.start()
