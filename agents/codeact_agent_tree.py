@@ -127,15 +127,20 @@ class TreeTask:
         self.replay_mismatches = 0
         self.prompt_tokens = self.completion_tokens = 0
         self.sequential = cfg.execution == "sequential"
+        self.time_offset = 0.0  # task time spent by earlier (killed) runs, from the journal
+        self.started = time.monotonic()
         if journal is not None:
             for rec in journal.records():
                 node = TreeNode.from_record(rec)
                 self.nodes[node.node] = node
+                self.prompt_tokens += node.prompt_tokens
+                self.completion_tokens += node.completion_tokens
+                self.time_offset = max(self.time_offset, float(rec.get("elapsed_s", 0.0)))
 
     # -- public ----------------------------------------------------------------------------------
     async def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Sample the tree; returns (shard-CSV row fields, tree-dump records)."""
-        started = time.monotonic()
+        self.started = time.monotonic()
         self.root_episode = await self.ctx.blocking(self.ctx.env.start, self.task_id)
         try:
             self.root_messages, self.train_prompt = self.ctx.opening(self.root_episode, self.task_id)
@@ -151,7 +156,7 @@ class TreeTask:
                     counted = end.status != "context_overflow" or self.ctx.cfg.overflow_counts_as_failure
                     search.record(full, end.node, 1.0 if end.success else 0.0, end.status, in_tree=counted)
                 queue = search.next_queue()
-            return self._row(search, time.monotonic() - started), self._dump(search)
+            return self._row(search, self._elapsed()), self._dump(search)
         finally:
             await self._close_all()
 
@@ -192,8 +197,11 @@ class TreeTask:
         self.prompt_tokens += node.prompt_tokens
         self.completion_tokens += node.completion_tokens
         if self.journal is not None:
-            self.journal.append(node.journal_record())
+            self.journal.append({**node.journal_record(), "elapsed_s": round(self._elapsed(), 3)})
         self.on_node(node)
+
+    def _elapsed(self) -> float:
+        return self.time_offset + time.monotonic() - self.started
 
     async def _expand(self, nid: NodeId, episode: Episode | None = None) -> TreeNode:
         """Generate and execute node `nid`. `episode` (sequential mode) is acted on in place."""
