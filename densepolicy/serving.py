@@ -67,7 +67,8 @@ class ServingConfig:
     tensor_parallel_size: int = help_field(1, help="gpu: GPUs per server (--tensor-parallel-size).")
     gpu_memory_utilization: float = help_field(0.9, help="gpu: fraction of GPU memory vLLM may use.")
     startup_timeout_s: float = help_field(600.0, help="Seconds to wait for /health before giving up.")
-    extra_args: list[str] = help_field([], help="More `vllm serve` arguments, e.g. ['--max-num-batched-tokens', '4096'].")
+    extra_args: list[str] = help_field(
+        [], help="More `vllm serve` arguments, e.g. ['--max-num-batched-tokens', '4096'].")
     python: str | None = help_field(None, help="Python of the serving venv; default .venv-serve/bin/python "
                                                "($DENSEPOLICY_SERVE_PYTHON).")
 

@@ -124,7 +124,8 @@ def test_missing_serving_python_is_named(tmp_path):
 
 
 def test_crash_at_startup_reports_exit_code_and_log_tail(tmp_path):
-    python = fake_python(tmp_path, 'echo "loading model"; echo "RuntimeError: Failed to infer device type" >&2; exit 3\n')
+    python = fake_python(tmp_path, 'echo "loading model"\n'
+                                   'echo "RuntimeError: Failed to infer device type" >&2\nexit 3\n')
     log = tmp_path / "logs" / "server.log"
     server = VLLMServer(model_spec(tmp_path), cfg(tmp_path, python), log)
     start = time.monotonic()
@@ -188,8 +189,10 @@ def test_serving_config_validation_names_the_key(tmp_path):
 
 
 def test_cli_help_and_errors(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "densepolicy.serving", *args],
-                                       capture_output=True, text=True, timeout=60)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "densepolicy.serving", *args],
+                              capture_output=True, text=True, timeout=60)
+
     helped = run("--help")
     assert helped.returncode == 0 and "kv_cache_gb" in helped.stdout
     bad = run(str(tmp_path / "missing-model"))
