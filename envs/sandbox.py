@@ -54,7 +54,7 @@ NO_OUTPUT = "Executed Successfully with No Output, Did you forget to print?"
 EXIT_REFUSED = "Error: exit(), quit() and sys.exit() are not allowed; the interpreter keeps running."
 INPUT_REFUSED = "Error: input() is not allowed; there is no standard input."
 DEFAULT_PRELOAD = ("math", "fractions", "itertools", "collections", "statistics", "decimal", "re",
-                   "numpy", "sympy")
+                   "numpy", "sympy", "math_verify")
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,17 @@ def _scrubbed_env() -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+def shared_fork_server(preload: tuple[str, ...] = DEFAULT_PRELOAD, tmpfs_mb: int = 1024) -> ForkServer:
+    """The process-wide confined zygote for `preload` (started on first use). Hosts spawned from
+    it should call `confine_process` first (the grading worker of `envs.math_grading` does)."""
+    return _server(tuple(preload), tmpfs_mb)
+
+
+def new_lineage_uid() -> int | None:
+    """A fresh unprivileged uid for a new sandbox lineage (None when not running as root)."""
+    return random.SystemRandom().randrange(1 << 20, 1 << 30) if _IS_ROOT else None
+
+
 def _server(preload: tuple[str, ...], tmpfs_mb: int) -> ForkServer:
     key = (preload, tmpfs_mb)
     with _SERVERS_LOCK:
@@ -171,7 +182,7 @@ class Sandbox:
     # -- process management ----------------------------------------------------------
     def _start(self) -> None:
         server = _server(self.preload, self.limits.tmpfs_mb)
-        uid = random.SystemRandom().randrange(1 << 20, 1 << 30) if _IS_ROOT else None
+        uid = new_lineage_uid()
         self._remote = server.spawn("envs.sandbox:_Interpreter", list(self.tools), asdict(self.limits), uid,
                                     callback=self._on_tool_call, timeout=60)
 
@@ -339,6 +350,56 @@ def _sweep_dead_dirs() -> None:
             continue
 
 
+# ============================================================================ confinement
+def confine_process(limits: dict[str, int], uid: int | None,
+                    before_drop: Callable[[], None] | None = None) -> None:
+    """Confine the current (freshly forked, still privileged) process: own working directory,
+    rlimits, no_new_privs, subreaper, unprivileged uid (when root), scrubbed environment,
+    stdin from /dev/null. `before_drop` runs in the working directory before privileges drop."""
+    import resource
+    import tempfile
+    _sweep_dead_dirs()
+    path = tempfile.mkdtemp(prefix=f"sb-{os.getpid()}-", dir=_SANDBOX_ROOT)
+    if uid is not None:
+        os.chown(path, uid, uid)
+    os.chdir(path)
+    if before_drop is not None:
+        before_drop()
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(fd, 0)
+    os.close(fd)
+    mb = 1024 * 1024
+    nproc = limits["processes"] + (_count_user_processes() if uid is None else 0)
+    for res, value in ((resource.RLIMIT_AS, limits["memory_mb"] * mb),
+                       (resource.RLIMIT_CPU, limits["cpu_seconds"]),
+                       (resource.RLIMIT_FSIZE, limits["file_size_mb"] * mb),
+                       (resource.RLIMIT_NOFILE, limits["open_files"]),
+                       (resource.RLIMIT_NPROC, nproc),
+                       (resource.RLIMIT_CORE, 0)):
+        resource.setrlimit(res, (value, value))
+    _libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+    _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: detached descendants stay ours to kill
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    os.environ.clear()
+    os.environ.update(_scrubbed_env())
+    os.environ["HOME"] = path
+
+
+def _hide_project_modules() -> None:
+    """Make `import envs` / `densepolicy` / `agents` fail inside the sandbox."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("envs", "densepolicy", "agents", "tests"):
+            del sys.modules[name]
+    # an editable install maps the project packages with a meta-path finder of its own
+    sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
+    sys.path_importer_cache.clear()
+
+
 # ============================================================================ interpreter side
 class _CappedWriter:
     """sys.stdout / sys.stderr replacement: unbuffered writes to fd 1, dropped past the cap."""
@@ -376,50 +437,16 @@ class _Interpreter:
 
     def __init__(self, tools: list[str], limits: dict[str, int], uid: int | None):
         import builtins
-        import resource
-        self._limits = limits
         self._cap = OUTPUT_LIMIT * 2
-        _sweep_dead_dirs()
-        self._make_workdir(uid)
-        self._redirect_output()
-        fd = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(fd, 0)
-        os.close(fd)
-        mb = 1024 * 1024
-        nproc = limits["processes"]
-        if uid is None:
-            nproc += _count_user_processes()
-        for res, value in ((resource.RLIMIT_AS, limits["memory_mb"] * mb),
-                           (resource.RLIMIT_CPU, limits["cpu_seconds"]),
-                           (resource.RLIMIT_FSIZE, limits["file_size_mb"] * mb),
-                           (resource.RLIMIT_NOFILE, limits["open_files"]),
-                           (resource.RLIMIT_NPROC, nproc),
-                           (resource.RLIMIT_CORE, 0)):
-            resource.setrlimit(res, (value, value))
-        _libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
-        _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: detached descendants stay ours to kill
-        if uid is not None:
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-        os.environ.clear()
-        os.environ.update(_scrubbed_env())
-        os.environ["HOME"] = os.getcwd()
+        confine_process(limits, uid, before_drop=self._redirect_output)
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         for name in tools:
             self.namespace[name] = _tool_stub(name)
         self._uid = uid
         sys.addaudithook(_audit)
-        self._hide_project_modules()
+        _hide_project_modules()
         builtins.exit = builtins.quit = _refuse_exit
         builtins.input = _refuse_input
-
-    def _make_workdir(self, uid: int | None) -> None:
-        import tempfile
-        path = tempfile.mkdtemp(prefix=f"sb-{os.getpid()}-", dir=_SANDBOX_ROOT)
-        if uid is not None:
-            os.chown(path, uid, uid)
-        os.chdir(path)
 
     def _redirect_output(self) -> None:
         """fd 1 and 2 -> an unlinked append-only file, so child processes' output is captured too."""
@@ -431,16 +458,6 @@ class _Interpreter:
         os.close(fd)
         self._writer = _CappedWriter(self._cap)
         sys.stdout = sys.stderr = self._writer
-
-    def _hide_project_modules(self) -> None:
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != root]
-        for name in list(sys.modules):
-            if name.split(".")[0] in ("envs", "densepolicy", "agents", "tests"):
-                del sys.modules[name]
-        # an editable install maps the project packages with a meta-path finder of its own
-        sys.meta_path[:] = [f for f in sys.meta_path if not str(getattr(f, "__module__", "")).startswith("__editable__")]
-        sys.path_importer_cache.clear()
 
     def _before_fork(self) -> None:
         random = sys.modules.get("random")

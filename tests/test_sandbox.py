@@ -289,10 +289,11 @@ def test_detached_processes_die_on_close():
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
         "        time.sleep(1000)\n"
-        "    os.write(w, str(pid).encode())\n"
+        "    _ = os.write(w, str(pid).encode())\n"
         "    os._exit(0)\n"
         "b = int(os.read(r, 32))\n"
         "print(a, b)").output
+    assert len(out.split()) == 2, out
     a, b = map(int, out.split())
     time.sleep(0.2)
     assert _alive(a) and _alive(b)
