@@ -143,7 +143,7 @@ class BabyAIGame:
         parts = []
         if visible:
             parts.append("In front of you in this room, you can see several objects: " + " ".join(
-                f"There is a {o.name} {relative_position(*self._offset(o.pos))}." for o in visible))
+                f"There is a {o.name}, {relative_position(*self._offset(o.pos))}." for o in visible))
         else:
             parts.append("You cannot see any objects within sight.")
         wall = self._wall_ahead()
