@@ -127,9 +127,16 @@ def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """A model directory: a path, or a name under models/ (e.g. `SmolLM2-135M-Instruct`)."""
+    """A model directory: a path, a name from configs/models.yaml, or a name under models/."""
+    from densepolicy.models import load_registry
+
     raw = str(name_or_path)
-    candidates = [resolve(raw)] if (os.sep in raw or raw.startswith(".")) else [resolve(raw), models_dir() / raw]
+    candidates = [resolve(raw)]
+    if os.sep not in raw and not raw.startswith("."):
+        entry = load_registry().models.get(raw)
+        if entry is not None:
+            candidates.append(resolve(entry.path))
+        candidates.append(models_dir() / raw)
     for path in candidates:
         if (path / "config.json").is_file():
             return path
@@ -540,6 +547,21 @@ def check_servable(model_dir: str | os.PathLike) -> Path:
     if problems:
         raise TrainingError(f"{path} is not a servable model directory: " + "; ".join(problems))
     return path
+
+
+def servable_model_spec(model_dir: str | os.PathLike):
+    """Check `model_dir` is self-contained and resolve it exactly as the launcher / serving code will
+    (`densepolicy.models.resolve_model`): the returned `ModelSpec` names the served model and context.
+
+    `./distributed_test.sh <model_dir> <dataset> codeact_agent P 0` accepts any directory that passes.
+    """
+    from densepolicy.models import ModelError, resolve_model
+
+    path = check_servable(model_dir)
+    try:
+        return resolve_model(str(Path(path).resolve()))
+    except ModelError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def read_log_history(trainer_state: str | os.PathLike) -> list[dict[str, Any]]:

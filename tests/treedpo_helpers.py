@@ -1,40 +1,74 @@
-"""Test helpers for TreeDPO: a tiny pairwise dataset in the documented ShareGPT format (docs/formats.md)."""
+"""Test helpers for TreeDPO: small pairs CSVs (docs/formats.md) and LLaMA-Factory datasets made from them
+with the project's own `prepare_dataset` (the same path users take)."""
 from __future__ import annotations
 
+import csv
 import json
 import random
 from pathlib import Path
+
+from densepolicy.lf_dataset import pair_to_sharegpt
+from densepolicy.pairs import PAIR_COLUMNS
 
 TASK = ("Solve the following math problem step by step. You can use Python code: write it between "
         "`Action:` and `End Action`, or give the final answer as `Answer: <value>`.\nProblem: {q}")
 
 
-def tiny_pairs(n: int = 8, seed: int = 0) -> list[dict]:
-    """`n` agent-style preference records: prompt = task + one code step + its observation."""
+def pair_rows(tasks: dict[str, int], seed: int = 0, dataset: str = "math") -> list[dict]:
+    """Pairs CSV rows: `tasks[task_id]` agent-style pairs per task (prompt = task + one code step + its
+    observation; chosen = right answer, rejected = wrong answer)."""
     rng = random.Random(seed)
-    records = []
-    for _ in range(n):
+    rows = []
+    for task_id, count in tasks.items():
         a, b = rng.randint(2, 60), rng.randint(2, 60)
-        conversations = [
-            {"from": "human", "value": TASK.format(q=f"What is {a} * {b}?")},
-            {"from": "gpt", "value": f"Thought: multiply the numbers.\nAction:\nprint({a} * {b})\nEnd Action"},
-            {"from": "human", "value": f"Observation:\n{a * b}"},
+        prompt = [
+            {"role": "user", "content": TASK.format(q=f"What is {a} * {b}?")},
+            {"role": "assistant", "content": f"Thought: multiply the numbers.\nAction:\nprint({a} * {b})\nEnd Action"},
+            {"role": "user", "content": f"Observation:\n{a * b}"},
         ]
-        records.append({
-            "conversations": conversations,
-            "chosen": {"from": "gpt", "value": f"Thought: the product is {a * b}.\nAnswer: {a * b}"},
-            "rejected": {"from": "gpt", "value": f"Thought: I will guess.\nAnswer: {a * b + rng.randint(1, 9)}"},
-        })
-    return records
+        for k in range(count):
+            rows.append({
+                "task_id": task_id, "dataset": dataset, "task_type": "", "prompt": json.dumps(prompt),
+                "chosen": f"Thought: the product is {a * b}.\nAnswer: {a * b}",
+                "rejected": f"Thought: I will guess.\nAnswer: {a * b + k + 1}",
+                "chosen_node": f"0-{k}", "rejected_node": f"1-{k}", "chosen_value": 1.0, "rejected_value": 0.0,
+                "chosen_visits": 2, "rejected_visits": 2, "depth": 2, "selected": True,
+            })
+    return rows
 
 
-def write_dataset(dataset_dir: Path, name: str = "tiny_tree_dpo", n: int = 8, seed: int = 0) -> str:
-    """Write `<name>.json` and register it in `<dataset_dir>/dataset_info.json` as docs/formats.md says."""
+def write_pairs_csv(path: Path, tasks: dict[str, int], seed: int = 0) -> Path:
+    """Write a pairs CSV in the documented format."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
+        writer.writeheader()
+        writer.writerows(pair_rows(tasks, seed))
+    return path
+
+
+def tiny_pairs(n: int = 8, seed: int = 0) -> list[dict]:
+    """`n` ShareGPT pairwise records (one task each), as prepare_dataset writes them."""
+    rows = pair_rows({f"t{i}": 1 for i in range(n)}, seed)
+    return [pair_to_sharegpt(json.loads(r["prompt"]), r["chosen"], r["rejected"]) for r in rows]
+
+
+def write_dataset(dataset_dir: Path, name: str = "tiny_tree_dpo", n: int = 8, seed: int = 0,
+                  via_prepare: bool = False) -> str:
+    """Register `n` tiny pairs as `<dataset_dir>/<name>.json` in dataset_info.json.
+
+    via_prepare=True goes pairs CSV -> `prepare_dataset` (tokenizer length filter, a few seconds);
+    otherwise the records and the registry entry are written with lf_dataset's own helpers.
+    """
+    from densepolicy.lf_dataset import dataset_info_entry, prepare_dataset, register_dataset
+    from densepolicy.postprocess_config import DatasetConfig
+
     dataset_dir.mkdir(parents=True, exist_ok=True)
-    (dataset_dir / f"{name}.json").write_text(json.dumps(tiny_pairs(n, seed), indent=1))
-    info_path = dataset_dir / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    info[name] = {"file_name": f"{name}.json", "formatting": "sharegpt", "ranking": True,
-                  "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}
-    info_path.write_text(json.dumps(info, indent=2))
+    if via_prepare:
+        pairs = write_pairs_csv(dataset_dir.parent / f"{name}.pairs.csv", {f"t{i}": 1 for i in range(n)}, seed)
+        prepare_dataset(pairs, DatasetConfig(cutoff_len=1024, output_dir=str(dataset_dir)), name=name,
+                        show_progress=False)
+    else:
+        (dataset_dir / f"{name}.json").write_text(json.dumps(tiny_pairs(n, seed), indent=1))
+        register_dataset(dataset_dir / "dataset_info.json", name, dataset_info_entry(name, has_system=False))
     return name
