@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Merge distributed results and print score tables.
+r"""Merge distributed results and print score tables.
 
     # merge the shards math.train.0.csv, math.train.1.csv, ... into math.train.None.csv
     python post_process_test_result.py --merge_distributed_result --data_dir eval_results/<method>.<model>/<run> \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Extract DPO pairs from tree dumps and combine them under per-task budgets.
+r"""Extract DPO pairs from tree dumps and combine them under per-task budgets.
 
     # pairs of one merged tree run (seed form; writes <data_dir>/math/math.train.pairs.csv + histogram)
     python post_process_training_data.py --process_result --data_dir eval_results/<method>.<model>/<run> \

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write a LLaMA-Factory pairwise dataset (ShareGPT) from a pairs CSV and register it.
+r"""Write a LLaMA-Factory pairwise dataset (ShareGPT) from a pairs CSV and register it.
 
     # newest merged_all_pairs*.csv under eval_results/ -> TreeDPO/data/tree_dpo.<...>.json + dataset_info.json
     python prepare_dataset.py

@@ -26,8 +26,9 @@ def pairs_histogram(selected_per_task: Iterable[int], path: str | os.PathLike, t
     nonzero = [c for c in counts if c > 0]
     ax.bar([0], [zero], width=0.8, color="#bbbbbb", label=f"0 pairs ({zero} tasks)")
     if nonzero:
-        bins = min(30, max(1, len(set(nonzero))))
-        ax.hist(nonzero, bins=bins, range=(0.5, max(nonzero) + 0.5), color="#4c72b0",
+        top = max(nonzero)
+        bins = [b + 0.5 for b in range(0, top + 1)] if top <= 60 else 30  # one bar per count when few
+        ax.hist(nonzero, bins=bins, range=(0.5, top + 0.5), color="#4c72b0",
                 label=f">0 pairs ({len(nonzero)} tasks)")
     ax.set_xlabel("selected pairs per task")
     ax.set_ylabel("tasks")
@@ -75,24 +76,30 @@ def plot_tree(stats: Mapping[str, NodeStats], pairs: Iterable[SiblingPair], path
     """Draw one task's tree: value / visits in each node, selected pairs highlighted (chosen green, rejected red)."""
     pos = tree_layout(stats)
     pairs = [p for p in pairs if p.selected]
-    chosen = {p.chosen.node_id for p in pairs}
-    rejected = {p.rejected.node_id for p in pairs}
+    chosen_any = {p.chosen.node_id for p in pairs}
+    rejected_any = {p.rejected.node_id for p in pairs}
+    both = chosen_any & rejected_any  # chosen in one pair, rejected in another
+    chosen, rejected = chosen_any - both, rejected_any - both
+
+    def highlight_color(node_id: str) -> str | None:
+        if node_id in both:
+            return "#ff7f0e"
+        return "#2ca02c" if node_id in chosen else "#d62728" if node_id in rejected else None
     n_leaves = max(1, sum(1 for n in stats.values() if not n.children))
     depth = max((n.depth for n in stats.values()), default=1)
     fig, ax = plt.subplots(figsize=(min(60, 2 + 0.6 * n_leaves), 1.5 + 1.1 * depth))
     root = (sum(x for x, _ in pos.values()) / max(1, len(pos)), 0.0)
     for node in stats.values():
         parent_xy = pos[node.parent_id] if node.parent_id else root
-        highlight = node.node_id in chosen or node.node_id in rejected
-        color = "#2ca02c" if node.node_id in chosen else "#d62728" if node.node_id in rejected else "#999999"
+        color = highlight_color(node.node_id)
         ax.plot([parent_xy[0], pos[node.node_id][0]], [parent_xy[1], pos[node.node_id][1]],
-                color=color, linewidth=2.5 if highlight else 0.8, zorder=1)
+                color=color or "#999999", linewidth=2.5 if color else 0.8, zorder=1)
     small = len(stats) > 200
     for node in stats.values():
         x, y = pos[node.node_id]
-        edge = "#2ca02c" if node.node_id in chosen else "#d62728" if node.node_id in rejected else "#555555"
-        ax.scatter([x], [y], s=60 if small else 500, c=_color(node), edgecolors=edge,
-                   linewidths=2.5 if edge != "#555555" else 0.8, zorder=2)
+        edge = highlight_color(node.node_id)
+        ax.scatter([x], [y], s=60 if small else 500, c=_color(node), edgecolors=edge or "#555555",
+                   linewidths=2.5 if edge else 0.8, zorder=2)
         if not small:
             value = "-" if node.value is None else f"{node.value:.2f}"
             ax.text(x, y, f"{value}\nn={node.visits(rule.visit_counting)}", ha="center", va="center",
@@ -100,7 +107,8 @@ def plot_tree(stats: Mapping[str, NodeStats], pairs: Iterable[SiblingPair], path
             ax.text(x, y - 0.33, node.node_id, ha="center", va="top", fontsize=6, color="#333333", zorder=3)
     ax.scatter([root[0]], [root[1]], s=200, c="white", edgecolors="#555555", zorder=2)
     ax.text(root[0] + 0.3, root[1], "task", ha="left", va="center", fontsize=8)
-    ax.set_title(title + f"\n{len(pairs)} selected pairs (chosen: green, rejected: red); node text: value, visits")
+    ax.set_title(title + f"\n{len(pairs)} selected pairs (chosen: green, rejected: red, both: orange); "
+                 "node text: value, visits")
     ax.axis("off")
     fig.tight_layout()
     path = Path(path)
