@@ -52,7 +52,9 @@ class ALFWorldEnv(Env):
 
     def __init__(self, split: str = "valid_unseen", data_dir: str | Path | None = None,
                  cache_dir: str | Path | None = None, code_timeout: float = 10.0, step_timeout: float = 60.0,
-                 max_tool_calls: int = 50, **_ignored: Any):
+                 max_tool_calls: int = 50):
+        """`code_timeout`: seconds per action's code; `step_timeout`: per TextWorld call (the host is
+        killed after it); `max_tool_calls`: tool calls allowed per action."""
         self.split = split
         self._data = Path(data_dir) if data_dir else None
         self._cache = Path(cache_dir) if cache_dir else None

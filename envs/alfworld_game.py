@@ -43,12 +43,17 @@ class ALFWorldGame:
             game_file, request, max_episode_steps=None,
             wrappers=[AlfredDemangler(shuffle=False), AlfredInfos])
         self._env = textworld.gym.make(env_id)
+        self.reset()
+
+    def reset(self) -> dict:
+        """Back to the start of the game (TextWorld reset); returns `state()`."""
         text, infos = self._env.reset()
         self.initial_observation, self.goal = split_banner(text)
         self.won = bool(infos["won"])
         self.done = self.won
         self.admissible_commands: list[str] = list(infos["admissible_commands"])
         self._location_text = self.initial_observation  # what `look` repeats (the original's env_ob)
+        return self.state()
 
     def state(self) -> dict:
         """Plain-data summary for the trusted side: goal, initial observation, won/done."""

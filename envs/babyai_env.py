@@ -76,7 +76,8 @@ class BabyAIEnv(Env):
     tools = TOOLS
 
     def __init__(self, split: str = "test", train_seeds_per_level: int = 25, code_timeout: float = 10.0,
-                 max_tool_calls: int = 50, **_ignored: Any):
+                 max_tool_calls: int = 50, data_dir: str | None = None):
+        """`data_dir` is accepted for a uniform `load_env` call and unused (BabyAI needs no data)."""
         self._ids = split_task_ids(split, train_seeds_per_level)  # raises EnvError for unknown splits
         self.split = split
         self.code_timeout, self.max_tool_calls = code_timeout, max_tool_calls

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from envs import EnvError, load_env
@@ -116,6 +118,10 @@ def test_fork_equals_replay(env):
             forked = [child.act(code).observation for code in codes[depth:]]
             assert child.success
             assert child.act("print(memo)").observation.startswith("The episode is over")
+            child_pids = [child._game._remote.pid, child._sandbox.pid]  # trusted test code may look inside
+            assert all(psutil.pid_exists(p) for p in child_pids)
+        time.sleep(0.2)
+        assert not any(psutil.pid_exists(p) for p in child_pids)  # close() ended the game host and sandbox
         # the parent is independent of the child: it is still at depth 8 and not done
         assert not ep.done
         assert ep.act("print(memo)").observation.strip() == "kept across the fork"
