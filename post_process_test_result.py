@@ -26,7 +26,9 @@ def parse_args():
     parser.add_argument("--data_dir", help="directory of the run (holds the shards and trees/)")
     parser.add_argument("--dataset_file_name_list", nargs="+", default=[],
                         help="file name templates with {} for the shard id, e.g. 'math.train.{}.csv'")
-    parser.add_argument("--num_shards", type=int, help="expected number of shards (reports missing ones)")
+    parser.add_argument("--num_shards", type=int, help="expected number of shards, to report missing ones "
+                        "(default: from the launcher's run_manifest.json)")
+    parser.add_argument("--expected_tasks", help="file with one expected task id per line, to report missing tasks")
     parser.add_argument("--files", nargs="+", default=[], help="--see_score: result CSV files")
     parser.add_argument("--labels", nargs="+", default=[], help="--see_score: row label per file (default: model name)")
     parser.add_argument("--output", help="--see_score: output prefix for <prefix>.csv and <prefix>.md "
@@ -69,8 +71,11 @@ def main() -> int:
     if args.merge_distributed_result:
         if not args.data_dir or not args.dataset_file_name_list:
             raise ValueError("--merge_distributed_result needs --data_dir and --dataset_file_name_list")
+        expected = None
+        if args.expected_tasks:
+            expected = [line.strip() for line in Path(args.expected_tasks).read_text().splitlines() if line.strip()]
         for template in args.dataset_file_name_list:
-            report = merge_distributed(args.data_dir, template, num_shards=args.num_shards)
+            report = merge_distributed(args.data_dir, template, num_shards=args.num_shards, expected_tasks=expected)
             print(report.summary())
     if args.see_score:
         see_score(args, cfg)

@@ -71,6 +71,7 @@ class MergeReport:
     duplicate_tasks: list[str] = field(default_factory=list)
     nodes_written: int = 0
     missing_shards: list[int] = field(default_factory=list)
+    missing_tasks: list[str] = field(default_factory=list)
     unfinished_shards: list[int] = field(default_factory=list)
     tasks_without_tree: list[str] = field(default_factory=list)
     mean_score: float | None = None
@@ -92,6 +93,9 @@ class MergeReport:
                          f"shard's tree dump: {', '.join(self.tasks_without_tree[:5])}")
         if self.missing_shards:
             lines.append(f"WARNING: missing shard id(s): {', '.join(map(str, self.missing_shards))}")
+        if self.missing_tasks:
+            shown = ", ".join(self.missing_tasks[:10]) + (" …" if len(self.missing_tasks) > 10 else "")
+            lines.append(f"WARNING: {len(self.missing_tasks)} expected task(s) have no row: {shown}")
         if self.unfinished_shards:
             lines.append("WARNING: shard(s) with tasks still in progress (resume journal in state/): "
                          + ", ".join(map(str, self.unfinished_shards)))
@@ -193,10 +197,25 @@ def _validate(shards: Iterable[Shard]) -> None:
                 pass
 
 
+def manifest_num_shards(data_dir: Path) -> int | None:
+    """Number of shards recorded by the launcher in `run_manifest.json`, if any."""
+    path = data_dir / "run_manifest.json"
+    try:
+        value = json.loads(path.read_text()).get("num_shards") if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: int | None = None,
-                      show_progress: bool = True) -> MergeReport:
-    """Merge the shards of `template` in `data_dir`; see the module docstring."""
+                      expected_tasks: Iterable[str] | None = None, show_progress: bool = True) -> MergeReport:
+    """Merge the shards of `template` in `data_dir`; see the module docstring.
+
+    `num_shards` (default: the launcher's run_manifest.json) and `expected_tasks` only feed the
+    report of missing shards / tasks.
+    """
     data_dir = Path(data_dir)
+    num_shards = num_shards or manifest_num_shards(data_dir)
     if not data_dir.is_dir():
         raise MergeError(f"--data_dir {data_dir} is not a directory")
     new, archived = find_shards(data_dir, template)
@@ -291,6 +310,8 @@ def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: in
     ids = sorted({s.shard_id for s in shards})
     expected = range(num_shards) if num_shards else range(max(ids) + 1)
     report.missing_shards = [k for k in expected if k not in ids]
+    if expected_tasks is not None:
+        report.missing_tasks = [t for t in expected_tasks if t not in best]
     state_dir = data_dir / "state"
     if state_dir.is_dir():
         prefix, suffix = _split_template(template)

@@ -86,8 +86,11 @@ def test_seed_template_name_and_missing_shards(tmp_path):
     tpl = "math.None_split_0.0.{}.csv"
     write_shard(run, "math.None_split_0.0.0", [tree_row("a", 1, 1)], {"a": {"0": "S"}})
     write_shard(run, "math.None_split_0.0.2", [tree_row("b", 1, 1)], {"b": {"0": "F"}})
-    report = merge_distributed(run, tpl, num_shards=4, show_progress=False)
-    assert report.missing_shards == [1, 3]
+    report = merge_distributed(run, tpl, num_shards=4, expected_tasks=["a", "b", "q"], show_progress=False)
+    assert report.missing_shards == [1, 3] and report.missing_tasks == ["q"]
+    assert "missing shard id(s): 1, 3" in report.summary() and "1 expected task(s) have no row: q" in report.summary()
+    (run / "run_manifest.json").write_text(json.dumps({"num_shards": 3}))  # the launcher's record
+    assert merge_distributed(run, tpl, show_progress=False).missing_shards == [1]
     assert (run / "math.None_split_0.0.None.csv").is_file()
     assert (run / "trees" / "math.None_split_0.0.None.jsonl").is_file()
 
