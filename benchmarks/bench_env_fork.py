@@ -76,7 +76,7 @@ def bench_episode(env, task_id: str, codes: list[str], depth: int, repeats: int,
 
     t_fork, forked = timed(fork, repeats)
     t_replay, replayed = timed(replay_episode, max(1, repeats // 2))
-    t_game, game_obs = timed(game_replay, repeats)
+    t_game, _ = timed(game_replay, repeats)
     next_code = codes[depth]
     expected = forked.act(next_code).observation
     assert replayed.act(next_code).observation == expected, "fork and replay disagree"

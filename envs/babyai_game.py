@@ -15,7 +15,6 @@ import contextlib
 import io
 from dataclasses import dataclass
 
-import numpy as np
 
 from envs.babyai_planner import DIR_TO_VEC, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, is_walkable, plan_path
 
@@ -179,7 +178,7 @@ class BabyAIGame:
         """Executable actions (text -> primitive steps) and explanations for the unavailable ones."""
         plans: dict[str, list[int]] = {"turn left": [LEFT], "turn right": [RIGHT]}
         errors: dict[str, str] = {}
-        front_pos, front = self._front()
+        front_pos, _ = self._front()
         carrying = self._carrying()
         u = self._env.unwrapped
         front_obj = u.grid.get(*front_pos)
@@ -204,7 +203,7 @@ class BabyAIGame:
         start, direction = self._pose()
         for obj in self.objects():
             face = plan_path(self.known, start, direction, obj.pos, arrive=False)
-            no_path = f", as there is no path leading to it."
+            no_path = ", as there is no path leading to it."
             if obj.kind not in ("goal", "lava"):
                 key = f"go to {obj.name}"
                 if face is None:
