@@ -5,6 +5,7 @@ forkable host process (`envs.forkable`); it never lives in the sandbox that runs
 """
 from __future__ import annotations
 
+import json
 import re
 
 INVALID_ACTION = ("The action is not valid and therefore takes no effect. "
@@ -38,6 +39,9 @@ class ALFWorldGame:
         import textworld.gym
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
+        with open(game_file) as f:
+            # json_2.1.1 games (shipped) say `put O in/on R`; newer ALFWorld grammars say `move O to R`
+            self._move_grammar = "move {o} to {r}" in json.load(f).get("grammar", "")
         request = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
         env_id = textworld.gym.register_game(
             game_file, request, max_episode_steps=None,
@@ -70,6 +74,8 @@ class ALFWorldGame:
         elif command == "check valid actions":
             text = "Choose an action from these valid actions: " + ", ".join(self.admissible_commands)
         else:
+            if self._move_grammar and command.startswith("put ") and " in/on " in command:
+                command = "move " + command[len("put "):].replace(" in/on ", " to ", 1)
             text, _score, done, infos = self._env.step(command)
             if ("go to" in command or "open" in command) and "Nothing happens" not in text:
                 self._location_text = text

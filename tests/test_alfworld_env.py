@@ -178,3 +178,24 @@ def test_hostile_code_cannot_fake_success(strict_env):
         # calls after the winning one in the same action do not replace its observation
         result = ep.act(call_code(calls[-1]) + "\ninventory()\nlook()")
         assert result.success and result.observation.startswith("You put the")
+
+
+def test_put_uses_the_grammar_of_the_loaded_game(tmp_path):
+    """Newer ALFWorld games say `move O to R`: `put` sends that form to them (same PDDL, only wording)."""
+    from envs.alfworld_game import ALFWorldGame
+    from envs.alfworld_tools import to_command
+
+    task_id, calls = plan_of("pick_and_place")
+    original = split_root(PLANS["split"]) / task_id
+    data = json.loads((original / "game.tw-pddl").read_text())
+    data["grammar"] = (data["grammar"].replace("put {o} in/on {r}", "move {o} to {r}")
+                       .replace("You put the {o.name} in/on the {r.name}.", "You move the {o.name} to the {r.name}."))
+    (tmp_path / "game.tw-pddl").write_text(json.dumps(data))
+    game = ALFWorldGame(str(tmp_path / "game.tw-pddl"))
+    try:
+        assert calls[-1][0] == "put"
+        for call in calls:
+            reply = game.command(to_command(call[0], call[1:]))
+        assert reply["won"] and reply["observation"].startswith("You move the")
+    finally:
+        game.close()
