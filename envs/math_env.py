@@ -76,7 +76,8 @@ class MathEpisode(Episode):
             self._sandbox = Sandbox(limits=self._limits)
         result = self._sandbox.run(str(code), timeout=self._action_timeout)
         return StepResult(observation=result.output, done=False, success=False,
-                          info={"timed_out": result.timed_out, "restarted": result.restarted})
+                          info={"timed_out": result.timed_out, "restarted": result.restarted,
+                                "run_seconds": result.run_seconds})
 
     def answer(self, text: str) -> StepResult:
         """Check `text` against the target; a correct answer ends the episode."""

@@ -76,6 +76,7 @@ class ExecResult:
     output: str
     timed_out: bool = False
     restarted: bool = False
+    run_seconds: float = 0.0   # time the code itself ran inside the interpreter
 
 
 def format_observation(raw: str, truncated: bool = False) -> str:
@@ -210,7 +211,9 @@ class Sandbox:
             reply = self._remote.call("run", code, timeout=timeout)
             if not isinstance(reply, dict):
                 raise RemoteDied("malformed reply")
-            return ExecResult(format_observation(str(reply.get("output", "")), bool(reply.get("truncated"))))
+            seconds = reply.get("seconds")
+            return ExecResult(format_observation(str(reply.get("output", "")), bool(reply.get("truncated"))),
+                              run_seconds=float(seconds) if isinstance(seconds, (int, float)) else 0.0)
         except CallTimeout:
             self._restart()
             return ExecResult(format_observation(
@@ -483,6 +486,8 @@ class _Interpreter:
 
     def run(self, code: str) -> dict[str, Any]:
         """Run each top-level statement like `python -i` would; return the captured output."""
+        import time
+        started = time.perf_counter()
         os.ftruncate(1, 0)
         self._writer.written = 0
         try:
@@ -500,7 +505,7 @@ class _Interpreter:
                 self._writer.write(_format_exception(exc))
         size = os.fstat(1).st_size
         data = os.pread(1, self._cap * 4, 0)
-        return {"output": data.decode("utf-8", "replace"),
+        return {"output": data.decode("utf-8", "replace"), "seconds": time.perf_counter() - started,
                 "truncated": size > len(data) or self._writer.written > self._cap}
 
 
