@@ -333,8 +333,6 @@ def _zygote_main() -> None:
     ctl = socket.socket(fileno=ctl_fd)
     for module in preload:
         importlib.import_module(module)
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of hosts come here, so close() can find them
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # auto-reap hosts and adopted orphans
 
     def on_term(*_: Any) -> None:
         _kill_adopted()
@@ -343,6 +341,8 @@ def _zygote_main() -> None:
     signal.signal(signal.SIGTERM, on_term)
     if setup:
         resolve(setup)()
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)  # orphans of hosts come here, so close() can find them
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # auto-reap hosts and adopted orphans
     codec = _Codec("pickle")
     _send(ctl, codec, {"ok": True, "pid": os.getpid()})
     while True:

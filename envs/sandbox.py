@@ -304,23 +304,41 @@ def _zygote_setup() -> None:
                 if os.path.isdir(point):
                     _mount("tmpfs", point, "tmpfs", 0, f"size={tmpfs_mb}m,mode=1777")
             _ISOLATION.append("readonly-fs")
-        os.makedirs(_SANDBOX_ROOT, exist_ok=True)
-        os.chmod(_SANDBOX_ROOT, 0o1777)
     elif not _IS_ROOT:
-        uid, gid = os.getuid(), os.getgid()
-        if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) == 0:
-            try:
-                for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
-                                   ("/proc/self/gid_map", f"{gid} {gid} 1")):
-                    with open(path, "w") as f:
-                        f.write(text)
-                _ISOLATION.append("netns")
-            except OSError:
-                pass
-            _drop_capabilities()
+        if _probe(_enter_user_and_net_namespaces):  # a kernel may refuse or half-allow user namespaces
+            _enter_user_and_net_namespaces()
+            _ISOLATION.append("netns")
         _SANDBOX_ROOT = os.path.join(tempfile.gettempdir(), f"densepolicy-sandbox-{os.getpid()}")
-        os.makedirs(_SANDBOX_ROOT, mode=0o711, exist_ok=True)
+    os.makedirs(_SANDBOX_ROOT, exist_ok=True)
+    os.chmod(_SANDBOX_ROOT, 0o1777 if _IS_ROOT else 0o700)  # root: lineages have their own uids
     _ISOLATION.append("root" if _IS_ROOT else "user")
+
+
+def _enter_user_and_net_namespaces() -> None:
+    """Unprivileged: a user namespace mapping our own uid/gid, a network namespace, no capabilities."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
+    for path, text in (("/proc/self/setgroups", "deny"), ("/proc/self/uid_map", f"{uid} {uid} 1"),
+                       ("/proc/self/gid_map", f"{gid} {gid} 1")):
+        with open(path, "w") as f:
+            f.write(text)
+    _drop_capabilities()
+
+
+def _probe(step: Callable[[], None]) -> bool:
+    """Does `step` work? Tried in a throw-away child, so a half-done namespace set-up cannot stick."""
+    import tempfile
+    pid = os.fork()
+    if pid == 0:
+        try:
+            step()
+            tempfile.TemporaryDirectory().cleanup()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def _drop_capabilities() -> None:
