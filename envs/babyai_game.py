@@ -150,7 +150,7 @@ class BabyAIGame:
         hidden = [o for o in objects if not o.visible]
         if hidden:
             parts.append("Out of view, you remember: " + "; ".join(
-                f"a {o.name} {relative_position(*self._offset(o.pos))}" for o in hidden) + ".")
+                f"a {o.name}, {relative_position(*self._offset(o.pos))}" for o in hidden) + ".")
         carrying = self._carrying()
         parts.append(f"You are carrying a {carrying.color} {carrying.type}." if carrying
                      else "You are not carrying anything.")
