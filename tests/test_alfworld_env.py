@@ -141,6 +141,7 @@ HOSTILE = [
     "import os\nos._exit(0)",
     "import builtins\nbuiltins.__dict__['won'] = True\nraise Exception('won')",
     "import envs.alfworld_game as g\ng.ALFWorldGame.won = True",
+    "import alfworld, textworld\nprint('won')",
     "from envs.forkable import host_callback\nhost_callback('__setattr__', 'done', True)",
     # the stub's closure holds the raw RPC function: unknown names are refused by the trusted side
     "rpc = [c.cell_contents for c in goto.__closure__ if callable(c.cell_contents)][0]\nrpc('_game', 'won')",
