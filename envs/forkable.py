@@ -192,6 +192,16 @@ def kill_process_tree(pid: int, rounds: int = 50) -> None:
         time.sleep(0.002)
 
 
+def _start_time(pid: int) -> str:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks), "" if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rfind(b")") + 2:].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -425,7 +435,8 @@ class ForkServer:
 
     def _forget(self, remote: "Remote") -> None:
         with self._lock:
-            self._remotes.pop(remote.pid, None)
+            if self._remotes.get(remote.pid) is remote:
+                del self._remotes[remote.pid]
             self._kill_orphans()
 
     def _kill_orphans(self) -> None:
@@ -471,6 +482,7 @@ class Remote:
         self.pid = pid
         self.server = server
         self.callback = callback
+        self._start_time = _start_time(pid)  # to tell our process from a later one reusing the pid
 
     @property
     def alive(self) -> bool:
@@ -550,8 +562,9 @@ class Remote:
             self._sock.close()
         finally:
             self._sock = None
-            kill_process_tree(self.pid)
-            self.server._forget(self)
+            if _start_time(self.pid) == self._start_time:
+                kill_process_tree(self.pid)
+            self.server._forget(self)  # also kills what a vanished host left behind
 
     def __enter__(self) -> "Remote":
         return self

@@ -19,6 +19,7 @@ is killed and the answer counts as not equal. This works from any thread (no SIG
 from __future__ import annotations
 
 import math
+import os
 import re
 import threading
 from typing import Any
@@ -419,6 +420,14 @@ def _has_letters(s: str) -> bool:
 # ----------------------------------------------------------------------------- symbolic (confined process)
 _GRADER_LOCK = threading.Lock()
 _GRADER: Any = None
+
+
+def _forget_grader_in_child() -> None:
+    global _GRADER, _GRADER_LOCK
+    _GRADER, _GRADER_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_grader_in_child)
 
 
 def _symbolic_equal(p: str, r: str, timeout: float) -> bool:

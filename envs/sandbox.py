@@ -65,7 +65,7 @@ class SandboxLimits:
     cpu_seconds: int = 300         # RLIMIT_CPU per process, over the interpreter's lifetime
     file_size_mb: int = 64         # RLIMIT_FSIZE: largest file the code can write
     open_files: int = 256          # RLIMIT_NOFILE
-    processes: int = 256           # RLIMIT_NPROC for a lineage (an interpreter and all its forks)
+    processes: int = 512           # RLIMIT_NPROC for a lineage (an interpreter, its forks and children)
     tmpfs_mb: int = 1024           # size of the private /tmp when running as root
 
 
@@ -150,6 +150,16 @@ def _server(preload: tuple[str, ...], tmpfs_mb: int) -> ForkServer:
         server = ForkServer(env=env, codec="json", zygote_setup="envs.sandbox:_zygote_setup", name="sandbox")
         _SERVERS[key] = server
         return server
+
+
+def _forget_servers_in_child() -> None:
+    """A process forked from the worker must not share the worker's zygote connections."""
+    global _SERVERS_LOCK
+    _SERVERS.clear()
+    _SERVERS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_servers_in_child)
 
 
 @atexit.register
