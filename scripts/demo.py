@@ -1,0 +1,9 @@
+"""`make demo`: the whole loop on the embedded model (see densepolicy/demo.py, configs/demo.yaml)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from densepolicy.demo import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
