@@ -151,6 +151,8 @@ def wait_and_stop(record: RunRecord, server, grace: float, progress, poll_s: flo
     failed = [w for w in record.workers if read_json(w.status).get("exit_code") != 0]
     for w in failed:
         progress(f"shard {w.index} failed (exit code {read_json(w.status).get('exit_code')}); log {w.log}")
+    if not failed:
+        progress(f"all {len(record.workers)} shards finished; servers stopped; output: {record.output_dir}")
     return EXIT_WORKERS if failed else 0
 
 
