@@ -17,6 +17,7 @@ from pathlib import Path
 
 from densepolicy.budget import find_pair_files, merge_all_pairs
 from densepolicy.pairs import extract_pairs_file, extraction_paths, iter_tree_tasks, read_task_meta, task_pairs
+from densepolicy.paths import PROJECT_ROOT
 from densepolicy.plots import pairs_histogram, plot_tree
 from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
 from densepolicy.results_io import ensure_new
@@ -28,7 +29,7 @@ def parse_args():
     parser.add_argument("--merge_all_pairs", action="store_true", help="combine pairs CSVs under per-task budgets")
     parser.add_argument("--plot_tree", nargs="+", default=[], metavar="TASK_ID", help="draw these tasks' trees (PNG)")
     parser.add_argument("--data_dir", help="run directory (--process_result) or root searched for *.pairs.csv "
-                        "(--merge_all_pairs, default eval_results)")
+                        "(--merge_all_pairs, default <project>/eval_results)")
     parser.add_argument("--dataset_file_name_list", nargs="+", default=[], help="shard templates, e.g. 'math.train.{}.csv'")
     parser.add_argument("--dataset_file_name", help="merged result file, e.g. math.train.None.csv")
     parser.add_argument("--data_sub_dir", help="output sub-directory of --data_dir (default: pairs)")
@@ -78,7 +79,7 @@ def main() -> int:
         for template in templates:
             process_result(args, cfg, template)
     if args.merge_all_pairs:
-        root = Path(args.data_dir or "eval_results")
+        root = Path(args.data_dir) if args.data_dir else PROJECT_ROOT / "eval_results"
         inputs = [Path(p) for p in args.pairs_files] or find_pair_files(root)
         if not inputs:
             raise FileNotFoundError(f"no *.pairs.csv files under {root}")

@@ -13,13 +13,15 @@ from pathlib import Path
 
 from densepolicy.budget import MERGED_PREFIX
 from densepolicy.lf_dataset import prepare_dataset
+from densepolicy.paths import PROJECT_ROOT
 from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
 
 
 def parse_args():
     parser = make_parser(__doc__)
     parser.add_argument("--pairs", help="pairs CSV (default: newest merged_all_pairs*.csv under --search_dir)")
-    parser.add_argument("--search_dir", default="eval_results", help="where to look for the default input")
+    parser.add_argument("--search_dir", default=str(PROJECT_ROOT / "eval_results"),
+                        help="where to look for the default input (default: <project>/eval_results)")
     parser.add_argument("--name", help="dataset name in dataset_info.json (default: tree_dpo.<input name>)")
     parser.add_argument("--model", help="tokenizer for the length filter (path or name under models/); "
                         "same as dataset.model=...")
