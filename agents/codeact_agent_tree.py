@@ -286,13 +286,30 @@ class TreeTask:
         """A fork of `node`'s live episode (the root's for None), materialising it if needed."""
         if node is None:
             async with self.root_lock:
-                return await self.ctx.blocking(self.root_episode.fork)
+                try:
+                    return await self.ctx.blocking(self.root_episode.fork)
+                except Exception as exc:  # noqa: BLE001 - a dead sandbox: start the task afresh
+                    log.warning("task %s: fork of the initial episode failed (%s); restarting it", self.task_id, exc)
+                    old, self.root_episode = self.root_episode, await self.ctx.blocking(self.ctx.env.start, self.task_id)
+                    self.ctx.executor.submit(old.close)
+                    return await self.ctx.blocking(self.root_episode.fork)
         async with node.lock:
-            if node.episode is None:
-                node.episode, node.owner = await self._materialize(node), self
-                self.pool.add(node)
-            self.pool.touch(node)
-            return await self.ctx.blocking(node.episode.fork)
+            for attempt in (1, 2):
+                if node.episode is None:
+                    node.episode, node.owner = await self._materialize(node), self
+                    self.pool.add(node)
+                self.pool.touch(node)
+                try:
+                    return await self.ctx.blocking(node.episode.fork)
+                except Exception as exc:  # noqa: BLE001 - rebuild from an ancestor once, then give up
+                    if attempt == 2:
+                        raise
+                    log.warning("task %s: fork of node %s failed (%s); rebuilding it by replay",
+                                self.task_id, node_key(node.node), exc)
+                    broken = self.pool.discard(node)
+                    if broken is not None:
+                        self.ctx.executor.submit(broken.close)
+            raise AssertionError("unreachable")
 
     async def _child_episode(self, parent: TreeNode | None) -> Episode:
         return await self._fork(parent)

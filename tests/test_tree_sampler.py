@@ -128,3 +128,20 @@ def test_task_type_filter_and_contiguous_shards(fake_server, tmp_path):
         with (tmp_path / f"gsm8k.train.{shard}.csv").open(newline="") as fh:
             ids.append([r["task_id"] for r in csv.DictReader(fh)])
     assert sorted(ids[0]) == ["0", "2"] and ids[1] == ["4"]
+
+
+def test_a_failing_fork_is_rebuilt_from_an_ancestor(fake_server, tmp_path, monkeypatch):
+    server = fake_server(fakes.scripted_reply)
+    reference = comparable(*run(server, tmp_path / "ok", "max_tasks=1"))
+    real_fork, calls = fakes.ScriptedEpisode.fork, {"n": 0}
+
+    def flaky_fork(self):
+        calls["n"] += 1
+        if calls["n"] % 7 == 3 and len(self.state) > 0:   # some forks of non-root episodes die
+            raise RuntimeError("sandbox process died")
+        return real_fork(self)
+
+    monkeypatch.setattr(fakes.ScriptedEpisode, "fork", flaky_fork)
+    rows, dump = run(server, tmp_path / "flaky", "max_tasks=1")
+    assert rows[0]["status"] == "done" and json.loads(rows[0]["extra"])["replays"] > 0
+    assert comparable(rows, dump)[1] == reference[1]
