@@ -15,7 +15,7 @@ from pathlib import Path
 
 from densepolicy.merge import merge_distributed
 from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
-from densepolicy.results_io import write_text_atomic
+from densepolicy.results_io import CorruptFileError, write_text_atomic
 from densepolicy.scores import build_tables, render_csv, render_markdown, render_text, score_file
 
 
@@ -75,7 +75,12 @@ def main() -> int:
         if args.expected_tasks:
             expected = [line.strip() for line in Path(args.expected_tasks).read_text().splitlines() if line.strip()]
         for template in args.dataset_file_name_list:
-            report = merge_distributed(args.data_dir, template, num_shards=args.num_shards, expected_tasks=expected)
+            try:
+                report = merge_distributed(args.data_dir, template, num_shards=args.num_shards,
+                                           expected_tasks=expected)
+            except CorruptFileError as exc:
+                raise CorruptFileError(exc.path, exc.line, exc.problem + " -- nothing was moved or written; "
+                                       "a killed worker repairs its shard when re-run with the same command") from None
             print(report.summary())
     if args.see_score:
         see_score(args, cfg)
