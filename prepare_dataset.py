@@ -23,7 +23,7 @@ def parse_args():
     parser.add_argument("--search_dir", default=str(PROJECT_ROOT / "eval_results"),
                         help="where to look for the default input (default: <project>/eval_results)")
     parser.add_argument("--name", help="dataset name in dataset_info.json (default: tree_dpo.<input name>)")
-    parser.add_argument("--model", help="tokenizer for the length filter (path or name under models/); "
+    parser.add_argument("--model", help="tokenizer for the length filter (configs/models.yaml name or model directory); "
                         "same as dataset.model=...")
     parser.add_argument("--cutoff_len", type=int, help="token cutoff; same as dataset.cutoff_len=...")
     parser.add_argument("--output_dir", help="LLaMA-Factory data dir; same as dataset.output_dir=...")

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 from tqdm import tqdm
 
 from densepolicy.pairs import read_pairs
-from densepolicy.paths import embedded_model_dir, resolve
+from densepolicy.paths import resolve
 from densepolicy.postprocess_config import DatasetConfig
 from densepolicy.results_io import ensure_new, write_json_atomic
 
@@ -134,18 +134,17 @@ def mix_records(ours: list[dict], others: Iterable[tuple[str, list[dict], float]
 
 
 def load_tokenizer(model: str = ""):
-    """The tokenizer of `model` (a local path, or a name under models/); '' = the embedded model."""
+    """The tokenizer of `model`: a name of configs/models.yaml or a model directory ('' = the registry's
+    default, the embedded SmolLM2). Models are never downloaded; a missing one is a `ModelError`."""
     from transformers import AutoTokenizer
 
-    candidates = [embedded_model_dir()] if not model else [resolve(model), embedded_model_dir().parent / model]
-    for path in candidates:
-        if Path(path).is_dir():
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-            if tokenizer.chat_template is None:
-                raise DatasetError(f"model {path} has no chat template")
-            return tokenizer
-    raise DatasetError(f"model {model or embedded_model_dir()!s} not found locally (looked in "
-                       f"{', '.join(map(str, candidates))}); models are never downloaded")
+    from densepolicy.models import resolve_model
+
+    spec = resolve_model(model or None)
+    tokenizer = AutoTokenizer.from_pretrained(str(spec.path))
+    if tokenizer.chat_template is None:
+        raise DatasetError(f"model {spec.path} has no chat template")
+    return tokenizer
 
 
 def pair_token_lengths(tokenizer, records: Sequence[dict[str, Any]], batch_size: int = 64,

@@ -65,7 +65,8 @@ class MergePairsConfig:
 class DatasetConfig:
     """LLaMA-Factory dataset writing (`prepare_dataset.py`)."""
 
-    model: str = help_field("", help="Tokenizer (path or local name) used for the length filter; '' = embedded model.")
+    model: str = help_field("", help="Tokenizer for the length filter: a configs/models.yaml name or a model "
+                            "directory; '' = the registry default (embedded SmolLM2-135M-Instruct).")
     cutoff_len: int = help_field(4096, help="Drop pairs whose prompt+chosen or prompt+rejected exceeds this many tokens.")
     output_dir: str = help_field("TreeDPO/data", help="Where the JSON and dataset_info.json live.")
     seed: int = help_field(42, help="Seed for mixing other datasets.")

@@ -95,7 +95,7 @@ def test_cli_length_filter_with_the_model_tokenizer_and_mixing(tmp_path):
     again = run_prepare("--pairs", str(pairs), "--output_dir", str(data))
     assert again.returncode == 2 and "already exists" in again.stderr
     missing = run_prepare("--pairs", str(pairs), "--output_dir", str(data), "--name", "n2", "--model", "no-such-model")
-    assert missing.returncode == 2 and "not found locally" in missing.stderr
+    assert missing.returncode == 2 and "'no-such-model' is neither a registered name" in missing.stderr
 
 
 @pytest.mark.integration
