@@ -170,26 +170,74 @@ def _members(pid: int, table: dict[int, tuple[int, int, int]]) -> set[int]:
     return found
 
 
+def _children(pid: int) -> list[int] | None:
+    """Direct children of `pid` from /proc/<pid>/task/*/children; None if the kernel lacks that file."""
+    kids: list[int] = []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids  # no such process
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as f:
+                kids.extend(int(x) for x in f.read().split())
+        except FileNotFoundError:
+            if os.path.exists(f"/proc/{pid}/task/{tid}"):
+                return None
+        except OSError:
+            continue
+    return kids
+
+
+def _tree(pid: int) -> set[int] | None:
+    """`pid` and its descendants (walking children files), or None when unsupported."""
+    found, todo = {pid}, [pid]
+    while todo:
+        kids = _children(todo.pop())
+        if kids is None:
+            return None
+        for kid in kids:
+            if kid not in found:
+                found.add(kid)
+                todo.append(kid)
+    return found
+
+
 def kill_process_tree(pid: int, rounds: int = 50) -> None:
-    """SIGKILL `pid` with all descendants and session / group members, until none is left.
+    """SIGKILL `pid` with all its descendants (and, without /proc children files, its session and
+    process group members), until none is left.
 
     Members are frozen with SIGSTOP first (a frozen process cannot fork). Killing members can
     wake frozen ones (the kernel sends SIGCONT to newly orphaned process groups), so the whole
-    scan-freeze-kill cycle repeats until a scan finds nobody."""
+    scan-freeze-kill cycle repeats until a scan finds nobody. Descendants that escape the tree by
+    being re-parented end up under the zygote, whose unknown children `ForkServer` also kills."""
     if pid <= 1:
         return
     me = os.getpid()
+    known: dict[int, str] = {pid: _start_time(pid)}  # pid -> start time, so a reused pid is left alone
+
+    def is_ours(p: int) -> bool:
+        return _state(p) not in ("Z", "X", "") and _start_time(p) == known[p]
+
+    def scan() -> set[int]:
+        """Everything alive under any process we know of (children of a dying process are only
+        re-parented once it has fully exited, so keep walking until every known one is dead)."""
+        for p in [p for p in known if is_ours(p)]:
+            tree = _tree(p)
+            for q in tree if tree is not None else _members(p, _proc_table()):
+                if q not in known and q != me:
+                    known[q] = _start_time(q)
+        return {p for p in known if is_ours(p)}
+
     for _ in range(rounds):
-        members = _members(pid, _proc_table()) - {me}
-        alive = {p for p in members if _state(p) not in ("Z", "X", "")}
+        alive = scan()
         if not alive:
             return
         for p in alive:
             _signal(p, signal.SIGSTOP)
-        for p in alive | (_members(pid, _proc_table()) - {me}):
+        for p in alive | scan():
             _signal(p, signal.SIGKILL)
-        _signal(-pid, signal.SIGKILL)
-        time.sleep(0.002)
+        time.sleep(0.0002)
 
 
 def _start_time(pid: int) -> str:
@@ -444,8 +492,11 @@ class ForkServer:
         if self._ctl is None:
             return
         live = set(self._remotes)
-        for pid, (ppid, _pgid, _sid) in _proc_table().items():
-            if ppid == self.pid and pid not in live:
+        kids = _children(self.pid)
+        if kids is None:
+            kids = [p for p, (ppid, _pgid, _sid) in _proc_table().items() if ppid == self.pid]
+        for pid in kids:
+            if pid not in live and _state(pid) not in ("Z", "X", ""):
                 kill_process_tree(pid)
 
     def close(self) -> None:
