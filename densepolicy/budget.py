@@ -10,7 +10,6 @@ Two streaming passes over the input CSVs: count pairs per task, then write the c
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import random
@@ -156,7 +155,3 @@ def merge_all_pairs(inputs: list[Path], output: str | os.PathLike | None, cfg: M
                     writer.writerow({**row, "source_file": str(path)})
     return report
 
-
-def group_counts_json(report: BudgetReport) -> str:
-    """The report as JSON (for logs and tests)."""
-    return json.dumps({g: {"pairs": r.pairs_kept, "tasks": r.tasks_kept} for g, r in report.groups.items()})
