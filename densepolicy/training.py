@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -147,13 +148,17 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 def llamafactory_keys() -> set[str]:
     """Every key LLaMA-Factory's `train`/`export` accept (its argument dataclasses), plus a few meta keys."""
-    from llamafactory.hparams import (  # imported lazily: pulls in transformers (several seconds)
-        DataArguments,
-        FinetuningArguments,
-        GeneratingArguments,
-        ModelArguments,
-        TrainingArguments,
-    )
+    try:  # imported lazily: pulls in transformers (several seconds)
+        from llamafactory.hparams import (
+            DataArguments,
+            FinetuningArguments,
+            GeneratingArguments,
+            ModelArguments,
+            TrainingArguments,
+        )
+    except ImportError as exc:
+        raise TrainingError(f"LLaMA-Factory is not importable from {sys.executable} ({exc}); "
+                            f"run with the main venv: {main_python()} (make setup)") from None
 
     keys = {"dataset", "eval_dataset"}  # declared on DataArguments already; listed for clarity
     for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments, GeneratingArguments):
