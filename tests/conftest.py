@@ -94,6 +94,8 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
             server.start()
         except ServerError as exc:
             pytest.fail(f"vLLM test server did not start: {exc}", pytrace=False)
+        print(f"\n[vllm_server] {server.served_name} healthy at {server.base_url} "
+              f"after {server.startup_s:.1f} s (log: {log_file})")
         yield server
     finally:
         server.stop()

@@ -28,11 +28,11 @@ def test_n_choices_with_token_usage(vllm_server):
 
 
 def test_seed_makes_sampling_repeatable(vllm_server):
-    first, _ = chat(vllm_server, n=3, temperature=1.0, max_tokens=16, seed=123)
-    again, _ = chat(vllm_server, n=3, temperature=1.0, max_tokens=16, seed=123)
+    first, _ = chat(vllm_server, n=3, temperature=1.0, max_tokens=12, seed=123)
+    again, _ = chat(vllm_server, n=3, temperature=1.0, max_tokens=12, seed=123)
+    other, _ = chat(vllm_server, n=3, temperature=1.0, max_tokens=12, seed=7)
     assert first.texts == again.texts
-    others = [chat(vllm_server, n=3, temperature=1.0, max_tokens=16, seed=s)[0].texts for s in (7, 8)]
-    assert any(o != first.texts for o in others)  # the seed, not greedy decoding, fixes the output
+    assert other.texts != first.texts  # the seed, not greedy decoding, fixes the output
 
 
 def test_stop_string_ends_generation_before_it(vllm_server):
