@@ -14,7 +14,7 @@ parts of vLLM's API the project uses:
 Timing model (what makes it usable for throughput benchmarks): the server has ``batch_capacity``
 sequence slots. A request with ``n`` choices needs ``min(n, batch_capacity)`` slots, holds them for
 ``latency_s`` seconds, and waits in a FIFO queue while not enough slots are free. So up to
-``batch_capacity`` sequences overlap, exactly like a continuous-batching server whose step time does
+``batch_capacity`` sequences overlap, as on a continuous-batching server whose step time does
 not depend on batch size, and anything beyond waits.
 
     with FakeOpenAIServer(["Action: look() End Action", "Answer: 4"], latency_s=0.05) as server:
