@@ -53,8 +53,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _HEADER = struct.Struct("!I")
@@ -460,7 +461,7 @@ class ForkServer:
 
     def spawn(self, factory: str, *args: Any, setup: str | None = None,
               callback: Callable[[str, list, dict], Any] | None = None, timeout: float = 60.0,
-              **kwargs: Any) -> "Remote":
+              **kwargs: Any) -> Remote:
         """Fork a host from the zygote that builds `factory(*args, **kwargs)`."""
         with self._lock:
             if self._ctl is None:
@@ -478,10 +479,10 @@ class ForkServer:
             raise
         return remote
 
-    def _register(self, remote: "Remote") -> None:
+    def _register(self, remote: Remote) -> None:
         self._remotes[remote.pid] = remote
 
-    def _forget(self, remote: "Remote") -> None:
+    def _forget(self, remote: Remote) -> None:
         with self._lock:
             if self._remotes.get(remote.pid) is remote:
                 del self._remotes[remote.pid]
@@ -517,7 +518,7 @@ class ForkServer:
             kill_process_tree(self._proc.pid)
             self._proc.wait()
 
-    def __enter__(self) -> "ForkServer":
+    def __enter__(self) -> ForkServer:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -587,7 +588,7 @@ class Remote:
         except Exception as exc:  # noqa: BLE001 - the host sees the error message
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
-    def fork(self, timeout: float = 30.0) -> "Remote":
+    def fork(self, timeout: float = 30.0) -> Remote:
         """An independent host continuing from this host's current in-memory state."""
         if self._sock is None:
             raise RemoteDied(f"host {self.pid} is closed")
@@ -617,7 +618,7 @@ class Remote:
                 kill_process_tree(self.pid)
             self.server._forget(self)  # also kills what a vanished host left behind
 
-    def __enter__(self) -> "Remote":
+    def __enter__(self) -> Remote:
         return self
 
     def __exit__(self, *exc: object) -> None:

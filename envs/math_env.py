@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from densepolicy.paths import data_dir as default_data_dir
 from envs.base import Env, EnvError, Episode, StepResult
@@ -88,7 +88,7 @@ class MathEpisode(Episode):
             return StepResult(observation=CORRECT, done=True, success=True)
         return StepResult(observation=INCORRECT, done=False, success=False)
 
-    def fork(self) -> "MathEpisode":
+    def fork(self) -> MathEpisode:
         """Same state, independent future: the live interpreter is `os.fork`ed (no replay)."""
         sandbox = self._sandbox.fork() if self._sandbox is not None and not self._closed else None
         child = MathEpisode(self.task_id, self.goal, self.target, self._limits, self._action_timeout, sandbox)
@@ -107,8 +107,8 @@ class _MathLikeEnv(Env):
     """Shared loading and validation; subclasses say which files make which split."""
 
     requires_answer = True
-    tools: list = []
-    SPLITS: dict[str, str] = {}
+    tools: ClassVar[list] = []
+    SPLITS: ClassVar[dict[str, str]] = {}
 
     def __init__(self, split: str = "test", data_dir: str | Path | None = None, action_timeout: float = 5.0,
                  sandbox_limits: SandboxLimits | dict[str, int] | None = None):
@@ -160,7 +160,7 @@ class GSM8KEnv(_MathLikeEnv):
 
     name = "gsm8k"
     answer_type = "number"
-    SPLITS = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
+    SPLITS: ClassVar[dict[str, str]] = {"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"}
 
     def _goal(self, row: dict[str, Any]) -> str:
         return row["question"]
@@ -174,8 +174,9 @@ class MATHEnv(_MathLikeEnv):
 
     name = "math"
     answer_type = "text"
-    SPLITS = {"train": "math/math_test5000.jsonl", "test5000": "math/math_test5000.jsonl",
-              "test": "math/math500_test.jsonl"}
+    SPLITS: ClassVar[dict[str, str]] = {"train": "math/math_test5000.jsonl",
+                                        "test5000": "math/math_test5000.jsonl",
+                                        "test": "math/math500_test.jsonl"}
 
     def _split_ids(self) -> list[str]:
         if self.split == "train":

@@ -309,7 +309,7 @@ def _balanced(s: str) -> bool:
 
 
 def _matrix(s: str) -> list[list[str]] | None:
-    match = re.fullmatch(r"\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}", s.strip(), re.S)
+    match = re.fullmatch(r"\\begin\{([pbvB]?matrix)\}(.*)\\end\{\1\}", s.strip(), re.DOTALL)
     if not match:
         return None
     rows = [r for r in (row.strip() for row in match.group(2).split("\\\\")) if r]
@@ -450,8 +450,9 @@ def _symbolic_equal(p: str, r: str, timeout: float) -> bool:
 
 
 def _spawn_grader() -> Any:
-    from envs.sandbox import SandboxLimits, new_lineage_uid, shared_fork_server
     from dataclasses import asdict
+
+    from envs.sandbox import SandboxLimits, new_lineage_uid, shared_fork_server
     limits = asdict(SandboxLimits(cpu_seconds=3600, processes=16))
     return shared_fork_server().spawn("envs.math_grading:_Grader", limits, new_lineage_uid(), timeout=120)
 
@@ -463,8 +464,9 @@ class _Grader:
     def __init__(self, limits: dict[str, int], uid: int | None):
         from envs.sandbox import confine_process
         confine_process(limits, uid)
-        import math_verify  # noqa: F401 - preloaded by the zygote
         import logging
+
+        import math_verify  # noqa: F401 - preloaded by the zygote
         logging.getLogger("math_verify").setLevel(logging.ERROR)
 
     def equal(self, pred: str, ref: str) -> bool:

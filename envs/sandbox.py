@@ -43,8 +43,9 @@ import os
 import random
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 from envs.forkable import CallTimeout, ForkServer, RemoteDied, RemoteError
 
@@ -242,7 +243,7 @@ class Sandbox:
         self._remote = None
         self._start()
 
-    def fork(self, tool_handler: Callable[[str, list, dict], Any] | None = None) -> "Sandbox":
+    def fork(self, tool_handler: Callable[[str, list, dict], Any] | None = None) -> Sandbox:
         """An independent sandbox continuing from this interpreter's state (its files are copied).
 
         `tool_handler` replaces the parent's handler in the copy (a forked env needs its own)."""
@@ -270,7 +271,7 @@ class Sandbox:
             self._remote.close()
             self._remote = None
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

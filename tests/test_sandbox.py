@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from envs.sandbox import EXIT_REFUSED, INPUT_REFUSED, NO_OUTPUT, OUTPUT_LIMIT, TRUNCATION_MARK, Sandbox
+from envs.sandbox import (
+    EXIT_REFUSED,
+    INPUT_REFUSED,
+    NO_OUTPUT,
+    OUTPUT_LIMIT,
+    TRUNCATION_MARK,
+    Sandbox,
+)
 
 IS_ROOT = os.geteuid() == 0
 
@@ -350,5 +357,34 @@ def test_cannot_touch_other_sandbox(sb):
         if IS_ROOT:
             assert "PermissionError" in out
             assert other.run("print(secret)").output == "abc\n"
+    finally:
+        other.close()
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the worker is not root: nothing privileged to lose")
+def test_privileged_operations_fail(sb):
+    code = ("import os, ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nresults = []\n"
+            "for name, call in [('chroot', lambda: os.chroot('/')), ('setuid0', lambda: os.setuid(0)),\n"
+            "                   ('shadow', lambda: open('/etc/shadow').read()),\n"
+            "                   ('mount', lambda: libc.mount(b'none', b'/mnt', b'tmpfs', 0, None) or 'mounted'),\n"
+            "                   ('unshare', lambda: libc.unshare(0x00020000) or 'unshared'),\n"
+            "                   ('ptrace', lambda: libc.ptrace(16, os.getppid(), 0, 0) or 'attached')]:\n"
+            "    try:\n        r = call()\n        results.append((name, 'ok' if r not in (-1,) else 'failed'))\n"
+            "    except Exception as e:\n        results.append((name, 'failed'))\n"
+            "print(results)")
+    out = sb.run(code).output
+    assert "'ok'" not in out, out
+    assert out.count("'failed'") == 6
+
+
+def test_other_sandbox_memory_is_unreadable(sb):
+    other = Sandbox()
+    try:
+        other.run("secret = 'topsecret-' * 3")
+        out = sb.run(f"if True:\n    data = open('/proc/{other.pid}/mem', 'rb')\n    print('opened')").output
+        if IS_ROOT:
+            assert "opened" not in out
+        out = sb.run(f"print(open('/proc/{other.pid}/environ', 'rb').read())").output
+        assert "topsecret" not in out
     finally:
         other.close()
