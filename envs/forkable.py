@@ -251,6 +251,16 @@ def _start_time(pid: int) -> str:
         return ""
 
 
+def _ppid_uid(pid: int) -> tuple[int, int] | None:
+    """(parent pid, real uid) of `pid`, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["PPid"]), int(fields["Uid"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def _state(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -442,6 +452,7 @@ class ForkServer:
         self.name = name
         self._lock = threading.RLock()
         self._remotes: dict[int, Remote] = {}
+        self._forks_in_flight = 0
         ctl, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parent.parent)
         paths = [root] + [p for p in sys.path if p and p != root]
@@ -489,8 +500,9 @@ class ForkServer:
             self._kill_orphans()
 
     def _kill_orphans(self) -> None:
-        """Kill processes the zygote adopted that are not live hosts (detached by hosted code)."""
-        if self._ctl is None:
+        """Kill processes the zygote adopted that are not live hosts (detached by hosted code).
+        Skipped while a fork is in flight (its copy is not registered yet); a later close sweeps."""
+        if self._ctl is None or self._forks_in_flight:
             return
         live = set(self._remotes)
         kids = _children(self.pid)
@@ -592,19 +604,39 @@ class Remote:
         """An independent host continuing from this host's current in-memory state."""
         if self._sock is None:
             raise RemoteDied(f"host {self.pid} is closed")
-        with self.server._lock:
+        server = self.server
+        with server._lock:
+            server._forks_in_flight += 1  # the copy is the zygote's child before we know its pid
+        try:
             result = self._roundtrip({"op": "fork"}, timeout)
             try:
                 _, fds, _, _ = socket.recv_fds(self._sock, 1, 1)
-            except OSError as exc:
+            except (OSError, AttributeError) as exc:
                 self.close()
                 raise RemoteDied(f"host {self.pid} died while forking: {exc}") from None
             if not fds:
                 self.close()
                 raise RemoteDied(f"host {self.pid} sent no socket for its fork")
-            child = Remote(socket.socket(fileno=fds[0]), int(result["pid"]), self.server, self.callback)
-            self.server._register(child)
+            pid = int(result["pid"]) if isinstance(result, dict) and isinstance(result.get("pid"), int) else 0
+            with server._lock:
+                if not self._plausible_fork(pid):  # a host running hostile code may forge the reply
+                    os.close(fds[0])
+                    self.close()
+                    raise RemoteDied(f"host {self.pid} answered the fork with an implausible pid {pid}")
+                child = Remote(socket.socket(fileno=fds[0]), pid, server, self.callback)
+                server._register(child)
+        finally:
+            with server._lock:
+                server._forks_in_flight -= 1
         return child
+
+    def _plausible_fork(self, pid: int) -> bool:
+        """A fork of this host is an unregistered child of the zygote with the host's uid."""
+        server = self.server
+        if pid <= 1 or pid in (server.pid, os.getpid()) or pid in server._remotes:
+            return False
+        mine, theirs = _ppid_uid(self.pid), _ppid_uid(pid)
+        return theirs is not None and theirs[0] == server.pid and (mine is None or mine[1] == theirs[1])
 
     def close(self) -> None:
         """Kill the host and everything it started. Idempotent."""

@@ -388,3 +388,37 @@ def test_other_sandbox_memory_is_unreadable(sb):
         assert "topsecret" not in out
     finally:
         other.close()
+
+
+def test_forged_fork_reply_cannot_target_other_processes(sb):
+    """Code pre-writes a fake fork answer naming the zygote: the worker must not adopt (and later kill) it."""
+    zygote = sb._remote.server.pid
+    bystander = Sandbox()
+    try:
+        code = ("import os, stat, json, struct, socket\n"
+                "fds = []\n"
+                "for f in os.listdir('/proc/self/fd'):\n"
+                "    try:\n"
+                "        if stat.S_ISSOCK(os.fstat(int(f)).st_mode):\n"
+                "            fds.append(int(f))\n"
+                "    except OSError:\n"
+                "        pass\n"
+                "fd = fds[0]\n"
+                "s = socket.socket(fileno=os.dup(fd))\n"
+                "def frame(obj):\n"
+                "    data = json.dumps(obj).encode()\n"
+                "    return struct.pack('!I', len(data)) + data\n"
+                f"s.sendall(frame({{'ok': True, 'result': {{'output': 'x', 'truncated': False}}}}))\n"
+                f"s.sendall(frame({{'ok': True, 'result': {{'pid': {zygote}}}}}))\n"
+                "a, b = socket.socketpair()\n"
+                "socket.send_fds(s, [b'F'], [a.fileno()])\n")
+        sb.run(code)
+        try:
+            child = sb.fork()
+            child.close()
+        except Exception:  # noqa: BLE001 - refusing is fine too
+            pass
+        assert _alive(zygote)
+        assert bystander.run("print('alive')").output == "alive\n"
+    finally:
+        bystander.close()
