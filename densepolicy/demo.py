@@ -152,6 +152,14 @@ class Demo:
                          *map(str, pair_files), "--output", str(merged_pairs), "--overwrite"), "merge_all_pairs")
         return merged_pairs
 
+    def release_tmux_ids(self) -> None:
+        """Stop leftovers of an earlier, interrupted demo that used the same TMUX_START_IDs."""
+        for offset in (0, 5):
+            for i in range(len(self.cfg.datasets)):
+                tmux_id = self.cfg.tmux_start_id + offset + 10 * i
+                self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_leftovers",
+                         check=False)
+
     def main(self) -> int:
         cfg = self.cfg
         if self.root.exists() and any(self.root.iterdir()):
@@ -159,6 +167,7 @@ class Demo:
             self.root.rename(backup)
             print(f"[demo] previous demo output moved to {backup}")
         self.root.mkdir(parents=True)
+        self.release_tmux_ids()
         with self.stage(f"start vLLM server for {cfg.model}"):
             server = self.start_server(cfg.model, "base")
         try:

@@ -40,6 +40,10 @@ else say ".venv up to date"; fi
 
 # 3. serving venv (.venv-serve)
 SERVE_HASH=$( (cat requirements-serve-$SERVE.txt; echo "$SETUP_VERSION") | sha256sum | cut -c1-16)
+if [ -f .venv-serve/.densepolicy-flavor ] && [ "$(cat .venv-serve/.densepolicy-flavor)" != "$SERVE" ]; then
+  say "switching .venv-serve from $(cat .venv-serve/.densepolicy-flavor) to $SERVE: rebuilding it"
+  rm -rf .venv-serve
+fi
 if ! stamp_ok .venv-serve/.densepolicy-stamp "$SERVE_HASH"; then
   say "creating .venv-serve (vLLM, $SERVE)"
   [ -x .venv-serve/bin/python ] || "$PYTHON" -m venv .venv-serve
@@ -54,6 +58,7 @@ if ! stamp_ok .venv-serve/.densepolicy-stamp "$SERVE_HASH"; then
     printf 'Metadata-Version: 2.1\nName: vllm\nVersion: 0.32.0+cpu\n' > "$SP/vllm-0.32.0+cpu.dist-info/METADATA"
     touch "$SP/vllm-0.32.0+cpu.dist-info/RECORD"
   fi
+  echo "$SERVE" > .venv-serve/.densepolicy-flavor
   echo "$SERVE_HASH" > .venv-serve/.densepolicy-stamp
 else say ".venv-serve up to date"; fi
 if [ "$SERVE" = cpu ]; then  # cheap and idempotent, so outside the stamp
