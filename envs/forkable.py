@@ -17,8 +17,9 @@ API
 - `ForkServer(preload=(), env=None, codec="pickle", zygote_setup=None, name="forkable")`
   `env`: the zygote's environment (None = inherit the caller's; pass a dict to scrub it).
   `codec`: "pickle" (trusted hosts; any picklable values) or "json" (hosts that run untrusted
-  code: the caller never unpickles what they send). `zygote_setup`: `"module:callable"` run
-  once in the zygote after preloading (e.g. namespaces for a sandbox).
+  code: the caller never unpickles what they send). `max_message_bytes` caps what a host may send.
+  `zygote_setup`: `"module:callable"` run once in the zygote after preloading (e.g. namespaces for
+  a sandbox).
 - `ForkServer.spawn(factory, *args, setup=None, callback=None, timeout=60, **kwargs) -> Remote`
   `setup`: `"module:callable"` run in the new host before the factory (e.g. rlimits).
   `callback(name, args, kwargs) -> result` runs in the caller whenever the host calls
@@ -117,11 +118,16 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _recv(sock: socket.socket, codec: _Codec, deadline: float | None = None) -> Any:
+def _recv(sock: socket.socket, codec: _Codec, deadline: float | None = None,
+          max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, deadline))
-    if size > MAX_MESSAGE_BYTES:
-        raise RemoteDied(f"message of {size} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
-    return codec.loads(_recv_exact(sock, size, deadline))
+    if size > max_bytes:
+        raise RemoteDied(f"message of {size} bytes exceeds the {max_bytes}-byte limit")
+    data = _recv_exact(sock, size, deadline)
+    try:
+        return codec.loads(data)
+    except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on hostile nesting
+        raise RemoteDied(f"undecodable message ({type(exc).__name__})") from None
 
 
 def resolve(spec: str) -> Callable[..., Any]:
@@ -447,8 +453,9 @@ class ForkServer:
 
     def __init__(self, preload: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None,
                  codec: str = "pickle", zygote_setup: str | None = None, name: str = "forkable",
-                 start_timeout: float = 120.0):
+                 start_timeout: float = 120.0, max_message_bytes: int = MAX_MESSAGE_BYTES):
         self.codec = _Codec(codec)
+        self.max_message_bytes = max_message_bytes
         self.name = name
         self._lock = threading.RLock()
         self._remotes: dict[int, Remote] = {}
@@ -568,7 +575,7 @@ class Remote:
             if request is not None:
                 _send(self._sock, codec, request)
             while True:
-                reply = _recv(self._sock, codec, deadline)
+                reply = _recv(self._sock, codec, deadline, self.server.max_message_bytes)
                 if isinstance(reply, dict) and reply.get("op") == "callback":
                     started = time.monotonic()
                     _send(self._sock, codec, self._run_callback(reply))

@@ -148,7 +148,8 @@ def _server(preload: tuple[str, ...], tmpfs_mb: int) -> ForkServer:
         env = _scrubbed_env()
         env["DENSEPOLICY_SANDBOX_PRELOAD"] = ",".join(preload)
         env["DENSEPOLICY_SANDBOX_TMPFS_MB"] = str(tmpfs_mb)
-        server = ForkServer(env=env, codec="json", zygote_setup="envs.sandbox:_zygote_setup", name="sandbox")
+        server = ForkServer(env=env, codec="json", zygote_setup="envs.sandbox:_zygote_setup", name="sandbox",
+                            max_message_bytes=1 << 20)
         _SERVERS[key] = server
         return server
 

@@ -422,3 +422,16 @@ def test_forged_fork_reply_cannot_target_other_processes(sb):
         assert bystander.run("print('alive')").output == "alive\n"
     finally:
         bystander.close()
+
+
+def test_hostile_messages_to_the_worker_are_contained(sb):
+    """Deeply nested or oversized frames on the interpreter's socket restart it; the worker never raises."""
+    for payload in ("b'[' * 100000 + b']' * 100000", "b'\"' + b'x' * (4 << 20) + b'\"'"):
+        code = ("import os, stat, struct\nfds = []\nfor f in os.listdir('/proc/self/fd'):\n    try:\n"
+                "        if stat.S_ISSOCK(os.fstat(int(f)).st_mode):\n            fds.append(int(f))\n"
+                "    except OSError:\n        pass\n"
+                f"data = {payload}\nos.write(fds[0], struct.pack('!I', len(data)))\n"
+                "view = memoryview(data)\nwhile view:\n    view = view[os.write(fds[0], view):]")
+        r = sb.run(code, timeout=5.0)
+        assert r.restarted
+        assert sb.run("print('ok')").output == "ok\n"
