@@ -12,9 +12,10 @@ Not its bugs: brackets must agree, so `(1,2)` is not `(1,2]` and `[1,2]` is not 
 (see docs/deviations.md); nothing is `eval`ed.
 
 Cheap cases are decided in-process by a small recursive-descent evaluator (floats only, bounded
-input). Symbolic cases go to a long-lived grading process (spawned from the sandbox zygote and
-confined like a sandbox) with a wall-clock limit: if it does not answer within `timeout` seconds it
-is killed and the answer counts as not equal. This works from any thread (no SIGALRM).
+input). Symbolic cases go to a pool of up to min(4, CPUs) long-lived grading processes (spawned from
+the sandbox zygote and confined like a sandbox) with a wall-clock limit: a grader that does not answer
+within `timeout` seconds is killed and the answer counts as not equal. Works from any thread (no
+SIGALRM); a cold start (first symbolic check of a worker) adds about a second.
 """
 from __future__ import annotations
 
@@ -418,35 +419,68 @@ def _has_letters(s: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- symbolic (confined process)
-_GRADER_LOCK = threading.Lock()
-_GRADER: Any = None
+class _GraderPool:
+    """Up to `size` grading processes shared by all threads; a timed-out one is killed and replaced."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.idle: list[Any] = []
+        self.total = 0
+        self.cond = threading.Condition()
+
+    def acquire(self) -> Any:
+        with self.cond:
+            while not self.idle and self.total >= self.size:
+                self.cond.wait()
+            if self.idle:
+                return self.idle.pop()
+            self.total += 1
+        try:
+            return _spawn_grader()
+        except BaseException:
+            self.release(None)
+            raise
+
+    def release(self, grader: Any) -> None:
+        """Give a grader back (None: it died or was killed)."""
+        with self.cond:
+            if grader is not None and grader.alive:
+                self.idle.append(grader)
+            else:
+                self.total -= 1
+            self.cond.notify()
 
 
-def _forget_grader_in_child() -> None:
-    global _GRADER, _GRADER_LOCK
-    _GRADER, _GRADER_LOCK = None, threading.Lock()
+_POOL = _GraderPool(max(1, min(4, os.cpu_count() or 1)))
 
 
-os.register_at_fork(after_in_child=_forget_grader_in_child)
+def _forget_graders_in_child() -> None:
+    global _POOL
+    _POOL = _GraderPool(_POOL.size)
+
+
+os.register_at_fork(after_in_child=_forget_graders_in_child)
 
 
 def _symbolic_equal(p: str, r: str, timeout: float) -> bool:
     from envs.forkable import CallTimeout, RemoteDied, RemoteError
-    global _GRADER
-    with _GRADER_LOCK:
-        for _attempt in range(2):
-            if _GRADER is None or not _GRADER.alive:
-                _GRADER = _spawn_grader()
-            try:
-                return bool(_GRADER.call("equal", p, r, timeout=timeout))
-            except CallTimeout:
-                _GRADER = None  # killed by the timeout; the next call spawns a fresh one
-                return False
-            except RemoteError:
-                return False
-            except RemoteDied:
-                _GRADER = None
-        return False
+    pool = _POOL
+    for _attempt in range(2):
+        grader = pool.acquire()
+        try:
+            result = bool(grader.call("equal", p, r, timeout=timeout))
+        except CallTimeout:  # the grader was killed: the answer counts as not equal
+            pool.release(None)
+            return False
+        except RemoteError:
+            pool.release(grader)
+            return False
+        except RemoteDied:  # crashed (e.g. memory): retry once on a fresh grader
+            pool.release(None)
+            continue
+        pool.release(grader)
+        return result
+    return False
 
 
 def _spawn_grader() -> Any:
