@@ -435,3 +435,32 @@ def test_hostile_messages_to_the_worker_are_contained(sb):
         r = sb.run(code, timeout=5.0)
         assert r.restarted
         assert sb.run("print('ok')").output == "ok\n"
+
+
+def test_concurrent_sandboxes_from_threads():
+    """The tree sampler runs, forks and closes many episodes from worker threads at once."""
+    errors, pids = [], []
+
+    def worker(k: int) -> None:
+        try:
+            for _ in range(3):
+                s = Sandbox()
+                s.run(f"k = {k}")
+                child = s.fork()
+                s.close()  # closing the parent while other threads fork and close
+                out = child.run("print(k * 2)").output
+                pids.append(child.pid)
+                child.close()
+                if out != f"{k * 2}\n":
+                    errors.append(out)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
