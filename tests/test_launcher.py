@@ -190,7 +190,7 @@ def test_kill_a_worker_rerun_resumes_without_duplicates(launcher, tmp_path, fake
     # the same command again: agent0 keeps running, shard 1 resumes from its own rows
     again = _stub_run(launcher, server, out_dir)
     assert again.returncode == 0, again.stderr
-    assert "agent0" in again.stdout and ("still running" in again.stdout or "started" in again.stdout)
+    assert "started 1 worker(s)" in again.stdout  # only shard 1: agent0 is left running (or already done)
     launcher.wait_sessions_gone({"agent0", "agent1"}, 60)
     ids = [r["task_id"] for r in read_shard_rows(out_dir / "math.test.0.csv") + read_shard_rows(shard1)]
     assert sorted(ids, key=int) == [str(i) for i in range(12)]  # complete, no duplicates
@@ -234,4 +234,81 @@ def test_wait_mode_reports_a_failed_shard(launcher, tmp_path, fake_server):
     (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 0.05, "fail_shard": 1}))
     out = _stub_run(launcher, server, out_dir, tasks=4, extra=["wait=true"])
     assert out.returncode == 1 and "shard 1 failed (exit code 7)" in out.stdout
+    assert not launcher.sessions()
+
+
+# -- GPU mode without GPUs: fake nvidia-smi + a fake vLLM executable ---------------------------------------
+def _fake_gpu_box(tmp_path: Path, busy_pid: int | None = None) -> tuple[dict, Path]:
+    """PATH with an nvidia-smi listing 4 GPUs, and a serving `python` that runs tests/launcher_fake_vllm.py."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    apps = f"GPU-uuid-1, {busy_pid}" if busy_pid else ""
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\ncase \"$1\" in\n"
+                   "  --query-gpu=index) printf '0\\n1\\n2\\n3\\n' ;;\n"
+                   "  --query-gpu=index,uuid) printf '0, GPU-uuid-0\\n1, GPU-uuid-1\\n2, GPU-uuid-2\\n3, GPU-uuid-3\\n' ;;\n"
+                   f"  --query-compute-apps=gpu_uuid,pid) echo '{apps}' ;;\nesac\n")
+    smi.chmod(0o755)
+    fake_python = bin_dir / "fake-vllm-python"
+    fake_python.write_text(f"#!/bin/sh\nshift 2\nexec {main_python_path()} {Path('tests/launcher_fake_vllm.py').resolve()} \"$@\"\n")
+    fake_python.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env, fake_python
+
+
+def main_python_path() -> str:
+    from densepolicy.paths import main_python
+
+    return str(main_python())
+
+
+def _probe(url: str) -> dict:
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/launcher_probe", timeout=5) as reply:
+        return json.loads(reply.read())
+
+
+def test_gpu_mode_one_server_per_tp_group_in_parallel_and_reused(launcher, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    env, fake_python = _fake_gpu_box(tmp_path)
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 3}))
+    cmd = ["SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "2", "40", f"serving.python={fake_python}",
+           "serving.tensor_parallel_size=2", f"worker_script={STUB}", f"output_dir={out_dir}", "sampler.max_tasks=16",
+           "base_port=23400"]
+    first = launcher(*cmd, env=env, timeout=120)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # 4 GPUs / TP 2 = 2 servers; 4 GPUs x 2 = 8 workers, 4 per server
+    assert launcher.sessions() == {"server40", "server41"} | {f"agent{40 + k}" for k in range(8)}
+    record = json.loads((launcher.state_dir / launcher.socket / "run-40.json").read_text())
+    probes = [_probe(s["url"]) for s in record["servers"]]
+    assert [p["cuda_visible_devices"] for p in probes] == ["0,1", "2,3"]
+    for p in probes:
+        argv = p["argv"]
+        assert argv[argv.index("--tensor-parallel-size") + 1] == "2"
+    assert len({s["port"] for s in record["servers"]}) == 2 and all(s["port"] >= 23440 for s in record["servers"])
+    assert [w["server_index"] for w in record["workers"]] == [0] * 4 + [1] * 4
+    log5 = out_dir / "logs" / "worker-5.log"
+    _wait_for(lambda: log5.exists() and "--num_shards" in log5.read_text(), 30, "worker 5 to start")
+    worker_log = log5.read_text()
+    assert record["servers"][1]["url"] in worker_log and "--num_shards 8" in worker_log
+
+    again = launcher(*cmd, env=env, timeout=120)  # re-run while everything runs: nothing new is started
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("reusing the running server") == 2 and "starting vLLM" not in again.stdout
+    assert [_probe(s["url"])["pid"] for s in record["servers"]] == [p["pid"] for p in probes]
+    assert launcher("stop", "40").returncode == 0
+    assert not launcher.sessions()
+    assert not any(Path(f"/proc/{p['pid']}").exists() for p in probes)
+
+
+def test_busy_gpu_is_refused(launcher, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    env, fake_python = _fake_gpu_box(tmp_path, busy_pid=4242)
+    out = launcher("SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "1", "0", f"serving.python={fake_python}",
+                   f"worker_script={STUB}", f"output_dir={tmp_path / 'run'}", env=env, timeout=120)
+    assert out.returncode == 4 and "GPU 1: pids [4242]" in out.stderr
     assert not launcher.sessions()

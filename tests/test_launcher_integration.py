@@ -25,8 +25,8 @@ from densepolicy.paths import PROJECT_ROOT, main_python
 from launcher_helpers import Launcher, read_shard_rows
 
 VLLM_LOCK = Path(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"))
-TASKS = 6
-DATASET, SPLIT = "babyai", "train"
+TASKS = 4
+DATASET, SPLIT = "math", "train"
 
 
 def _lock_owned_by_this_process(lock: Path) -> bool:

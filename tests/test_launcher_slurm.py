@@ -1,16 +1,15 @@
 """Slurm backend on a real single-node Slurm started by the test (slurm-wlm + munge, own SLURM_CONF).
 
 What this covers: `backend=slurm` writes an sbatch array script and submits it; every array task runs
-its workers (`server=external`: a fake OpenAI server in this process stands in for vLLM to stay
-within CI time, so no vLLM is started inside the array tasks) on its contiguous shards into the shared
-output dir; `status` reads the task states from squeue; resubmitting while the job runs is refused;
+its real sample_tree.py workers on real MATH tasks, each on its contiguous shard, into the shared
+output dir. `server=external`: a scripted fake OpenAI server in this process stands in for vLLM to stay
+within CI time, so no vLLM is started inside the array tasks (the CPU-mode tmux test starts a real one); `status` reads the task states from squeue; resubmitting while the job runs is refused;
 `stop` = scancel, and every worker process is gone afterwards; resubmitting resumes every shard to
 completion without duplicates. Not covered: GPUs (`--gres`), vLLM inside an array task, several nodes.
 """
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -21,8 +20,11 @@ from densepolicy.config import ConfigError
 from densepolicy.launcher.config import load_launcher_config
 from densepolicy.launcher.plan import RunPlan, RunRequest
 from densepolicy.launcher.slurm_backend import batch_script
-from launcher_helpers import STUB, Launcher, read_shard_rows
+from launcher_helpers import Launcher, read_shard_rows
 from slurm_local import SlurmUnavailable, start_local_slurm
+from tests import fakes
+
+TASKS = 16
 
 
 def test_batch_script_asks_for_gpus_and_limits(tmp_path):
@@ -58,14 +60,14 @@ def _alive(pid: int) -> bool:
 @pytest.mark.integration
 @pytest.mark.slurm
 def test_slurm_array_runs_stops_and_resumes(slurm, tmp_path, fake_server):
-    server = fake_server(["x"])
+    server = fake_server(fakes.scripted_reply, latency_s=0.3, model="SmolLM2-135M-Instruct")
     launcher = Launcher(tmp_path, f"dpslurm-{uuid.uuid4().hex[:8]}")
     out_dir = tmp_path / "run"
-    out_dir.mkdir()
-    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 0.5}))
     cmd = ["SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "2", "0", "backend=slurm",
            "slurm.array_size=2", "slurm.gpus_per_task=0", "slurm.cpus_per_task=1", "server=external",
-           f"server_url={server.base_url}", f"worker_script={STUB}", f"output_dir={out_dir}", "sampler.max_tasks=24"]
+           f"server_url={server.base_url}", f"output_dir={out_dir}", f"sampler.max_tasks={TASKS}",
+           "sampler.base=2", "sampler.max_steps=2", "sampler.window_size=2", "sampler.max_sample_number=2",
+           "sampler.task_concurrency=1"]
 
     first = launcher(*cmd, env=slurm.env)
     assert first.returncode == 0, first.stderr
@@ -74,7 +76,7 @@ def test_slurm_array_runs_stops_and_resumes(slurm, tmp_path, fake_server):
     while "slurm RUNNING" not in (status := launcher("status", "0", env=slurm.env).stdout):
         assert time.time() < deadline, status
         time.sleep(0.5)
-    while sum(len(read_shard_rows(p)) for p in out_dir.glob("math.test.*.csv")) < 4:
+    while _rows(out_dir) < 4:
         assert time.time() < deadline, "workers made no progress"
         time.sleep(0.3)
     busy = launcher(*cmd, env=slurm.env)
@@ -85,16 +87,23 @@ def test_slurm_array_runs_stops_and_resumes(slurm, tmp_path, fake_server):
     assert slurm.run("squeue", "-h").stdout.strip() == ""
     pids = [json.loads((out_dir / "logs" / f"worker-{k}.status.json").read_text())["pid"] for k in range(4)]
     assert not any(_alive(pid) for pid in pids)
-    done_before = sum(len(read_shard_rows(p)) for p in out_dir.glob("math.test.*.csv"))
-    assert 4 <= done_before < 24
+    done_before = _rows(out_dir)
+    assert 4 <= done_before < TASKS, "the job should be stopped midway"
 
     again = launcher(*cmd, "wait=true", env=slurm.env, timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    ids = [r["task_id"] for k in range(4) for r in read_shard_rows(out_dir / f"math.test.{k}.csv")]
-    assert sorted(ids, key=int) == [str(i) for i in range(24)]  # every shard complete, no duplicates
+    per_shard = [[r["task_id"] for r in read_shard_rows(out_dir / f"math.train.{k}.csv")] for k in range(4)]
+    ids = [t for shard in per_shard for t in shard]
+    assert len(ids) == TASKS and len(set(ids)) == TASKS  # every shard complete, no duplicates
+    assert [len(s) for s in per_shard] == [TASKS // 4] * 4
+    assert all((out_dir / "trees" / f"math.train.{k}.jsonl").stat().st_size > 0 for k in range(4))
     script = (out_dir / "logs" / "slurm_job.sh").read_text()
     assert "#SBATCH --array=0-1" in script and "#SBATCH --cpus-per-task=1" in script
     task_logs = sorted((out_dir / "logs").glob("slurm-*_*.out"))
     assert any("2/2 shards finished" in p.read_text() for p in task_logs)
     status = launcher("status", "0", env=slurm.env).stdout
-    assert status.count("exited 0") == 4 and "total: 24 tasks done" in status
+    assert status.count("exited 0") == 4 and f"total: {TASKS} tasks done" in status
+
+
+def _rows(out_dir: Path) -> int:
+    return sum(len(read_shard_rows(p)) for p in out_dir.glob("math.train.*.csv"))

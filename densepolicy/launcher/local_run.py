@@ -44,6 +44,7 @@ def launch_local(plan: RunPlan, progress=print) -> int:
         started = start_servers(plan, record, previous, live, server, progress)
     finally:
         save_record(cfg.state_dir, record)
+    launched = []
     for worker in todo:
         if worker.session in live:
             progress(f"{worker.session}: shard {worker.index} still running; left alone")
@@ -51,9 +52,11 @@ def launch_local(plan: RunPlan, progress=print) -> int:
         worker.url = worker.url or record.servers[worker.server_index].url
         argv = supervised(worker_argv(plan, worker.index, worker.url), worker, cfg.stop_timeout_s)
         tmux.start_session(server, worker.session, argv, PROJECT_ROOT)
+        launched.append(worker)
     save_record(cfg.state_dir, record)
-    progress(f"started {len(todo)} worker(s) for {len(record.workers)} shards "
-             f"({len(started)} new server(s)); output: {plan.output_dir}")
+    finished = len(record.workers) - len(todo)
+    progress(f"started {len(launched)} worker(s) for {len(record.workers)} shards ({finished} already finished, "
+             f"{len(todo) - len(launched)} still running; {len(started)} new server(s)); output: {plan.output_dir}")
     progress(f"watch: ./distributed_test.sh status {req.start_id} | attach: tmux -L {cfg.tmux_socket} attach -t "
              f"{todo[0].session} | stop: ./distributed_test.sh stop {req.start_id}")
     if not cfg.wait:
