@@ -28,6 +28,7 @@ under its own unprivileged uid, so RLIMIT_NPROC contains fork bombs and the code
 signal nor read the worker. As an ordinary user: network and user namespaces when the kernel
 allows them (else the audit hook only), RLIMIT_NPROC = current user process count + the limit,
 and the worker marks itself non-dumpable so same-user code cannot read its memory or environment.
+`DENSEPOLICY_SANDBOX_NO_NAMESPACES=1` (in the worker's environment) skips all namespaces.
 
 Tools: `Sandbox(tools=[names], tool_handler=fn)` binds a stub per name in the interpreter; a call
 sends `(name, args, kwargs)` (JSON values only) to the parent, where `fn(name, args, kwargs)` runs in
@@ -148,6 +149,8 @@ def _server(preload: tuple[str, ...], tmpfs_mb: int) -> ForkServer:
         env = _scrubbed_env()
         env["DENSEPOLICY_SANDBOX_PRELOAD"] = ",".join(preload)
         env["DENSEPOLICY_SANDBOX_TMPFS_MB"] = str(tmpfs_mb)
+        if os.environ.get("DENSEPOLICY_SANDBOX_NO_NAMESPACES"):  # debugging / kernels that misbehave
+            env["DENSEPOLICY_SANDBOX_NO_NAMESPACES"] = "1"
         server = ForkServer(env=env, codec="json", zygote_setup="envs.sandbox:_zygote_setup", name="sandbox",
                             max_message_bytes=1 << 20)
         _SERVERS[key] = server
@@ -305,7 +308,8 @@ def _zygote_setup() -> None:
     import tempfile
     import traceback  # noqa: F401
     tmpfs_mb = int(os.environ.pop("DENSEPOLICY_SANDBOX_TMPFS_MB", "1024"))
-    if _IS_ROOT and _libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC) == 0:
+    use_namespaces = not os.environ.pop("DENSEPOLICY_SANDBOX_NO_NAMESPACES", "")
+    if use_namespaces and _IS_ROOT and _libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC) == 0:
         _ISOLATION.append("netns")
         if _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None):
             with open("/proc/self/mountinfo") as f:
@@ -316,10 +320,10 @@ def _zygote_setup() -> None:
                 if os.path.isdir(point):
                     _mount("tmpfs", point, "tmpfs", 0, f"size={tmpfs_mb}m,mode=1777")
             _ISOLATION.append("readonly-fs")
-    elif not _IS_ROOT:
-        if _probe(_enter_user_and_net_namespaces):  # a kernel may refuse or half-allow user namespaces
-            _enter_user_and_net_namespaces()
-            _ISOLATION.append("netns")
+    elif use_namespaces and not _IS_ROOT and _probe(_enter_user_and_net_namespaces):  # kernels may refuse
+        _enter_user_and_net_namespaces()
+        _ISOLATION.append("netns")
+    if not _IS_ROOT:
         _SANDBOX_ROOT = os.path.join(tempfile.gettempdir(), f"densepolicy-sandbox-{os.getpid()}")
     os.makedirs(_SANDBOX_ROOT, exist_ok=True)
     os.chmod(_SANDBOX_ROOT, 0o1777 if _IS_ROOT else 0o700)  # root: lineages have their own uids
