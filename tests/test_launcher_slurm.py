@@ -20,7 +20,7 @@ from densepolicy.config import ConfigError
 from densepolicy.launcher.config import load_launcher_config
 from densepolicy.launcher.plan import RunPlan, RunRequest
 from densepolicy.launcher.slurm_backend import batch_script
-from launcher_helpers import Launcher, read_shard_rows
+from launcher_helpers import STUB, Launcher, read_shard_rows
 from slurm_local import SlurmUnavailable, start_local_slurm
 from tests import fakes
 
@@ -107,3 +107,34 @@ def test_slurm_array_runs_stops_and_resumes(slurm, tmp_path, fake_server):
 
 def _rows(out_dir: Path) -> int:
     return sum(len(read_shard_rows(p)) for p in out_dir.glob("math.train.*.csv"))
+
+
+@pytest.mark.integration
+@pytest.mark.slurm
+def test_slurm_array_tasks_start_and_stop_their_own_servers(slurm, tmp_path):
+    """server=vllm inside array tasks: each task starts a server (a fake `vllm serve` executable that only
+    answers /v1/models, given as serving.python), waits for it, points its workers at it, stops it."""
+    from densepolicy.paths import main_python
+
+    fake_python = tmp_path / "fake-vllm-python"
+    fake_python.write_text(f"#!/bin/sh\nshift 2\nexec {main_python()} "
+                           f"{Path('tests/launcher_fake_vllm.py').resolve()} \"$@\"\n")
+    fake_python.chmod(0o755)
+    launcher = Launcher(tmp_path, f"dpslurm-{uuid.uuid4().hex[:8]}")
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 0.05}))
+    out = launcher("SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "2", "0", "backend=slurm",
+                   "slurm.array_size=2", "slurm.gpus_per_task=0", "slurm.cpus_per_task=1", "wait=true",
+                   f"serving.python={fake_python}", f"worker_script={STUB}", f"output_dir={out_dir}",
+                   "sampler.max_tasks=8", "base_port=24500", env=slurm.env, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    servers = [json.loads((out_dir / "logs" / f"server-{t}.status.json").read_text()) for t in range(2)]
+    assert all(s["exit_code"] is not None and not _alive(s["pid"]) for s in servers)  # stopped at task end
+    for t in range(2):
+        assert "fake vLLM serving SmolLM2-135M-Instruct" in (out_dir / "logs" / f"server-{t}.log").read_text()
+    for k in range(4):  # each worker used its own task's server
+        task = k // 2
+        port = int(servers[task]["argv"][servers[task]["argv"].index("--port") + 1])
+        assert f"--server_url http://127.0.0.1:{port}/v1" in (out_dir / "logs" / f"worker-{k}.log").read_text()
+        assert len(read_shard_rows(out_dir / f"math.test.{k}.csv")) == 2

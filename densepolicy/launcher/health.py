@@ -34,14 +34,14 @@ def is_healthy(url: str, timeout: float = 3.0) -> bool:
 
 
 def wait_all_healthy(servers: list[PendingServer], timeout: float, poll_s: float = 1.0,
-                     progress: Callable[[str], None] = print) -> None:
+                     progress: Callable[[str], None] = print, report_every_s: float = 15.0) -> None:
     """Block until every server is healthy; raise `ServerStartError` on death or time-out.
 
     All servers are polled together, so they start in parallel and the wait is as long as the slowest.
     """
     pending = list(servers)
     deadline = time.time() + timeout
-    started = time.time()
+    started = last_report = time.time()
     while pending:
         for server in list(pending):
             if is_healthy(server.url):
@@ -51,6 +51,10 @@ def wait_all_healthy(servers: list[PendingServer], timeout: float, poll_s: float
                 raise ServerStartError(_failure(server, "exited before becoming healthy"))
         if not pending:
             return
+        if time.time() - last_report >= report_every_s:
+            last_report = time.time()
+            progress(f"waiting for {', '.join(s.name for s in pending)} to become healthy "
+                     f"({time.time() - started:.0f} s of {timeout:.0f} s; logs: {', '.join(str(s.log) for s in pending)})")
         if time.time() > deadline:
             raise ServerStartError(_failure(pending[0], f"not healthy after {timeout:.0f} s "
                                                         f"(server_start_timeout_s)"))

@@ -1,6 +1,8 @@
 """`distributed_test.sh status`: one line per session with role, shard, state, progress and last log line."""
 from __future__ import annotations
 
+import socket
+
 from densepolicy.launcher import tmux_backend as tmux
 from densepolicy.launcher.files import read_json, tail_lines
 from densepolicy.launcher.progress import shard_progress
@@ -16,7 +18,11 @@ def slot_state(slot: Slot, live_sessions: set[str] | None) -> str:
     if not status:
         return "not started"
     code = status.get("exit_code")
-    return f"exited {code}" if code is not None else "killed"
+    if code is not None:
+        return f"exited {code}"
+    if status.get("host") and status["host"] != socket.gethostname():
+        return f"on {status['host']}"  # another node: trust the Slurm column
+    return "killed"
 
 
 def run_lines(record: RunRecord, live_sessions: set[str] | None, slurm_states: dict[int, str] | None = None,
