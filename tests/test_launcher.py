@@ -275,7 +275,7 @@ def test_gpu_mode_one_server_per_tp_group_in_parallel_and_reused(launcher, tmp_p
     env, fake_python = _fake_gpu_box(tmp_path)
     out_dir = tmp_path / "run"
     out_dir.mkdir()
-    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 3}))
+    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 1.5}))
     cmd = ["SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "2", "40", f"serving.python={fake_python}",
            "serving.tensor_parallel_size=2", f"worker_script={STUB}", f"output_dir={out_dir}", "sampler.max_tasks=16",
            "base_port=23400"]
@@ -300,6 +300,11 @@ def test_gpu_mode_one_server_per_tp_group_in_parallel_and_reused(launcher, tmp_p
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("reusing the running server") == 2 and "starting vLLM" not in again.stdout
     assert [_probe(s["url"])["pid"] for s in record["servers"]] == [p["pid"] for p in probes]
+    launcher.wait_sessions_gone({f"agent{40 + k}" for k in range(8)}, 60)
+    done = launcher(*cmd, env=env, timeout=120)  # all shards finished: nothing starts, servers stay known
+    assert done.returncode == 0 and "nothing to do" in done.stdout and "servers still run" in done.stdout
+    status = launcher("status", "40").stdout
+    assert all(s["url"] in status for s in record["servers"]) and status.count("exited 0") == 8
     assert launcher("stop", "40").returncode == 0
     assert not launcher.sessions()
     assert not any(Path(f"/proc/{p['pid']}").exists() for p in probes)
@@ -312,3 +317,14 @@ def test_busy_gpu_is_refused(launcher, tmp_path, monkeypatch):
                    f"worker_script={STUB}", f"output_dir={tmp_path / 'run'}", env=env, timeout=120)
     assert out.returncode == 4 and "GPU 1: pids [4242]" in out.stderr
     assert not launcher.sessions()
+
+
+def test_foreign_session_with_our_name_is_not_touched(launcher, tmp_path, fake_server):
+    import libtmux
+
+    server = fake_server(["x"])
+    tmux = libtmux.Server(socket_name=launcher.socket)
+    tmux.new_session(session_name="agent1", window_command="sleep 60", attach=False)
+    out = _stub_run(launcher, server, tmp_path / "run")
+    assert out.returncode == 2 and "agent1" in out.stderr and "no recorded run" in out.stderr
+    assert launcher.sessions() == {"agent1"}  # not killed, and nothing started

@@ -27,12 +27,17 @@ def launch_local(plan: RunPlan, progress=print) -> int:
     live = tmux.alive_sessions(server)
     previous = load_record(cfg.state_dir, cfg.tmux_socket, req.start_id)
     check_conflicts(record, previous, live, cfg.state_dir)
+    if previous and previous.output_dir == record.output_dir:
+        for slot, old in zip(record.servers, previous.servers):
+            slot.port, slot.url = old.port, old.url  # so status/stop keep seeing live servers
     claim_output_dir(plan)
     plan.logs_dir.mkdir(parents=True, exist_ok=True)
 
     todo = [w for w in record.workers if not shard_finished(w)]
     if not todo:
         progress(f"all {len(record.workers)} shards of {plan.output_dir} are finished; nothing to do")
+        if any(s.session in live for s in record.servers):
+            progress(f"its servers still run: ./distributed_test.sh stop {req.start_id}")
         save_record(cfg.state_dir, record)
         return 0
     for worker in todo:
@@ -92,6 +97,12 @@ def check_conflicts(record: RunRecord, previous: RunRecord | None, live: set[str
             raise LaunchError(
                 f"tmux sessions {', '.join(clash[:4])} belong to the run with TMUX_START_ID {other.start_id}; "
                 f"choose TMUX_START_ID > {last} or stop that run", EXIT_USAGE)
+    known = {s.session for s in previous.slots()} if previous and previous.output_dir == record.output_dir else set()
+    unknown = sorted((ours & live) - known)
+    if unknown:
+        raise LaunchError(f"tmux sessions {', '.join(unknown[:4])} (socket {record.socket}) exist but belong to no "
+                          f"recorded run; kill them (tmux -L {record.socket} kill-session -t NAME) or choose "
+                          f"another TMUX_START_ID", EXIT_USAGE)
 
 
 def start_servers(plan: RunPlan, record: RunRecord, previous: RunRecord | None, live: set[str], server,
@@ -110,8 +121,8 @@ def start_servers(plan: RunPlan, record: RunRecord, previous: RunRecord | None, 
             slot.port, slot.url = old[slot.index].port, old[slot.index].url
             progress(f"{slot.session}: reusing the running server at {slot.url}")
         else:
-            if slot.session in live:  # a session we have no port for: not ours to reuse
-                server.kill_session(slot.session)
+            if slot.session in live:  # ours (check_conflicts) but without a recorded port: restart it
+                tmux.stop_slots(server, [slot], cfg.stop_timeout_s, progress)
             missing.append(slot)
     if missing:
         busy = busy_gpus([g for s in missing for g in s.gpus])
