@@ -105,6 +105,9 @@ def test_progress_ignores_a_torn_last_line(tmp_path):
     log.write_text("shard 1:  40%|####      | 2/5 [00:01<00:01]\r")
     prog = shard_progress(tmp_path, "math", 1, str(log))
     assert (prog.done, prog.total, prog.pairs) == (2, 5, 12)
+    (tmp_path / "distributed_result").mkdir()  # after post_process_test_result.py --merge_distributed_result
+    (tmp_path / "math.train.1.csv").rename(tmp_path / "distributed_result" / "math.train.1.csv")
+    assert shard_progress(tmp_path, "math", 1, str(log)).done == 2
 
 
 # -- command line errors --------------------------------------------------------------------------
@@ -328,3 +331,24 @@ def test_foreign_session_with_our_name_is_not_touched(launcher, tmp_path, fake_s
     out = _stub_run(launcher, server, tmp_path / "run")
     assert out.returncode == 2 and "agent1" in out.stderr and "no recorded run" in out.stderr
     assert launcher.sessions() == {"agent1"}  # not killed, and nothing started
+
+
+def test_no_free_port_is_reported(launcher, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", 65535))
+            busy.listen()
+        except OSError:
+            pass  # already taken by someone else: just as busy
+        out = launcher("SmolLM2-135M-Instruct", "math", "codeact_agent_tree", "1", "0", "gpus=none",
+                       "base_port=65535", f"worker_script={STUB}", f"output_dir={tmp_path / 'run'}")
+    assert out.returncode == 4 and "no free port" in out.stderr and "base_port" in out.stderr
+    assert not launcher.sessions()
+
+
+def test_example_slurm_config_loads():
+    cfg = load_launcher_config(["slurm.array_size=2"], "configs/launcher_slurm.yaml")
+    assert cfg.backend == "slurm" and cfg.slurm.array_size == 2 and cfg.slurm.time == "24:00:00"
+    assert cfg.serving == {"device": "gpu"}

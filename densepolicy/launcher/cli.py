@@ -8,9 +8,9 @@ from densepolicy.launcher.config import LauncherConfig, load_launcher_config
 from densepolicy.launcher.plan import EXIT_ENVIRONMENT, EXIT_USAGE, LaunchError, RunRequest
 
 USAGE = """\
-usage: ./distributed_test.sh MODEL DATASET METHOD PROC_PER_GPU TMUX_START_ID [key=value ...]
-       ./distributed_test.sh status [TMUX_START_ID] [key=value ...]
-       ./distributed_test.sh stop [TMUX_START_ID] [key=value ...]
+usage: ./distributed_test.sh MODEL DATASET METHOD PROC_PER_GPU TMUX_START_ID [--config FILE] [key=value ...]
+       ./distributed_test.sh status [TMUX_START_ID] [--config FILE] [key=value ...]
+       ./distributed_test.sh stop [TMUX_START_ID] [--config FILE] [key=value ...]
 
 Starts one vLLM server per GPU (one vLLM-CPU server when there is no GPU) and PROC_PER_GPU
 sample_tree.py workers per GPU, each on its contiguous shard of num_gpus x PROC_PER_GPU, in tmux
@@ -26,7 +26,8 @@ every unfinished shard and reuses running servers. Logs: <output_dir>/logs/.
   status         one line per session: role, shard, alive/exited, tasks done/total, pairs, last log line
   stop           stop that run's workers and servers (all runs of the socket without TMUX_START_ID)
 
-Settings (configs/launcher.yaml, override with key=value; sampler.KEY=VALUE goes to sample_tree.py):
+Settings (configs/launcher.yaml or --config FILE, e.g. configs/launcher_slurm.yaml; override with key=value;
+sampler.KEY=VALUE goes to sample_tree.py, serving.KEY=VALUE to configs/serving.yaml):
 {settings}
 
 Exit codes: 0 ok; 1 a worker failed (wait=true); 2 bad arguments, unknown dataset/method, output dir of
@@ -35,10 +36,23 @@ another run, TMUX_START_ID in use; 3 model not found; 4 tmux/Slurm missing, no f
 """
 
 
-def _split(args: list[str]) -> tuple[list[str], list[str]]:
-    positional = [a for a in args if "=" not in a]
-    overrides = [a for a in args if "=" in a]
-    return positional, overrides
+def _split(args: list[str]) -> tuple[list[str], list[str], str | None]:
+    """(positional arguments, key=value overrides, --config file or None)."""
+    config, rest, i = None, [], 0
+    while i < len(args):
+        if args[i] == "--config":
+            if i + 1 >= len(args):
+                raise LaunchError("--config needs a file name", EXIT_USAGE)
+            config, i = args[i + 1], i + 2
+            continue
+        if args[i].startswith("--config="):
+            config = args[i].split("=", 1)[1]
+        else:
+            rest.append(args[i])
+        i += 1
+    positional = [a for a in rest if "=" not in a]
+    overrides = [a for a in rest if "=" in a]
+    return positional, overrides, config
 
 
 def _int(value: str, name: str) -> int:
@@ -54,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.format(settings=describe(LauncherConfig)))
         return 0 if args else EXIT_USAGE
     try:
-        positional, overrides = _split(args)
-        cfg = load_launcher_config(overrides)
+        positional, overrides, config = _split(args)
+        cfg = load_launcher_config(overrides, config)
         command = positional[0] if positional else ""
         if command in ("status", "stop"):
             if len(positional) > 2:

@@ -96,8 +96,10 @@ class LauncherConfig:
 
 def load_launcher_config(overrides: list[str] | None = None, path: str | Path | None = None) -> LauncherConfig:
     """`configs/launcher.yaml` (or `path`, or $DENSEPOLICY_LAUNCHER_CONFIG) plus `key=value` overrides."""
-    path = path or os.environ.get("DENSEPOLICY_LAUNCHER_CONFIG") or DEFAULT_CONFIG
-    if not Path(path).is_file() and Path(path) == DEFAULT_CONFIG:
+    path = Path(path or os.environ.get("DENSEPOLICY_LAUNCHER_CONFIG") or DEFAULT_CONFIG)
+    if not path.is_absolute() and not path.is_file():
+        path = PROJECT_ROOT / path
+    if not path.is_file() and path == DEFAULT_CONFIG:
         return load_config(LauncherConfig, None, overrides)
     return load_config(LauncherConfig, path, overrides)
 

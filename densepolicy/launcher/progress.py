@@ -25,9 +25,12 @@ class ShardProgress:
 
 
 def shard_csv(output_dir: str | Path, dataset: str, shard: int) -> Optional[Path]:
-    """`<dataset>.<split>.<shard>.csv` in the output dir (the split is whatever the worker used)."""
-    matches = sorted(Path(output_dir).glob(f"{glob_escape(dataset)}.*.{shard}.csv"))
-    return matches[0] if matches else None
+    """`<dataset>.<split>.<shard>.csv` in the output dir, or in `distributed_result/` once merged."""
+    for folder in (Path(output_dir), Path(output_dir) / "distributed_result"):
+        matches = sorted(folder.glob(f"{glob_escape(dataset)}.*.{shard}.csv"))
+        if matches:
+            return matches[0]
+    return None
 
 
 def glob_escape(text: str) -> str:
