@@ -25,7 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, WorkerContext, execute_generation, request_seed,
+from agents.parser import parse_generation
+from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, StepOutcome, WorkerContext, execute_generation, request_seed,
                             restore_end_action)
 from agents.tree import NodeId, TreeRules, TreeSearch, branch_temperature, node_key, parse_node_key
 from densepolicy.llm_client import ContextLengthError
@@ -50,6 +51,7 @@ class TreeNode:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     episode: Episode | None = None
+    shares_parent_state: bool = False  # an invalid generation: nothing ran, the parent's state is ours
     owner: Any = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -66,7 +68,9 @@ class TreeNode:
                    assistant=rec["assistant"], observation=rec["observation"], terminal=rec["terminal"],
                    success=rec["success"], status=rec["status"], turns=rec["turns"],
                    context_tokens=rec["context_tokens"], prompt_tokens=rec["prompt_tokens"],
-                   completion_tokens=rec["completion_tokens"])
+                   completion_tokens=rec["completion_tokens"],
+                   shares_parent_state=rec["status"] != "context_overflow"
+                   and parse_generation(rec["assistant"]).kind == "invalid")
 
 
 class EpisodePool:
@@ -214,10 +218,15 @@ class TreeTask:
         if generated is None:
             return TreeNode(nid, temperature, "", "", True, False, "context_overflow", turns, context)
         text, prompt_tokens, completion_tokens, request_prompt = generated
-        if episode is None:
-            episode = await self._child_episode(parent)
-        owned = not self.sequential
-        outcome = await self.ctx.blocking(execute_generation, episode, text, self.ctx.env.requires_answer)
+        owned = episode is None
+        parsed = parse_generation(text)
+        stateless = owned and parsed.kind == "invalid"
+        if stateless:  # no env call: the child keeps its parent's state, no fork needed
+            outcome = StepOutcome("invalid", parsed.feedback, False, False)
+        else:
+            if episode is None:
+                episode = await self._fork(parent)
+            outcome = await self.ctx.blocking(execute_generation, episode, text, self.ctx.env.requires_answer)
         at_max = len(nid) >= self.rules.max_steps
         status = ("success" if outcome.success else "fail") if outcome.done else ("max_steps" if at_max else "")
         node = TreeNode(
@@ -226,8 +235,8 @@ class TreeTask:
             turns=turns + (outcome.kind == "answer"),
             context_tokens=(request_prompt + self.ctx.counter.text(text)
                             + self.ctx.counter.text(outcome.observation) + 2 * MESSAGE_OVERHEAD_TOKENS),
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-        if owned:
+            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, shares_parent_state=stateless)
+        if owned and not stateless:
             if node.terminal:
                 await self.ctx.blocking(episode.close)
             else:
@@ -284,6 +293,8 @@ class TreeTask:
     # -- episodes --------------------------------------------------------------------------------
     async def _fork(self, node: TreeNode | None) -> Episode:
         """A fork of `node`'s live episode (the root's for None), materialising it if needed."""
+        while node is not None and node.shares_parent_state:
+            node = self.nodes[node.node[:-1]] if len(node.node) > 1 else None
         if node is None:
             async with self.root_lock:
                 try:
@@ -310,9 +321,6 @@ class TreeTask:
                     if broken is not None:
                         self.ctx.executor.submit(broken.close)
             raise AssertionError("unreachable")
-
-    async def _child_episode(self, parent: TreeNode | None) -> Episode:
-        return await self._fork(parent)
 
     async def _materialize(self, node: TreeNode) -> Episode:
         """Rebuild `node`'s state: fork the nearest live ancestor, replay the actions below it."""

@@ -108,4 +108,6 @@ def scripted_reply(messages: list[dict[str, Any]], request: dict[str, Any]) -> s
                                                    request.get("choice_index", 0))
     if r < 0.45:
         return f"Thought: I think I know it.\nAnswer: {int(r * 1000) % 3}"
+    if r < 0.55:
+        return "Thought: I am not sure what to do next."   # invalid: neither Action nor Answer
     return f"Thought: compute more.\nAction:\nx = {int(r * 10000)}\nprint(x)\nEnd Action"

@@ -1,4 +1,6 @@
 """CodeAct prompt layout (spec §2.1-2.2) and the parser rules (spec §2.3)."""
+import pytest
+
 from agents.incontext import example_pool
 from agents.parser import INVALID_BOTH, INVALID_NONE, REMINDER_ANSWERS, REMINDER_ACTIONS, parse_generation
 from agents.prompts import EXAMPLES_HEADER, GOAL_PREFIX, SEPARATOR, SEPARATOR_MARKER, STATE_PREFIX, initial_messages
@@ -47,3 +49,22 @@ def test_training_prompt_and_tools_and_state():
     assert "[1] goto: Go to a receptacle.\n    Signature: goto(recep: str) -> None" in text
     assert text.endswith(STATE_PREFIX + "You are in a room.\n" + GOAL_PREFIX + "put a mug in the sink")
     assert "Answer:" not in text.split("Now, let's get started!")[1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("dataset", ["gsm8k", "math"])
+def test_in_context_observations_are_what_the_real_sandbox_prints(dataset):
+    """Replaying each example's actions in the real math sandbox gives exactly the shown observations."""
+    from agents.runtime import execute_generation
+    from envs import load_env
+
+    env = load_env(dataset, split="test")
+    try:
+        for example in example_pool(dataset):
+            with env.start(env.task_ids()[0]) as episode:
+                for assistant, observation in example.turns[:-1]:
+                    assert execute_generation(episode, assistant, True).observation == observation
+            assert example.turns[-1] == (example.turns[-1][0], "Your answer is correct.")
+            assert example.turns[-1][0].startswith("Answer: ")
+    finally:
+        env.close()

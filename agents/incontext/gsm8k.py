@@ -55,7 +55,9 @@ EXAMPLES = (
         turns=(
             ("Thought: Count the notebooks and round the packs up.\nAction:\nnotebooks = 5 * 28 * 3\n"
              "packs = math.ceil(notebooks / 10)\nprint(packs)\nEnd Action",
-             "NameError: name 'math' is not defined\n"),
+             "Traceback (most recent call last):\n  File \"<stdin>\", line 2, in <module>\n"
+             "NameError: name 'math' is not defined\nTraceback (most recent call last):\n"
+             "  File \"<stdin>\", line 3, in <module>\nNameError: name 'packs' is not defined\n"),
             ("Thought: I need to import math first.\nAction:\nimport math\n"
              "packs = math.ceil(notebooks / 10)\nprint(notebooks, packs)\nEnd Action", "420 42\n"),
             ("Answer: 42", CORRECT),
