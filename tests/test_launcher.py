@@ -66,7 +66,7 @@ def test_tensor_parallel_groups_and_shard_count():
 
 def test_workers_are_split_evenly_over_servers(tmp_path):
     cfg = load_launcher_config()
-    plan = RunPlan(RunRequest("m", "math", "codeact_agent_tree", 3, 8), cfg, "/m", "m",
+    plan = RunPlan(RunRequest("m", "math", "codeact_agent_tree", 3, 8), cfg, "/m",
                    [["0", "1"], ["2", "3"]], num_shards=12, output_dir=tmp_path)
     record = build_record(plan, "tmux")
     assert [s.session for s in record.servers] == ["server8", "server9"]

@@ -30,7 +30,7 @@ TASKS = 16
 def test_batch_script_asks_for_gpus_and_limits(tmp_path):
     cfg = load_launcher_config(["backend=slurm", "slurm.array_size=4", "slurm.gpus_per_task=2",
                                 "slurm.max_concurrent=2", "slurm.time='12:00:00'", "slurm.extra_args=['--account=x']"])
-    plan = RunPlan(RunRequest("m", "math", "codeact_agent_tree", 5, 0), cfg, "/m", "m", [[]] * 4, 40, tmp_path)
+    plan = RunPlan(RunRequest("m", "math", "codeact_agent_tree", 5, 0), cfg, "/m", [[]] * 4, 40, tmp_path)
     script = batch_script(plan, tmp_path / "plan.json", "/venv/bin/python")
     with pytest.raises(ConfigError, match="slurm.time"):
         load_launcher_config(["slurm.time=12:00:00"])

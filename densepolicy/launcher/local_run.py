@@ -139,7 +139,6 @@ def start_servers(plan: RunPlan, record: RunRecord, previous: RunRecord | None, 
         serving_cfg = serving.load_serving_config(device, serving_overrides(cfg))
         for slot, port in zip(missing, ports):
             proc = serving.server_process(req.model, serving_cfg, slot.log, port, slot.gpus)
-            plan.served_model = proc.served_model
             slot.port, slot.url = port, serving.base_url(port)
             argv = supervised(proc.argv, slot, cfg.stop_timeout_s, env=proc.env)
             tmux.start_session(server, slot.session, argv, PROJECT_ROOT)

@@ -45,7 +45,6 @@ class RunPlan:
     request: RunRequest
     cfg: LauncherConfig
     model_identity: str                 # resolved path (or name for external servers): goes in the manifest
-    served_model: str                   # the name workers send to the server
     server_gpus: list[list[str]]        # one entry per server: its GPU ids ([] = CPU); [] when external
     num_shards: int
     output_dir: Path
@@ -92,11 +91,12 @@ def build_record(plan: RunPlan, backend: str) -> RunRecord:
 
 
 def worker_argv(plan: RunPlan, shard: int, server_url: str, python: Optional[str] = None) -> list[str]:
-    """The sample_tree.py command of one shard."""
+    """The sample_tree.py command of one shard. `--model` is MODEL as given: the worker resolves it exactly
+    like the server does (same served name, context length and tokenizer)."""
     req = plan.request
     return [python or str(main_python()), str(resolve(plan.cfg.worker_script)), req.method, req.dataset,
             "--shard", str(shard), "--num_shards", str(plan.num_shards), "--server_url", server_url,
-            "--model", plan.served_model, "--output_dir", str(plan.output_dir), *plan.sampler_args]
+            "--model", req.model, "--output_dir", str(plan.output_dir), *plan.sampler_args]
 
 
 def supervised(argv: list[str], slot: Slot, grace: float, env: Optional[dict[str, str]] = None,

@@ -29,10 +29,10 @@ def prepare(request: RunRequest, cfg: LauncherConfig) -> RunPlan:
             identity, _ = serving.resolve_model(request.model)
         except (serving.ModelNotFound, ImportError):
             identity = request.model  # a name only the external server knows
-        served, groups = request.model, []
+        groups = []
     else:
         try:
-            identity, served = serving.resolve_model(request.model)
+            identity, _ = serving.resolve_model(request.model)
         except serving.ModelNotFound as exc:
             raise LaunchError(str(exc), EXIT_MODEL) from None
         groups = server_groups(cfg)
@@ -53,7 +53,7 @@ def prepare(request: RunRequest, cfg: LauncherConfig) -> RunPlan:
             serving.load_serving_config(device, serving_overrides(cfg), tp)
         except ConfigError as exc:
             raise LaunchError(f"serving settings (serving.KEY=VALUE): {exc}", EXIT_USAGE) from None
-    plan = RunPlan(request=request, cfg=cfg, model_identity=identity, served_model=served,
+    plan = RunPlan(request=request, cfg=cfg, model_identity=identity,
                    server_gpus=groups, num_shards=num_shards, output_dir=output_dir, sampler_args=args)
     return plan
 

@@ -17,11 +17,10 @@ class ModelNotFound(RuntimeError):
 
 @dataclass
 class ServerProcess:
-    """What it takes to run one server: argv, extra environment, and the model name it serves."""
+    """What it takes to run one server: argv and extra environment."""
 
     argv: list[str]
     env: dict[str, str]
-    served_model: str
 
 
 def resolve_model(name_or_path: str) -> tuple[str, str]:
@@ -51,7 +50,7 @@ def server_process(model: str, serving_cfg, log_file: Path, port: int, gpus: lis
     env = {k: str(v) for k, v in server.environment().items()}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-    return ServerProcess(argv=[str(a) for a in server.command()], env=env, served_model=server.served_name)
+    return ServerProcess(argv=[str(a) for a in server.command()], env=env)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
