@@ -9,7 +9,8 @@ agent-style pairs written with prepare_dataset, then exports a servable model. C
 - `train_wall_s`: `llamafactory-cli train` including start-up, model load, tokenisation and saving;
 - `export_s`: the LoRA merge (`llamafactory-cli export`); `total_s`: train.py end to end (template check too);
 - `max_rss_gb`: peak resident memory of the largest child process so far (cumulative across rows).
-Prints a table and writes benchmarks/results/treedpo_train.csv.
+Prints a table and writes benchmarks/results/treedpo_train.csv (+ the runs' loss/reward plots as
+benchmarks/results/treedpo_{full,lora}_dpo_{loss,rewards}.png).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import argparse
 import csv
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -50,6 +52,10 @@ def main() -> int:
             result = train("cpu_tiny", dataset="bench_pairs", dataset_dir=data, output_dir=Path(tmp) / label.split()[0],
                            overrides=[f"max_steps={args.steps}", *overrides], progress=False)
             total = time.perf_counter() - start
+            tag = "lora" if overrides else "full"
+            for plot in result.plots:  # sample curves: benchmarks/results/treedpo_<full|lora>_dpo_{loss,rewards}.png
+                RESULTS.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(plot, RESULTS.parent / f"treedpo_{tag}_{plot.name}")
             runtime = float(result.metrics.get("train_runtime", "nan"))
             rows.append({"run": label, "steps": args.steps, "pairs": args.pairs,
                          "train_runtime_s": round(runtime, 1), "s_per_step": round(runtime / args.steps, 2),

@@ -415,10 +415,13 @@ class _StepProgress:
         except json.JSONDecodeError:  # line being written
             return
         with self.lock:
+            step = last.get("current_steps", 0)
+            if step == self.bar.n and self.bar.total is not None:
+                return
             self.bar.total = last.get("total_steps")
-            self.bar.n = last.get("current_steps", 0)
+            self.bar.n = step
             if "loss" in last:
-                self.bar.set_postfix(loss=f"{last['loss']:.4f}")
+                self.bar.set_postfix(loss=f"{last['loss']:.4f}", refresh=False)
             self.bar.refresh()
 
     def close(self) -> None:
