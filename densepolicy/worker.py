@@ -91,10 +91,10 @@ def model_info(model: str, cfg: SamplerConfig) -> ModelInfo:
 
 
 class Progress:
-    """tqdm bar over tasks with nodes, pairs, tokens/s in the postfix (ETA from tqdm)."""
+    """tqdm bar over tasks; postfix: nodes, pairs (tree) or solved (agent), and generated tokens/s."""
 
-    def __init__(self, total: int, initial: int, enabled: bool, desc: str) -> None:
-        self.bar = None
+    def __init__(self, total: int, initial: int, enabled: bool, desc: str, tree: bool = True) -> None:
+        self.bar, self.tree, self.solved = None, tree, 0
         if enabled:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, desc=desc, unit="task", dynamic_ncols=True)
@@ -109,7 +109,8 @@ class Progress:
 
     def task(self, row: dict[str, Any]) -> None:
         self.pairs += int(row.get("pairs") or 0)
-        if row.get("runs") in (None, ""):
+        self.solved += float(row.get("score") or 0) > 0
+        if not self.tree:
             self.tokens += int(row.get("completion_tokens") or 0)
         if self.bar is not None:
             self.bar.update(1)
@@ -121,7 +122,10 @@ class Progress:
             return
         self._last = now
         rate = self.tokens / max(now - self.started, 1e-9)
-        self.bar.set_postfix(nodes=self.nodes, pairs=self.pairs, tok_s=f"{rate:.0f}", refresh=True)
+        if self.tree:
+            self.bar.set_postfix(nodes=self.nodes, pairs=self.pairs, tok_s=f"{rate:.0f}", refresh=True)
+        else:
+            self.bar.set_postfix(solved=self.solved, tok_s=f"{rate:.0f}", refresh=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -207,7 +211,8 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
         if done:
             log.info("resuming %s: %d of %d tasks already finished", writer.csv_path, len(set(ids) & done), len(ids))
         progress = Progress(len(ids), len(ids) - len(todo), cfg.progress,
-                            f"{cfg.method} {cfg.dataset}.{cfg.split} shard {shard}/{num_shards}")
+                            f"{cfg.method} {cfg.dataset}.{cfg.split} shard {shard}/{num_shards}",
+                            tree=cfg.method == "codeact_agent_tree")
         started = time.monotonic()
         try:
             stats = asyncio.run(_run_tasks(cfg, env, info, server_url, todo, writer, progress, client))
