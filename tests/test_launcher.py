@@ -91,12 +91,17 @@ def test_find_free_ports_skips_busy_and_taken():
 
 
 def test_manifest_mismatch_names_the_difference(tmp_path):
-    check_or_write_manifest(tmp_path, make_manifest("/models/a", "math", "codeact_agent_tree", 4, ["base=3"]))
-    check_or_write_manifest(tmp_path, make_manifest("/models/a", "math", "codeact_agent_tree", 4, ["base=3"]))
+    def manifest(shards=4, **settings):
+        return make_manifest("/models/a", "math", "codeact_agent_tree", shards,
+                             {"base": 3, "max_steps": 8, "task_concurrency": 4, **settings}, [])
+
+    check_or_write_manifest(tmp_path, manifest())
+    check_or_write_manifest(tmp_path, manifest())
+    check_or_write_manifest(tmp_path, manifest(task_concurrency=16))  # speed-only settings may change
     with pytest.raises(ManifestMismatch, match="num_shards"):
-        check_or_write_manifest(tmp_path, make_manifest("/models/a", "math", "codeact_agent_tree", 6, ["base=3"]))
-    with pytest.raises(ManifestMismatch, match="base=4"):
-        check_or_write_manifest(tmp_path, make_manifest("/models/a", "math", "codeact_agent_tree", 4, ["base=4"]))
+        check_or_write_manifest(tmp_path, manifest(shards=6))
+    with pytest.raises(ManifestMismatch, match="base: 3 .existing. vs 4"):
+        check_or_write_manifest(tmp_path, manifest(base=4))
 
 
 def test_progress_ignores_a_torn_last_line(tmp_path):

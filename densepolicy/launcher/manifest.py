@@ -1,7 +1,9 @@
 """The run manifest: what an output directory was started with, so two runs never mix their files.
 
-`<output_dir>/run_manifest.json` records model, dataset, method, number of shards and a hash of the
-worker settings. Re-running into the same directory with anything different is an error.
+`<output_dir>/run_manifest.json` records model, dataset, method, number of shards and the worker's
+effective settings (configs/sampler.yaml + configs/tasks/<dataset>.yaml + sampler.* overrides, so an
+edited config file counts too), with a hash of them. Re-running into the same directory with anything
+different is an error; settings that only change how fast the worker runs (`EXECUTION_KEYS`) may change.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ from typing import Any
 from densepolicy.launcher.files import write_json_atomic
 
 MANIFEST_NAME = "run_manifest.json"
-IDENTITY_KEYS = ("model", "dataset", "method", "num_shards", "config_hash")
+IDENTITY_KEYS = ("model", "dataset", "method", "num_shards")
+EXECUTION_KEYS = frozenset({"task_concurrency", "max_concurrency", "env_threads", "max_live_episodes",
+                            "request_timeout_s", "max_retries", "backoff_s", "progress", "on_task_error"})
 
 
 class ManifestMismatch(RuntimeError):
@@ -27,11 +31,14 @@ def config_hash(settings: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_manifest(model: str, dataset: str, method: str, num_shards: int, sampler_args: list[str]) -> dict[str, Any]:
-    """A new manifest for these run settings."""
-    settings = {"model": model, "dataset": dataset, "method": method, "num_shards": num_shards,
-                "sampler_args": sorted(sampler_args)}
-    return {**settings, "config_hash": config_hash(settings), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+def make_manifest(model: str, dataset: str, method: str, num_shards: int, worker_settings: dict[str, Any],
+                  sampler_args: list[str]) -> dict[str, Any]:
+    """A new manifest: identity, the worker settings that shape the results, and their hash."""
+    settings = {k: v for k, v in sorted(worker_settings.items()) if k not in EXECUTION_KEYS}
+    identity = {"model": model, "dataset": dataset, "method": method, "num_shards": num_shards}
+    return {**identity, "settings": settings, "sampler_args": sorted(sampler_args),
+            "config_hash": config_hash({**identity, "settings": settings}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def check_or_write_manifest(output_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -44,8 +51,11 @@ def check_or_write_manifest(output_dir: Path, manifest: dict[str, Any]) -> dict[
         existing = json.loads(path.read_text())
         diffs = [f"{k}: {existing.get(k)!r} (existing) vs {manifest.get(k)!r} (now)"
                  for k in IDENTITY_KEYS if existing.get(k) != manifest.get(k)]
-        if "sampler_args" in existing and existing["sampler_args"] != manifest["sampler_args"]:
-            diffs.append(f"sampler args: {existing['sampler_args']} vs {manifest['sampler_args']}")
+        old, new = existing.get("settings", {}), manifest["settings"]
+        diffs += [f"{k}: {old.get(k)!r} (existing) vs {new.get(k)!r} (now)"
+                  for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        if existing.get("config_hash") != manifest["config_hash"] and not diffs:
+            diffs.append("config_hash differs")
         if diffs:
             raise ManifestMismatch(
                 f"{output_dir} holds a different run ({'; '.join(diffs)}). Re-run with the original "

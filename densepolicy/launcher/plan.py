@@ -49,6 +49,7 @@ class RunPlan:
     num_shards: int
     output_dir: Path
     sampler_args: list[str] = field(default_factory=list)
+    worker_settings: dict = field(default_factory=dict)   # the sampler's effective config (run manifest)
 
     @property
     def logs_dir(self) -> Path:

@@ -1,7 +1,7 @@
 """Turn the command line into a checked `RunPlan` (shared by the tmux and Slurm backends)."""
 from __future__ import annotations
 
-from densepolicy.config import ConfigError
+from densepolicy.config import ConfigError, to_dict
 from densepolicy.launcher import servers as serving
 from densepolicy.launcher.config import LauncherConfig, sampler_args, serving_overrides
 from densepolicy.launcher.gpus import GPUError, detect_gpus
@@ -53,7 +53,7 @@ def prepare(request: RunRequest, cfg: LauncherConfig) -> RunPlan:
             serving.load_serving_config(device, serving_overrides(cfg), tp)
         except ConfigError as exc:
             raise LaunchError(f"serving settings (serving.KEY=VALUE): {exc}", EXIT_USAGE) from None
-    plan = RunPlan(request=request, cfg=cfg, model_identity=identity,
+    plan = RunPlan(request=request, cfg=cfg, model_identity=identity, worker_settings=to_dict(sampler_cfg),
                    server_gpus=groups, num_shards=num_shards, output_dir=output_dir, sampler_args=args)
     return plan
 
@@ -61,7 +61,7 @@ def prepare(request: RunRequest, cfg: LauncherConfig) -> RunPlan:
 def claim_output_dir(plan: RunPlan) -> None:
     """Write the run manifest, or check that the output dir already holds this very run."""
     manifest = make_manifest(plan.model_identity, plan.request.dataset, plan.request.method,
-                             plan.num_shards, plan.sampler_args)
+                             plan.num_shards, plan.worker_settings, plan.sampler_args)
     try:
         check_or_write_manifest(plan.output_dir, manifest)
     except ManifestMismatch as exc:
