@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from densepolicy.config import ConfigError
+from densepolicy.config import ConfigError, to_dict
 from densepolicy.sampler_config import SamplerConfig, shard_file_stem
 from densepolicy.shard_writer import ShardWriter
 
@@ -197,6 +199,29 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
     return dict(getattr(client, "stats", {}) or {})
 
 
+# Settings that change how fast a shard runs but not what it produces: free to change on resume.
+RUNTIME_ONLY_KEYS = {"progress", "task_concurrency", "env_threads", "max_concurrency", "request_timeout_s",
+                     "max_retries", "backoff_s", "on_task_error", "max_live_episodes", "execution"}
+
+
+def check_resume_settings(path: Path, cfg: SamplerConfig, model: str) -> None:
+    """Record the settings of a shard; refuse to continue a shard made with different ones."""
+    current = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY_KEYS}
+    current["model"] = model
+    if path.exists():
+        previous = json.loads(path.read_text())
+        diffs = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(previous) | set(current))
+                 if previous.get(k) != current.get(k)]
+        if diffs:
+            raise ConfigError(f"{path.parent.parent} holds results made with other settings ({'; '.join(diffs)}); "
+                              f"rerun with the same settings to resume, or choose another --output_dir")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
 def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_shards: int,
                output_dir: str | Path, client: Any = None) -> dict[str, Any]:
     """Run shard `shard` of `num_shards`; returns a summary. Raises `ServerDownError` if the server
@@ -205,7 +230,9 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
     env = load_task_env(cfg)
     try:
         ids = shard_slice(select_tasks(env, cfg), shard, num_shards)
-        writer = ShardWriter(output_dir, shard_file_stem(cfg, shard), tree=cfg.method == "codeact_agent_tree")
+        stem = shard_file_stem(cfg, shard)
+        check_resume_settings(Path(output_dir) / "state" / f"{stem}.settings.json", cfg, info.name)
+        writer = ShardWriter(output_dir, stem, tree=cfg.method == "codeact_agent_tree")
         done = writer.open()
         todo = [t for t in ids if t not in done]
         if done:

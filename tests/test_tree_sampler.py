@@ -148,3 +148,12 @@ def test_a_failing_fork_is_rebuilt_from_an_ancestor(fake_server, tmp_path, monke
     rows, dump = run(server, tmp_path / "flaky", "max_tasks=1")
     assert rows[0]["status"] == "done" and json.loads(rows[0]["extra"])["replays"] > 0
     assert comparable(rows, dump)[1] == reference[1]
+
+
+def test_resuming_with_other_settings_is_refused(fake_server, tmp_path):
+    from densepolicy.config import ConfigError
+    server = fake_server(fakes.scripted_reply)
+    run(server, tmp_path, "max_tasks=1")
+    run(server, tmp_path, "max_tasks=1", "task_concurrency=1", "execution=sequential")   # runtime-only: fine
+    with pytest.raises(ConfigError, match=r"base: 3 -> 4"):
+        run(server, tmp_path, "max_tasks=1", "base=4")
