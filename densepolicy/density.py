@@ -159,18 +159,10 @@ def score_results(eval_dir: Path, dataset: str, max_trials: list[int]) -> dict[i
 
 
 def launcher_command(cfg: StudyEvalConfig, model_dir: Path, dataset: str, eval_dir: Path) -> list[str]:
-    """The evaluation command of kind=launcher (blocks until the workers are done, then stops servers).
-
-    Workers get `sampler.context_length` of the trained model: they resolve the served name
-    (the directory's name), which is not in configs/models.yaml.
-    """
-    extra = list(cfg.launcher_args)
-    if not any(arg.startswith("sampler.context_length=") for arg in extra) and (model_dir / "config.json").is_file():
-        from densepolicy.models import resolve_model
-
-        extra.append(f"sampler.context_length={resolve_model(str(model_dir)).context_length}")
+    """The evaluation command of kind=launcher (blocks until the workers are done, then stops servers)."""
     return [str(PROJECT_ROOT / "distributed_test.sh"), str(model_dir), dataset, "codeact_agent",
-            str(cfg.procs_per_gpu), str(cfg.tmux_start_id), "wait=true", f"output_dir={eval_dir}", *extra]
+            str(cfg.procs_per_gpu), str(cfg.tmux_start_id), "wait=true", f"output_dir={eval_dir}",
+            *cfg.launcher_args]
 
 
 def make_evaluator(cfg: StudyEvalConfig, log_path: Path) -> Evaluator | None:

@@ -93,11 +93,6 @@ def test_launcher_command_is_the_documented_evaluation():
     argv = launcher_command(cfg, Path("/m/density_N4"), "gsm8k", Path("/s/eval/N4/gsm8k"))
     assert argv == [str(PROJECT_ROOT / "distributed_test.sh"), "/m/density_N4", "gsm8k", "codeact_agent", "2", "61",
                     "wait=true", "output_dir=/s/eval/N4/gsm8k", "sampler.max_tasks=8"]
-    # a real model directory: workers are told the context the server will use
-    from densepolicy.paths import embedded_model_dir
-
-    argv = launcher_command(cfg, embedded_model_dir(), "gsm8k", Path("/s/eval"))
-    assert argv[-1] == "sampler.context_length=2048"  # configs/models.yaml: SmolLM2 max_model_len
 
 
 def test_config_errors_name_the_key(tmp_path):
