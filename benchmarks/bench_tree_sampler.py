@@ -114,6 +114,9 @@ def tree_signature(out: Path, mode: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--server", choices=["fake", "vllm"], default="fake")
+    parser.add_argument("--server_url", default=None,
+                        help="with --server vllm: use this running server instead of starting one")
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="with --server_url: the served model")
     parser.add_argument("--env", default="tests.fakes:ScriptedMathEnv",
                         help="env of the tasks: the in-process scripted env (default; isolates the sampler) "
                              "or a real one such as gsm8k (adds sandbox fork/exec costs)")
@@ -149,14 +152,20 @@ def main() -> int:
         from densepolicy.serving import ServingConfig, VLLMServer
         serving = load_config(ServingConfig, ROOT / "configs" / "serving.yaml",
                               ["device=cpu", "port=0", "kv_cache_gb=1", "max_model_len=2048"])
-        lock = open(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"), "a+")
-        print("waiting for the machine-wide vLLM lock ...", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
-        with lock, VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
+        if args.server_url:
             for mode in ("sequential", "concurrent"):
-                results.append(run_mode(mode, common, server.served_name, server.base_url, out, prefix_metrics=True))
+                results.append(run_mode(mode, common, args.model, args.server_url, out, prefix_metrics=True))
+            setting = f"running vLLM server {args.model}"
+        else:
+            lock = open(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"), "a+")
+            print("waiting for the machine-wide vLLM lock ...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
+            with lock, VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
+                for mode in ("sequential", "concurrent"):
+                    results.append(run_mode(mode, common, server.served_name, server.base_url, out,
+                                            prefix_metrics=True))
+            setting = "vLLM-CPU SmolLM2-135M"
         same = tree_signature(out, "sequential") == tree_signature(out, "concurrent")
-        setting = "vLLM-CPU SmolLM2-135M"
     seq, con = results
     speedup = seq["wall_s"] / max(con["wall_s"], 1e-9)
     for r in results:
