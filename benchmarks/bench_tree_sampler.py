@@ -128,8 +128,10 @@ def main() -> int:
     logging.basicConfig(level="WARNING")
     env = args.env
     tasks = args.tasks or (16 if args.server == "fake" else 2)
-    common = [f"env={env}", f"max_tasks={tasks}", "base=3", "max_steps=4", "progress=false", "max_concurrency=64",
-              f"task_concurrency={tasks}"]
+    # configured concurrency: the fake server's 64 slots; on vLLM-CPU 16 (2 tasks x window 8)
+    concurrency = 64 if args.server == "fake" else 16
+    common = [f"env={env}", f"max_tasks={tasks}", "base=3", "max_steps=4", "progress=false",
+              f"max_concurrency={concurrency}", f"task_concurrency={tasks}"]
     if args.server == "fake":
         common += ["window_size=16", "max_sample_number=16", "max_runs=24", "in_context_number=8",
                    "context_length=100000"]
