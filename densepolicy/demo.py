@@ -207,10 +207,10 @@ class Demo:
             self.run(self.py("post_process_test_result.py", "--see_score", "--files", *files, "--labels", *labels,
                              "--output", str(table), "--overwrite"), "see_score")
             print((self.logs / "see_score.log").read_text().split("\n", 1)[1])
-            first = cfg.datasets[-1].name
-            tree_file = next((sample_dirs[first] / "trees").glob("*.None.jsonl"), None)
+            dataset, task = tree_to_plot(merged_pairs, cfg.datasets[0].name)
+            tree_file = next((sample_dirs[dataset] / "trees").glob("*.None.jsonl"), None)
             if tree_file is not None:
-                task = json.loads(tree_file.open().readline())["task_id"]
+                task = task or json.loads(tree_file.open().readline())["task_id"]
                 self.run(self.py("post_process_training_data.py", "--tree_file", str(tree_file), "--plot_tree",
                                  task, "--output", str(self.root / "tree_plot")), "plot_tree")
         self.summary(sample_dirs, merged_pairs, trained, table)
@@ -241,6 +241,17 @@ def shard_template(run_dir: Path) -> str:
         raise DemoError(f"no result CSV in {run_dir}")
     dataset, split, *_ = names[0].split(".")
     return f"{dataset}.{split}.{{}}.csv"
+
+
+def tree_to_plot(pairs_csv: Path, fallback_dataset: str) -> tuple[str, str | None]:
+    """(dataset, task id) of the task with the most pairs, so the picture shows chosen/rejected nodes."""
+    import collections
+    import csv
+    with open(pairs_csv, newline="") as fh:
+        counts = collections.Counter((row["dataset"], row["task_id"]) for row in csv.DictReader(fh))
+    if not counts:
+        return fallback_dataset, None
+    return counts.most_common(1)[0][0]
 
 
 def count_rows(csv_path: Path) -> int:
