@@ -4,7 +4,8 @@ session killed midway, the same command re-run (server reused, shard resumed), t
 post_process_test_result.py (complete, no duplicates), and `stop` leaving no session or process behind.
 
 Holds /tmp/densepolicy-vllm.lock (like the `vllm_server` fixture) so that at most one vLLM server
-starts per machine, unless this pytest process already holds it.
+starts per machine, unless this pytest process (its `vllm_server` fixture) or an ancestor (`flock ... pytest`)
+already holds it.
 """
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ TASKS = 4
 DATASET, SPLIT = "math", "train"
 
 
-def _lock_owned_by_this_process(lock: Path) -> bool:
+def _lock_held_by_us(lock: Path) -> bool:
+    """True if this process or an ancestor (e.g. `flock LOCK pytest ...`) holds the lock."""
+    import psutil
+
+    ours = {str(os.getpid())} | {str(p.pid) for p in psutil.Process().parents()}
     inode = os.stat(lock).st_ino
     for line in Path("/proc/locks").read_text().splitlines():
         parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{inode}") and parts[4] == str(os.getpid()):
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{inode}") and parts[4] in ours:
             return True
     return False
 
@@ -48,8 +53,8 @@ def vllm_lock():
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if _lock_owned_by_this_process(VLLM_LOCK):
-                    break  # the session's vllm_server fixture holds it: one more small server is fine
+                if _lock_held_by_us(VLLM_LOCK):
+                    break  # the session's vllm_server fixture or our `flock` parent holds it
                 assert time.monotonic() < deadline, f"{VLLM_LOCK} held by another process for 30 min"
                 time.sleep(5)
         yield
