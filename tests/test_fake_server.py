@@ -32,21 +32,26 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def test_requests_beyond_batch_capacity_wait_for_a_slot(fake_server):
-    server = fake_server(lambda m, r: "ok", latency_s=0.3, batch_capacity=2)
+    latency = 1.0  # long enough that all six requests arrive during the first wave, even on a loaded machine
+    server = fake_server(lambda m, r: "ok", latency_s=latency, batch_capacity=2)
     results, seen_waiting = [], []
     threads = [threading.Thread(target=lambda: results.append(post(server, BODY))) for _ in range(6)]
     start = time.monotonic()
     for t in threads:
         t.start()
-    time.sleep(0.15)
-    seen_waiting.append(parse_prometheus(get(server, "/metrics")[1]))
+    while time.monotonic() - start < 0.8 * latency:  # poll until every request is running or queued
+        metrics = parse_prometheus(get(server, "/metrics")[1])
+        if metrics["vllm:num_requests_running"] + metrics["vllm:num_requests_waiting"] == 6:
+            break
+        time.sleep(0.02)
+    seen_waiting.append(metrics)
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
     assert [status for status, _ in results] == [200] * 6
     assert server.max_running_seqs == 2
     assert seen_waiting[0]["vllm:num_requests_running"] == 2 and seen_waiting[0]["vllm:num_requests_waiting"] == 4
-    assert elapsed >= 3 * 0.3 * 0.95  # three waves of two
+    assert elapsed >= 3 * latency * 0.95  # three waves of two
 
 
 def test_n_choices_take_n_slots(fake_server):
