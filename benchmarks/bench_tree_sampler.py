@@ -98,7 +98,7 @@ def run_mode(mode: str, overrides: list[str], model: str, url: str, out: Path, p
               "pairs": pairs, "wall_s": round(wall, 2), "s_per_node": round(wall / max(nodes, 1), 4),
               "requests": summary.get("calls", 0), "mean_in_flight": round(summary.get("mean_in_flight", 0), 2),
               "saturation": round(summary.get("mean_in_flight", 0) / concurrency, 3),
-              "completion_tokens_per_pair": round(completion / max(pairs, 1), 1),
+              "completion_tokens_per_pair": round(completion / pairs, 1) if pairs else "",
               "replays": sum(json.loads(r["extra"])["replays"] for r in rows)}
     hits = after.get("vllm:prefix_cache_hits_total", 0) - before.get("vllm:prefix_cache_hits_total", 0)
     queries = after.get("vllm:prefix_cache_queries_total", 0) - before.get("vllm:prefix_cache_queries_total", 0)
