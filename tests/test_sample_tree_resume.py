@@ -50,13 +50,18 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_outputs(fake_serv
     for _ in range(5):
         proc = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 3.0))
+        state = out / "state" / "gsm8k.train.0"
+        journal_bytes = lambda: sum(p.stat().st_size for p in state.glob("*.jsonl"))  # noqa: E731
+        before = journal_bytes()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and journal_bytes() == before and time.monotonic() < deadline:
+            time.sleep(0.02)  # wait until this run journals nodes (start-up time varies with machine load)
+        time.sleep(rng.uniform(0.0, 1.0))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        state = out / "state" / "gsm8k.train.0"
-        kills_mid_task += any(p.stat().st_size > 0 for p in state.glob("*.jsonl")) if state.exists() else 0
+        kills_mid_task += journal_bytes() > before
     assert kills_mid_task >= 2, "the kills should interrupt tasks in progress"
     requests_before = len(server.requests)
     done = subprocess.run(command(server.base_url, out), cwd=PROJECT_ROOT, timeout=300, capture_output=True, text=True)
