@@ -2,6 +2,7 @@
 serving, curve plotting, and real LLaMA-Factory DPO runs (full + LoRA) on the embedded model."""
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -298,8 +299,24 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, 
         with VLLMServer(spec, vllm_server.cfg, tmp_path / "trained_vllm.log") as server:
             reply = _post_json(server.base_url + "/chat/completions", {
                 "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
+            evaluation = _evaluate_on_gsm8k(trained_full.model_dir, server.base_url, tmp_path / "eval")
     finally:
         vllm_server.start()
     assert reply["model"] == spec.served_name
     assert reply["choices"][0]["message"]["content"].strip()
     assert reply["usage"]["prompt_tokens"] == len(training_prompt)
+    # downstream evaluation of the trained model: the real eval agent on real GSM8K test tasks
+    assert evaluation.returncode == 0, evaluation.stdout + evaluation.stderr
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "gsm8k.test.0.csv", newline="")))
+    assert [row["task_id"] for row in rows] == ["0", "1"]
+    assert all(row["status"] in {"success", "fail", "max_turn", "max_steps", "context_overflow"} for row in rows)
+    assert all(int(row["completion_tokens"]) > 0 for row in rows)
+
+
+def _evaluate_on_gsm8k(model_dir, server_url, out_dir):
+    """`sample_tree.py codeact_agent gsm8k` on two test tasks against the trained model's server."""
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "sample_tree.py"), "codeact_agent", "gsm8k", "--shard", "0",
+         "--num_shards", "1", "--server_url", server_url, "--model", str(model_dir), "--output_dir", str(out_dir),
+         "max_tasks=2", "max_turn=2", "max_tokens=64", "in_context_number=1"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
