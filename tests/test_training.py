@@ -308,7 +308,7 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, 
     # downstream evaluation of the trained model: the real eval agent on real GSM8K test tasks
     assert evaluation.returncode == 0, evaluation.stdout + evaluation.stderr
     rows = list(csv.DictReader(open(tmp_path / "eval" / "gsm8k.test.0.csv", newline="")))
-    assert [row["task_id"] for row in rows] == ["0", "1"]
+    assert sorted(row["task_id"] for row in rows) == ["0", "1"]  # rows are written as tasks finish
     assert all(row["status"] in {"success", "fail", "max_turn", "max_steps", "context_overflow"} for row in rows)
     assert all(int(row["completion_tokens"]) > 0 for row in rows)
 
