@@ -21,7 +21,6 @@ import asyncio
 import csv
 import fcntl
 import json
-import os
 import logging
 import re
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from densepolicy.paths import vllm_lock_file  # noqa: E402
 from densepolicy.sampler_config import resolve_sampler_config  # noqa: E402
 from densepolicy.worker import load_task_env, run_worker  # noqa: E402
 from tests.fakes import _unit  # noqa: E402
@@ -159,7 +159,7 @@ def main() -> int:
                 results.append(run_mode(mode, common, args.model, args.server_url, out, prefix_metrics=True))
             setting = f"running vLLM server {args.model}"
         else:
-            lock = open(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"), "a+")
+            lock = open(vllm_lock_file(), "a+")
             print("waiting for the machine-wide vLLM lock ...", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
             with lock, VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:

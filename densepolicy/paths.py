@@ -5,6 +5,7 @@ Every location can be overridden (config keys or environment variables); nothing
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,3 +52,9 @@ def resolve(path: str | os.PathLike) -> Path:
     """Resolve a config path relative to the project root (absolute paths are kept)."""
     p = Path(os.path.expanduser(str(path)))
     return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def vllm_lock_file() -> Path:
+    """Machine-wide lock that tests and benchmarks hold while they run a vLLM-CPU server
+    ($DENSEPOLICY_VLLM_LOCK, default <tmp>/densepolicy-vllm.lock): two servers on 2 cores starve each other."""
+    return Path(os.environ.get("DENSEPOLICY_VLLM_LOCK", Path(tempfile.gettempdir()) / "densepolicy-vllm.lock"))

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from densepolicy.fake_server import FakeOpenAIServer
+from densepolicy.paths import vllm_lock_file
 
-VLLM_LOCK = Path(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"))
+VLLM_LOCK = vllm_lock_file()
 VLLM_LOCK_WAIT_S = 1800.0
 
 
@@ -38,24 +39,22 @@ def fake_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
         server.stop()
 
 
-def _lock_held_by_ancestor(lock: Path) -> bool:
-    """True when pytest runs under ``flock <lock> ...`` already (locking again would deadlock)."""
+def _lock_held_by_us(lock: Path) -> bool:
+    """True if this process or an ancestor (e.g. `flock LOCK pytest ...`) holds `lock` (locking again would
+    deadlock: flock locks belong to an open file, so a second open in the same process blocks too)."""
     import psutil
 
-    for parent in psutil.Process().parents():
-        try:
-            cmdline = parent.cmdline()
-        except psutil.Error:
-            continue
-        if cmdline and Path(cmdline[0]).name == "flock" and str(lock) in cmdline:
+    ours = {str(os.getpid())} | {str(p.pid) for p in psutil.Process().parents()}
+    inode = os.stat(lock).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{inode}") and parts[4] in ours:
             return True
     return False
 
 
 def _acquire_vllm_lock() -> Any:
     """Open and flock the machine-wide vLLM lock (waits for another session's server to finish)."""
-    if _lock_held_by_ancestor(VLLM_LOCK):
-        return None
     handle = open(VLLM_LOCK, "a+")
     deadline = time.monotonic() + VLLM_LOCK_WAIT_S
     announced = False
@@ -64,6 +63,9 @@ def _acquire_vllm_lock() -> Any:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return handle
         except BlockingIOError:
+            if _lock_held_by_us(VLLM_LOCK):
+                handle.close()
+                return None  # the session's vllm_server fixture or a `flock` parent holds it
             if time.monotonic() > deadline:
                 handle.close()
                 pytest.fail(f"another vLLM server held {VLLM_LOCK} for {VLLM_LOCK_WAIT_S:.0f} s", pytrace=False)
@@ -71,6 +73,17 @@ def _acquire_vllm_lock() -> Any:
                 print(f"\n[vllm_server] waiting for {VLLM_LOCK} (another vLLM server is running)")
                 announced = True
             time.sleep(5)
+
+
+@pytest.fixture
+def vllm_lock() -> Iterator[None]:
+    """Hold the machine-wide vLLM lock for one test that starts its own vLLM server."""
+    handle = _acquire_vllm_lock()
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.close()
 
 
 @pytest.fixture(scope="session")

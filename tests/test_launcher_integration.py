@@ -3,14 +3,13 @@ launcher in tmux, two real sample_tree.py workers on a small shard of real MATH 
 session killed midway, the same command re-run (server reused, shard resumed), the shards merged with
 post_process_test_result.py (complete, no duplicates), and `stop` leaving no session or process behind.
 
-Holds /tmp/densepolicy-vllm.lock (like the `vllm_server` fixture) so that at most one vLLM server
+Holds the machine-wide vLLM lock (the `vllm_lock` fixture of conftest.py) so that at most one vLLM server
 starts per machine, unless this pytest process (its `vllm_server` fixture) or an ancestor (`flock ... pytest`)
 already holds it.
 """
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import subprocess
@@ -25,41 +24,8 @@ from densepolicy.launcher.servers import find_free_ports
 from densepolicy.paths import PROJECT_ROOT, main_python
 from launcher_helpers import Launcher, read_shard_rows
 
-VLLM_LOCK = Path(os.environ.get("DENSEPOLICY_VLLM_LOCK", "/tmp/densepolicy-vllm.lock"))
 TASKS = 4
 DATASET, SPLIT = "math", "train"
-
-
-def _lock_held_by_us(lock: Path) -> bool:
-    """True if this process or an ancestor (e.g. `flock LOCK pytest ...`) holds the lock."""
-    import psutil
-
-    ours = {str(os.getpid())} | {str(p.pid) for p in psutil.Process().parents()}
-    inode = os.stat(lock).st_ino
-    for line in Path("/proc/locks").read_text().splitlines():
-        parts = line.split()
-        if len(parts) > 5 and parts[1] == "FLOCK" and parts[5].endswith(f":{inode}") and parts[4] in ours:
-            return True
-    return False
-
-
-@pytest.fixture
-def vllm_lock():
-    handle = open(VLLM_LOCK, "a+")
-    deadline = time.monotonic() + 1800
-    try:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if _lock_held_by_us(VLLM_LOCK):
-                    break  # the session's vllm_server fixture or our `flock` parent holds it
-                assert time.monotonic() < deadline, f"{VLLM_LOCK} held by another process for 30 min"
-                time.sleep(5)
-        yield
-    finally:
-        handle.close()
 
 
 def _alive(pid: int | None) -> bool:
