@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from densepolicy.merge import merge_distributed
-from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
-from densepolicy.results_io import CorruptFileError, write_text_atomic
-from densepolicy.scores import build_tables, render_csv, render_markdown, render_text, score_file
+from densepolicy.postprocess.merge import merge_distributed
+from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
+from densepolicy.postprocess.results_io import CorruptFileError, write_text_atomic
+from densepolicy.postprocess.scores import build_tables, render_csv, render_markdown, render_text, score_file
 
 
 def parse_args():

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from densepolicy.budget import find_pair_files, merge_all_pairs
-from densepolicy.pairs import extract_pairs_file, extraction_paths, iter_tree_tasks, read_task_meta, task_pairs
+from densepolicy.postprocess.budget import find_pair_files, merge_all_pairs
+from densepolicy.postprocess.pairs import extract_pairs_file, extraction_paths, iter_tree_tasks, read_task_meta, task_pairs
 from densepolicy.paths import PROJECT_ROOT
-from densepolicy.plots import pairs_histogram, plot_tree
-from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
-from densepolicy.results_io import ensure_new
+from densepolicy.postprocess.plots import pairs_histogram, plot_tree
+from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
+from densepolicy.postprocess.results_io import ensure_new
 
 
 def parse_args():

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from densepolicy.budget import MERGED_PREFIX
-from densepolicy.lf_dataset import prepare_dataset
+from densepolicy.postprocess.budget import MERGED_PREFIX
+from densepolicy.postprocess.lf_dataset import prepare_dataset
 from densepolicy.paths import PROJECT_ROOT
-from densepolicy.postprocess_cli import load_postprocess_config, make_parser, run
+from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
 
 
 def parse_args():

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from densepolicy.config import ConfigError, describe
-from densepolicy.sampler_config import METHODS, SamplerConfig, default_output_dir, resolve_sampler_config
+from densepolicy.sampling.config import METHODS, SamplerConfig, default_output_dir, resolve_sampler_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
-    from densepolicy.worker import ServerDownError, run_worker
+    from densepolicy.sampling.worker import ServerDownError, run_worker
     try:
         cfg = resolve_sampler_config(args.method, args.dataset, args.overrides)
         output_dir = args.output_dir or default_output_dir(cfg, args.model)

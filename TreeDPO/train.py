@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from densepolicy.config import ConfigError  # noqa: E402
-from densepolicy.training import TrainingError, train  # noqa: E402
+from densepolicy.training.train import TrainingError, train  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

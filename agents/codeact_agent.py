@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from agents.runtime import WorkerContext, execute_generation, request_seed, restore_end_action
-from densepolicy.llm_client import ContextLengthError
+from densepolicy.serving.llm_client import ContextLengthError
 
 
 async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:

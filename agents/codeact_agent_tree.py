@@ -29,7 +29,7 @@ from agents.parser import parse_generation
 from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, StepOutcome, WorkerContext, execute_generation, request_seed,
                             restore_end_action)
 from agents.tree import NodeId, TreeRules, TreeSearch, branch_temperature, node_key, parse_node_key
-from densepolicy.llm_client import ContextLengthError
+from densepolicy.serving.llm_client import ContextLengthError
 from envs.base import Episode
 
 log = logging.getLogger(__name__)

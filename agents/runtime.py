@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from agents.incontext import example_pool
 from agents.parser import parse_generation
 from agents.prompts import InContextExample, initial_messages
-from densepolicy.sampler_config import SamplerConfig
+from densepolicy.sampling.config import SamplerConfig
 from envs.base import Env, Episode
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class WorkerContext:
 
     cfg: SamplerConfig
     env: Env
-    client: Any                     # densepolicy.llm_client.LLMClient (or a test double with `chat`)
+    client: Any                     # densepolicy.serving.llm_client.LLMClient (or a test double with `chat`)
     context_length: int
     stop: list[str]
     counter: TokenCounter = field(default_factory=TokenCounter)

@@ -25,12 +25,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.budget import merge_all_pairs  # noqa: E402
-from densepolicy.merge import merge_distributed  # noqa: E402
-from densepolicy.pairs import extract_pairs_file, read_task_meta  # noqa: E402
-from densepolicy.postprocess_config import Budget, MergePairsConfig  # noqa: E402
-from densepolicy.synthetic_trees import random_tree  # noqa: E402
-from densepolicy.tree_stats import PairRule  # noqa: E402
+from densepolicy.postprocess.budget import merge_all_pairs  # noqa: E402
+from densepolicy.postprocess.merge import merge_distributed  # noqa: E402
+from densepolicy.postprocess.pairs import extract_pairs_file, read_task_meta  # noqa: E402
+from densepolicy.postprocess.config import Budget, MergePairsConfig  # noqa: E402
+from densepolicy.testing.synthetic_trees import random_tree  # noqa: E402
+from densepolicy.postprocess.tree_stats import PairRule  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.csv"
 COLUMNS = ["task_id", "dataset", "split", "method", "model", "status", "score", "runs", "nodes", "task_type",

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from densepolicy.paths import vllm_lock_file  # noqa: E402
-from densepolicy.sampler_config import resolve_sampler_config  # noqa: E402
-from densepolicy.worker import load_task_env, run_worker  # noqa: E402
+from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
+from densepolicy.sampling.worker import load_task_env, run_worker  # noqa: E402
 from tests.fakes import _unit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -73,7 +73,7 @@ def task_targets(cfg, n: int) -> dict[str, str]:
 
 
 async def _metrics(url: str) -> dict[str, float]:
-    from densepolicy.llm_client import LLMClient
+    from densepolicy.serving.llm_client import LLMClient
     client = LLMClient(url, "metrics")
     try:
         return await client.metrics()
@@ -142,7 +142,7 @@ def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="bench_tree_"))
     results = []
     if args.server == "fake":
-        from densepolicy.fake_server import FakeOpenAIServer
+        from densepolicy.testing.fake_server import FakeOpenAIServer
         responder = GoldAwareResponder(task_targets(cfg, tasks))
         with FakeOpenAIServer(responder, latency_s=args.latency_s, batch_capacity=args.batch_capacity) as server:
             for mode in ("sequential", "concurrent"):
@@ -151,7 +151,7 @@ def main() -> int:
         setting = f"fake server {args.latency_s * 1000:.0f} ms, {args.batch_capacity} slots"
     else:
         from densepolicy.config import load_config
-        from densepolicy.serving import ServingConfig, VLLMServer
+        from densepolicy.serving.server import ServingConfig, VLLMServer
         serving = load_config(ServingConfig, ROOT / "configs" / "serving.yaml",
                               ["device=cpu", "port=0", "kv_cache_gb=1", "max_model_len=2048"])
         if args.server_url:

@@ -115,7 +115,7 @@ class Demo:
 
     # -- stages -------------------------------------------------------------------------------
     def start_server(self, model: str, name: str):
-        from densepolicy.serving import ServingConfig, VLLMServer
+        from densepolicy.serving.server import ServingConfig, VLLMServer
         overrides = [f"{k}={v}" for k, v in self.cfg.serving.items()]
         scfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml", overrides)
         server = VLLMServer(model, scfg, self.logs / f"server_{name}.log")

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from densepolicy.config import ConfigError, describe, load_config  # noqa: E402
-from densepolicy.density import DensityStudyConfig, run_study  # noqa: E402
-from densepolicy.training import TrainingError  # noqa: E402
+from densepolicy.training.density import DensityStudyConfig, run_study  # noqa: E402
+from densepolicy.training.train import TrainingError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

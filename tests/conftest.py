@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from densepolicy.fake_server import FakeOpenAIServer
+from densepolicy.testing.fake_server import FakeOpenAIServer
 from densepolicy.paths import vllm_lock_file
 
 VLLM_LOCK = vllm_lock_file()
@@ -92,7 +92,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     ``.base_url``, ``.served_name``, ``.model`` (ModelSpec), ``.log_file``)."""
     from densepolicy.config import load_config
     from densepolicy.paths import PROJECT_ROOT
-    from densepolicy.serving import ServerError, ServingConfig, VLLMServer, check_serving_ready
+    from densepolicy.serving.server import ServerError, ServingConfig, VLLMServer, check_serving_ready
 
     cfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml",
                       ["device=cpu", "port=0", "kv_cache_gb=1", "max_model_len=2048"])

@@ -4,8 +4,8 @@ from __future__ import annotations
 import csv
 import json
 
-from densepolicy.sampler_config import resolve_sampler_config
-from densepolicy.worker import run_worker
+from densepolicy.sampling.config import resolve_sampler_config
+from densepolicy.sampling.worker import run_worker
 
 ARGS = ["env=tests.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "max_tasks=1"]
 

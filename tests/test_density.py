@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from densepolicy.config import ConfigError, from_dict
-from densepolicy.density import (
+from densepolicy.training.density import (
     DensityStudyConfig,
     StudyEvalConfig,
     budget_pairs,

@@ -9,8 +9,8 @@ import urllib.request
 
 import pytest
 
-from densepolicy.fake_server import FakeOpenAIServer, apply_stop, truncate_tokens
-from densepolicy.llm_client import parse_prometheus
+from densepolicy.testing.fake_server import FakeOpenAIServer, apply_stop, truncate_tokens
+from densepolicy.serving.llm_client import parse_prometheus
 
 
 def post(server, body, timeout=10):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from densepolicy.llm_client import ContextLengthError, LLMClient, LLMError, parse_prometheus
+from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, parse_prometheus
 
 USER = [{"role": "user", "content": "What is 2 + 3?"}]
 

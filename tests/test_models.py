@@ -6,7 +6,7 @@ import json
 import pytest
 
 from densepolicy.config import ConfigError
-from densepolicy.models import ModelEntry, ModelError, ModelRegistry, load_registry, resolve_model
+from densepolicy.serving.models import ModelEntry, ModelError, ModelRegistry, load_registry, resolve_model
 from densepolicy.paths import PROJECT_ROOT
 
 

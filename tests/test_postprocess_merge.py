@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from densepolicy.merge import merge_distributed
-from densepolicy.results_io import CorruptFileError, iter_csv, iter_jsonl
-from densepolicy.synthetic_trees import tree_from_spec, write_jsonl
+from densepolicy.postprocess.merge import merge_distributed
+from densepolicy.postprocess.results_io import CorruptFileError, iter_csv, iter_jsonl
+from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 COLUMNS = ["task_id", "dataset", "split", "method", "model", "status", "score", "turns", "steps", "runs",

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from densepolicy.budget import allocate, merge_all_pairs
-from densepolicy.pairs import PAIR_COLUMNS, read_pairs
-from densepolicy.postprocess_config import Budget, MergePairsConfig
-from densepolicy.synthetic_trees import tree_from_spec, write_jsonl
+from densepolicy.postprocess.budget import allocate, merge_all_pairs
+from densepolicy.postprocess.pairs import PAIR_COLUMNS, read_pairs
+from densepolicy.postprocess.config import Budget, MergePairsConfig
+from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "post_process_training_data.py")

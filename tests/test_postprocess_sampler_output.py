@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from agents.runtime import request_seed
-from densepolicy.pairs import iter_tree_tasks, read_pairs
-from densepolicy.results_io import iter_csv
-from densepolicy.sampler_config import resolve_sampler_config
-from densepolicy.tree_stats import PairRule, compute_node_stats, count_qualifying_pairs
-from densepolicy.worker import run_worker
+from densepolicy.postprocess.pairs import iter_tree_tasks, read_pairs
+from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.sampling.config import resolve_sampler_config
+from densepolicy.postprocess.tree_stats import PairRule, compute_node_stats, count_qualifying_pairs
+from densepolicy.sampling.worker import run_worker
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent

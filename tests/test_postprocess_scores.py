@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from densepolicy.postprocess_config import ScoresConfig
-from densepolicy.scores import build_tables, render_markdown, render_text, score_file
+from densepolicy.postprocess.config import ScoresConfig
+from densepolicy.postprocess.scores import build_tables, render_markdown, render_text, score_file
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from densepolicy.pairs import task_pairs
-from densepolicy.synthetic_trees import tree_from_spec
-from densepolicy.tree_stats import (PairRule, TreeError, candidate_pairs, compute_node_stats,
+from densepolicy.postprocess.pairs import task_pairs
+from densepolicy.testing.synthetic_trees import tree_from_spec
+from densepolicy.postprocess.tree_stats import (PairRule, TreeError, candidate_pairs, compute_node_stats,
                                     count_qualifying_pairs, qualifying_pairs)
 
 

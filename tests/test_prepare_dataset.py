@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from densepolicy.lf_dataset import (DatasetError, pair_to_sharegpt, read_pairwise_json, record_messages,
+from densepolicy.postprocess.lf_dataset import (DatasetError, pair_to_sharegpt, read_pairwise_json, record_messages,
                                     register_dataset)
-from densepolicy.pairs import PAIR_COLUMNS
+from densepolicy.postprocess.pairs import PAIR_COLUMNS
 from densepolicy.paths import embedded_model_dir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from densepolicy.config import ConfigError
-from densepolicy.models import ModelError, ModelSpec
-from densepolicy.serving import (ServerError, ServingConfig, VLLMServer, cpu_list, find_free_port,
+from densepolicy.serving.models import ModelError, ModelSpec
+from densepolicy.serving.server import (ServerError, ServingConfig, VLLMServer, cpu_list, find_free_port,
                                  load_serving_config, port_in_use, wait_healthy)
 
 FAKE_VLLM = textwrap.dedent('''
@@ -190,7 +190,7 @@ def test_serving_config_validation_names_the_key(tmp_path):
 
 def test_cli_help_and_errors(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "densepolicy.serving", *args],
+        return subprocess.run([sys.executable, "-m", "densepolicy.serving.server", *args],
                               capture_output=True, text=True, timeout=60)
 
     helped = run("--help")

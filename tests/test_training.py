@@ -11,7 +11,7 @@ import pytest
 
 from densepolicy.config import ConfigError
 from densepolicy.paths import PROJECT_ROOT, embedded_model_dir, serve_python
-from densepolicy.training import (
+from densepolicy.training.train import (
     TrainingError,
     build_train_args,
     check_servable,
@@ -46,7 +46,7 @@ def dataset_dir(tmp_path):
 
 @pytest.mark.parametrize("name", ["cpu_tiny", "gpu_full_zero3", "gpu_lora"])
 def test_shipped_configs_use_only_known_llamafactory_keys(name, dataset_dir):
-    from densepolicy.training import llamafactory_keys
+    from densepolicy.training.train import llamafactory_keys
 
     args = build_train_args(name, dataset="tiny_tree_dpo", model=embedded_model_dir(),
                             dataset_dir=dataset_dir, known_keys=_cached_keys(llamafactory_keys))
@@ -190,7 +190,7 @@ def test_training_template_equals_serving_template():
     """cpu_tiny's LLaMA-Factory template (smollm2 + default_system) gives the same prompt token ids as the
     model's own chat template in the serving venv (transformers 5.19), for agent-style multi-turn prompts
     with and without a system message; without default_system the two would differ."""
-    from densepolicy.training import TemplatePair, sharegpt_messages
+    from densepolicy.training.train import TemplatePair, sharegpt_messages
 
     entry = {"formatting": "sharegpt", "columns": {"messages": "conversations", "chosen": "chosen"}}
     aligned = TemplatePair(embedded_model_dir(), "smollm2", SMOLLM_SYSTEM)
@@ -285,8 +285,8 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, 
 
     One vLLM server at a time: this session already holds the vLLM lock through `vllm_server`, so that
     server is stopped while the trained model is served and restarted afterwards."""
-    from densepolicy.serving import VLLMServer
-    from densepolicy.training import TemplatePair, servable_model_spec, sharegpt_messages
+    from densepolicy.serving.server import VLLMServer
+    from densepolicy.training.train import TemplatePair, servable_model_spec, sharegpt_messages
 
     spec = servable_model_spec(trained_full.model_dir)
     assert spec.path == trained_full.model_dir.resolve() and spec.served_name == trained_full.model_dir.name

@@ -9,9 +9,9 @@ import pytest
 
 from agents.runtime import request_seed
 from agents.tree import branch_temperature, parse_node_key
-from densepolicy.sampler_config import resolve_sampler_config
-from densepolicy.tree_stats import compute_node_stats
-from densepolicy.worker import run_worker
+from densepolicy.sampling.config import resolve_sampler_config
+from densepolicy.postprocess.tree_stats import compute_node_stats
+from densepolicy.sampling.worker import run_worker
 from tests import fakes
 
 BASE = ["env=tests.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from densepolicy.sampler_config import resolve_sampler_config
-from densepolicy.tree_stats import compute_node_stats
-from densepolicy.worker import run_worker
+from densepolicy.sampling.config import resolve_sampler_config
+from densepolicy.postprocess.tree_stats import compute_node_stats
+from densepolicy.sampling.worker import run_worker
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from densepolicy.llm_client import ContextLengthError, LLMClient
+from densepolicy.serving.llm_client import ContextLengthError, LLMClient
 
 pytestmark = pytest.mark.integration
 

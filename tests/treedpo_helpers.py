@@ -7,8 +7,8 @@ import json
 import random
 from pathlib import Path
 
-from densepolicy.lf_dataset import pair_to_sharegpt
-from densepolicy.pairs import PAIR_COLUMNS
+from densepolicy.postprocess.lf_dataset import pair_to_sharegpt
+from densepolicy.postprocess.pairs import PAIR_COLUMNS
 
 TASK = ("Solve the following math problem step by step. You can use Python code: write it between "
         "`Action:` and `End Action`, or give the final answer as `Answer: <value>`.\nProblem: {q}")
@@ -60,8 +60,8 @@ def write_dataset(dataset_dir: Path, name: str = "tiny_tree_dpo", n: int = 8, se
     via_prepare=True goes pairs CSV -> `prepare_dataset` (tokenizer length filter, a few seconds);
     otherwise the records and the registry entry are written with lf_dataset's own helpers.
     """
-    from densepolicy.lf_dataset import dataset_info_entry, prepare_dataset, register_dataset
-    from densepolicy.postprocess_config import DatasetConfig
+    from densepolicy.postprocess.lf_dataset import dataset_info_entry, prepare_dataset, register_dataset
+    from densepolicy.postprocess.config import DatasetConfig
 
     dataset_dir.mkdir(parents=True, exist_ok=True)
     if via_prepare:

@@ -13,7 +13,7 @@ class UnknownName(ValueError):
 def check_worker_settings(dataset: str, method: str, sampler_args: list[str]):
     """The worker's resolved settings (SamplerConfig); unknown dataset/method/keys raise `UnknownName`."""
     from densepolicy.config import ConfigError
-    from densepolicy.sampler_config import resolve_sampler_config
+    from densepolicy.sampling.config import resolve_sampler_config
 
     try:
         return resolve_sampler_config(method, dataset, sampler_args)
@@ -23,7 +23,7 @@ def check_worker_settings(dataset: str, method: str, sampler_args: list[str]):
 
 def default_output_dir(sampler_cfg, model: str) -> Path:
     """`eval_results/<method>.<model>/<run_name>/`, exactly as sample_tree.py names it."""
-    from densepolicy.sampler_config import default_output_dir as sampler_default
+    from densepolicy.sampling.config import default_output_dir as sampler_default
 
     return resolve(sampler_default(sampler_cfg, model))
 

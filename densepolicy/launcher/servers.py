@@ -1,7 +1,7 @@
 """The launcher's view of model serving: resolve the model, build one server's command, pick ports.
 
-Everything vLLM-specific comes from `densepolicy.serving` (VLLMServer, ServingConfig, find_free_port)
-and `densepolicy.models.resolve_model`; this module only adapts them to processes the launcher
+Everything vLLM-specific comes from `densepolicy.serving.server` (VLLMServer, ServingConfig, find_free_port)
+and `densepolicy.serving.models.resolve_model`; this module only adapts them to processes the launcher
 runs itself inside tmux or a Slurm task.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class ServerProcess:
 
 def resolve_model(name_or_path: str) -> tuple[str, str]:
     """(resolved model directory, served name) of MODEL: a name from configs/models.yaml or a directory."""
-    from densepolicy.models import resolve_model as _resolve
+    from densepolicy.serving.models import resolve_model as _resolve
 
     try:
         spec = _resolve(name_or_path)
@@ -36,7 +36,7 @@ def resolve_model(name_or_path: str) -> tuple[str, str]:
 
 def load_serving_config(device: str, overrides: list[str], tensor_parallel_size: int | None = None):
     """configs/serving.yaml with `device` (cpu/gpu, from GPU detection) and the user's `serving.*` overrides."""
-    from densepolicy.serving import load_serving_config as _load
+    from densepolicy.serving.server import load_serving_config as _load
 
     base = [f"device={device}"] + ([f"tensor_parallel_size={tensor_parallel_size}"] if tensor_parallel_size else [])
     return _load(None, base + list(overrides))
@@ -44,7 +44,7 @@ def load_serving_config(device: str, overrides: list[str], tensor_parallel_size:
 
 def server_process(model: str, serving_cfg, log_file: Path, port: int, gpus: list[str]) -> ServerProcess:
     """argv + environment of one vLLM server for `model` on `port` using `gpus` ([] = as the environment says)."""
-    from densepolicy.serving import VLLMServer
+    from densepolicy.serving.server import VLLMServer
 
     server = VLLMServer(model, serving_cfg, log_file, port=port)
     env = {k: str(v) for k, v in server.environment().items()}

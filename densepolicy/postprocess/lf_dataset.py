@@ -21,10 +21,10 @@ from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
-from densepolicy.pairs import read_pairs
+from densepolicy.postprocess.pairs import read_pairs
 from densepolicy.paths import resolve
-from densepolicy.postprocess_config import DatasetConfig
-from densepolicy.results_io import ensure_new, write_json_atomic
+from densepolicy.postprocess.config import DatasetConfig
+from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
 
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt"}
 SHAREGPT_TO_ROLE = {"human": "user", "gpt": "assistant"}
@@ -138,7 +138,7 @@ def load_tokenizer(model: str = ""):
     default, the embedded SmolLM2). Models are never downloaded; a missing one is a `ModelError`."""
     from transformers import AutoTokenizer
 
-    from densepolicy.models import resolve_model
+    from densepolicy.serving.models import resolve_model
 
     spec = resolve_model(model or None)
     tokenizer = AutoTokenizer.from_pretrained(str(spec.path))

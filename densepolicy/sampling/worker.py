@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from densepolicy.config import ConfigError, to_dict
-from densepolicy.sampler_config import SamplerConfig, shard_file_stem
-from densepolicy.shard_writer import ShardWriter
+from densepolicy.sampling.config import SamplerConfig, shard_file_stem
+from densepolicy.sampling.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class ModelInfo:
 def model_info(model: str, cfg: SamplerConfig) -> ModelInfo:
     """Resolve `--model` (registry name or directory). An unknown model (e.g. a fake server's) is
     accepted when `context_length` is configured."""
-    from densepolicy.models import ModelError, resolve_model
+    from densepolicy.serving.models import ModelError, resolve_model
     try:
         spec = resolve_model(model)
     except (ModelError, ConfigError) as exc:
@@ -139,7 +139,7 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
     from agents.codeact_agent import run_agent_task
     from agents.codeact_agent_tree import EpisodePool, TreeTask
     from agents.runtime import TokenCounter, WorkerContext
-    from densepolicy.llm_client import ContextLengthError, LLMClient, LLMError
+    from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError
 
     if client is None:
         client = LLMClient(server_url, model.served_name, max_concurrency=cfg.max_concurrency,

@@ -3,10 +3,10 @@
 For every N in `task_counts` (one command: ``scripts/density_study.py``):
 
 1. **pairs**: keep the N tasks of `group` with the most selected pairs and subsample each uniformly
-   (seeded) so that `pair_budget` pairs remain: `densepolicy.budget.merge_all_pairs` with the budget
+   (seeded) so that `pair_budget` pairs remain: `densepolicy.postprocess.budget.merge_all_pairs` with the budget
    {pairs: pair_budget, tasks: N}, the function `post_process_training_data.py --merge_all_pairs` uses;
-2. **dataset**: `densepolicy.lf_dataset.prepare_dataset` (ShareGPT + dataset_info.json, length filter);
-3. **train**: `densepolicy.training.train` with a TreeDPO config (cpu_tiny on CPU, gpu_full_zero3 on GPUs);
+2. **dataset**: `densepolicy.postprocess.lf_dataset.prepare_dataset` (ShareGPT + dataset_info.json, length filter);
+3. **train**: `densepolicy.training.train.train` with a TreeDPO config (cpu_tiny on CPU, gpu_full_zero3 on GPUs);
 4. **evaluate**: a pluggable step returning accuracy @k (Max Trial k) per evaluation dataset:
    - ``kind: launcher`` runs ``./distributed_test.sh <model> <dataset> codeact_agent <P> <ID> wait=true
      output_dir=<eval dir> [launcher_args]`` and scores the result CSVs it writes;
@@ -114,8 +114,8 @@ def accuracy_columns(cfg: DensityStudyConfig) -> list[str]:
 
 def budget_pairs(cfg: DensityStudyConfig, n_tasks: int, out_csv: Path):
     """Stage 1: the budgeted pairs CSV for N tasks (post-processing's own budget function)."""
-    from densepolicy.budget import merge_all_pairs
-    from densepolicy.postprocess_config import Budget, MergePairsConfig
+    from densepolicy.postprocess.budget import merge_all_pairs
+    from densepolicy.postprocess.config import Budget, MergePairsConfig
 
     merge_cfg = MergePairsConfig(budgets={cfg.group: Budget(pairs=cfg.pair_budget, tasks=n_tasks)},
                                  unbudgeted="drop", seed=cfg.seed)
@@ -125,8 +125,8 @@ def budget_pairs(cfg: DensityStudyConfig, n_tasks: int, out_csv: Path):
 
 def build_dataset(cfg: DensityStudyConfig, pairs_csv: Path, data_dir: Path, name: str, tokenizer: str) -> int:
     """Stage 2: LLaMA-Factory dataset `name` in `data_dir`; returns the number of pairs written."""
-    from densepolicy.lf_dataset import prepare_dataset
-    from densepolicy.postprocess_config import DatasetConfig
+    from densepolicy.postprocess.lf_dataset import prepare_dataset
+    from densepolicy.postprocess.config import DatasetConfig
 
     report = prepare_dataset(pairs_csv, DatasetConfig(model=tokenizer, cutoff_len=cfg.cutoff_len,
                                                       output_dir=str(data_dir), seed=cfg.seed),
@@ -140,8 +140,8 @@ Evaluator = Callable[[Path, str, Path], dict[int, float]]
 def score_results(eval_dir: Path, dataset: str, max_trials: list[int]) -> dict[int, float]:
     """Accuracy @k (percent) from the result CSVs in `eval_dir` (the merged `.None.csv` if present,
     else every shard `<dataset>.<split>.<K>.csv`), via post-processing's `score_file`."""
-    from densepolicy.postprocess_config import ScoresConfig
-    from densepolicy.scores import score_file
+    from densepolicy.postprocess.config import ScoresConfig
+    from densepolicy.postprocess.scores import score_file
 
     files = sorted(eval_dir.glob(f"{dataset}.*.None.csv")) or sorted(
         p for p in eval_dir.glob(f"{dataset}.*.csv") if p.name.count(".") == 3)
@@ -299,7 +299,7 @@ def run_study(cfg: DensityStudyConfig, evaluator: Evaluator | None = None, progr
     """Run (or resume) the study; returns the result rows (also in density_study.csv / .png)."""
     from tqdm import tqdm
 
-    from densepolicy.training import resolve_model, train
+    from densepolicy.training.train import resolve_model, train
 
     pairs_file = resolve(cfg.pairs_file) if cfg.pairs_file else None
     if pairs_file is None or not pairs_file.is_file():

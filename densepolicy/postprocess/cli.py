@@ -8,7 +8,7 @@ from typing import Callable
 
 from densepolicy.config import ConfigError, describe, load_config
 from densepolicy.paths import resolve
-from densepolicy.postprocess_config import PostprocessConfig
+from densepolicy.postprocess.config import PostprocessConfig
 
 DEFAULT_CONFIG = "configs/postprocess.yaml"
 

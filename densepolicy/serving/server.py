@@ -7,7 +7,7 @@
 `VLLMServer.command()` and `.environment()` give the exact argv and extra environment, so a tmux or
 Slurm launcher can run the same server elsewhere. From the shell (foreground; Ctrl-C stops it):
 
-    python -m densepolicy.serving SmolLM2-135M-Instruct port=8000 [key=value ...]
+    python -m densepolicy.serving.server SmolLM2-135M-Instruct port=8000 [key=value ...]
 
 This module only needs the standard library and PyYAML, so it runs under either venv; vLLM itself
 runs in the serving venv (``python`` key, default .venv-serve/bin/python).
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from densepolicy.config import ConfigError, describe, help_field, load_config
-from densepolicy.models import ModelError, ModelSpec, resolve_model
+from densepolicy.serving.models import ModelError, ModelSpec, resolve_model
 from densepolicy.paths import PROJECT_ROOT, resolve, serve_python
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "serving.yaml"
@@ -332,11 +332,11 @@ def check_serving_ready(cfg: ServingConfig, model: str | None = None) -> str | N
 # -- CLI ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m densepolicy.serving",
+        prog="python -m densepolicy.serving.server",
         description="Serve MODEL with vLLM in the foreground until Ctrl-C / SIGTERM.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="keys (configs/serving.yaml, override as key=value):\n" + describe(ServingConfig)
-               + "\n\nexample:\n  python -m densepolicy.serving SmolLM2-135M-Instruct port=8000 kv_cache_gb=4")
+               + "\n\nexample:\n  python -m densepolicy.serving.server SmolLM2-135M-Instruct port=8000 kv_cache_gb=4")
     parser.add_argument("model", help="registry name (configs/models.yaml) or model directory")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the serving config")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="serving config YAML (default: %(default)s)")

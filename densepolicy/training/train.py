@@ -129,7 +129,7 @@ def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
     """A model directory: a path, a name from configs/models.yaml, or a name under models/."""
-    from densepolicy.models import load_registry
+    from densepolicy.serving.models import load_registry
 
     raw = str(name_or_path)
     candidates = [resolve(raw)]
@@ -559,11 +559,11 @@ def check_servable(model_dir: str | os.PathLike) -> Path:
 
 def servable_model_spec(model_dir: str | os.PathLike):
     """Check `model_dir` is self-contained and resolve it exactly as the launcher / serving code will
-    (`densepolicy.models.resolve_model`): the returned `ModelSpec` names the served model and context.
+    (`densepolicy.serving.models.resolve_model`): the returned `ModelSpec` names the served model and context.
 
     `./distributed_test.sh <model_dir> <dataset> codeact_agent P 0` accepts any directory that passes.
     """
-    from densepolicy.models import ModelError, resolve_model
+    from densepolicy.serving.models import ModelError, resolve_model
 
     path = check_servable(model_dir)
     try:

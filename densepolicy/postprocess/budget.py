@@ -20,9 +20,9 @@ from typing import Iterable, Mapping
 
 from tqdm import tqdm
 
-from densepolicy.pairs import PAIR_COLUMNS
-from densepolicy.postprocess_config import Budget, MergePairsConfig
-from densepolicy.results_io import atomic_open, ensure_new, iter_csv
+from densepolicy.postprocess.pairs import PAIR_COLUMNS
+from densepolicy.postprocess.config import Budget, MergePairsConfig
+from densepolicy.postprocess.results_io import atomic_open, ensure_new, iter_csv
 
 MERGED_PREFIX = "merged_all_pairs"
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from densepolicy.postprocess_config import ScoresConfig
-from densepolicy.results_io import iter_csv
+from densepolicy.postprocess.config import ScoresConfig
+from densepolicy.postprocess.results_io import iter_csv
 
 MATH_DATASETS = ("gsm8k", "math")
 FEEDBACK_NOTE = ("@1 = accuracy (one answer). @k (k > 1) = solved within k answer attempts WITH CORRECTNESS "

@@ -48,7 +48,7 @@ class SamplerConfig:
     temperature: float = help_field(0.0, help="Agent: sampling temperature (greedy evaluation).")
     top_p: float = help_field(1.0, help="top_p of every request.")
     context_length: Optional[int] = help_field(
-        None, help="Model context in tokens; null = read from the model's config (densepolicy.models).")
+        None, help="Model context in tokens; null = read from the model's config (densepolicy.serving.models).")
     min_completion_tokens: int = help_field(
         120, help="A step whose prompt leaves fewer free context tokens ends the run as context_overflow.")
     # -- tree (spec §3) ----------------------------------------------------------------------------

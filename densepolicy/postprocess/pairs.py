@@ -23,8 +23,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from densepolicy.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
-from densepolicy.tree_stats import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
+from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
+from densepolicy.postprocess.tree_stats import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from densepolicy.results_io import CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header
+from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header
 
 logger = logging.getLogger(__name__)
 
