@@ -29,7 +29,12 @@ is the JSON body plus ``"choice_index"``.
 ``fail_plan``: ``{request_number: action}`` with 0-based request numbers in arrival order (the same
 numbering as ``requests``). Actions: ``"500"`` (HTTP 500), ``"hang"`` (no answer for ``hang_s``,
 then the connection is closed), ``"drop"`` (connection closed without an answer),
-``"context_length"`` (vLLM's HTTP 400 for an over-long prompt).
+``"context_length"`` (vLLM's HTTP 400 for an over-long prompt), ``"404"`` (vLLM's model-not-found),
+``"400"`` (a bad request that is not about the context), ``"malformed"`` (HTTP 200 whose body is not
+JSON, e.g. an HTML page of a proxy) and ``"malformed_json"`` (HTTP 200 JSON without ``choices``).
+``fault = action`` applies an action to every request until it is set back to None, and
+``restart(down_s)`` imitates a server restart (connections refused for ``down_s`` seconds, then the
+server answers again on the same port).
 """
 from __future__ import annotations
 
@@ -45,7 +50,7 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 
 Responder = list[str] | Callable[[list[dict[str, Any]], dict[str, Any]], str]
-FAIL_ACTIONS = ("500", "hang", "drop", "context_length")
+FAIL_ACTIONS = ("500", "hang", "drop", "context_length", "404", "400", "malformed", "malformed_json")
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 PER_MESSAGE_TOKENS = 4  # chat-template overhead per message (role markers), roughly ChatML's
 
@@ -121,7 +126,7 @@ class FakeOpenAIServer:
         responder: list of reply strings (served in order) or ``callable(messages, request) -> str``.
         latency_s: seconds each request holds its batch slots (simulated generation time).
         batch_capacity: sequence slots; requests needing more than the free slots wait (FIFO).
-        fail_plan: ``{0-based request number: "500" | "hang" | "drop" | "context_length"}``.
+        fail_plan: ``{0-based request number: action}`` (FAIL_ACTIONS, see the module docstring).
         model: served model name; when set, requests for another model get vLLM's 404.
         max_model_len: when set, enforce the context like vLLM (see the module docstring).
         hang_s: how long a "hang" request stays silent (shutdown ends it early).
@@ -150,14 +155,38 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._next_reply = 0
         self._stopping = threading.Event()
+        self._down = threading.Event()
+        self.fault: str | None = None
+        """An action of FAIL_ACTIONS applied to every request while set (None = serve normally)."""
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> "FakeOpenAIServer":
         """Bind a free port on `host` and serve in a daemon thread."""
+        self._listen(0)
+        return self
+
+    def restart(self, down_s: float) -> threading.Thread:
+        """Imitate a server restart: close the listening socket and drop requests on open connections
+        for `down_s` seconds, then serve again on the same port. Returns the thread that brings it back."""
+        port = self.port
+        self._down.set()
+        self._close_listener()
+
+        def back() -> None:
+            time.sleep(down_s)
+            if not self._stopping.is_set():
+                self._listen(port)
+                self._down.clear()
+
+        thread = threading.Thread(target=back, name="fake-openai-server-restart", daemon=True)
+        thread.start()
+        return thread
+
+    def _listen(self, port: int) -> None:
         handler = type("Handler", (_Handler,), {"fake": self})
-        httpd = ThreadingHTTPServer((self.host, 0), handler, bind_and_activate=False)
+        httpd = ThreadingHTTPServer((self.host, port), handler, bind_and_activate=False)
         httpd.daemon_threads = True
         httpd.request_queue_size = 1024  # many concurrent clients connect at once
         httpd.server_bind()
@@ -166,12 +195,8 @@ class FakeOpenAIServer:
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="fake-openai-server", daemon=True)
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stop serving; hanging and queued requests are released and their connections closed."""
-        self._stopping.set()
-        self._slots.close()
+    def _close_listener(self) -> None:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -179,6 +204,12 @@ class FakeOpenAIServer:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+
+    def stop(self) -> None:
+        """Stop serving; hanging and queued requests are released and their connections closed."""
+        self._stopping.set()
+        self._slots.close()
+        self._close_listener()
 
     def __enter__(self) -> "FakeOpenAIServer":
         return self.start()
@@ -212,12 +243,14 @@ class FakeOpenAIServer:
         return self._slots.max_running_seqs
 
     # -- request handling (called from handler threads) -------------------------------------------
-    def handle_chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
-        """(HTTP status, JSON reply); a reply of None means: close the connection without answering."""
+    def handle_chat(self, body: dict[str, Any]) -> tuple[int, dict[str, Any] | str | None]:
+        """(HTTP status, JSON reply or raw text); a reply of None means: close the connection without answering."""
+        if self._down.is_set():  # restarting: a request on a connection opened before the restart
+            return 0, None
         with self._lock:
             number = len(self.requests)
             self.requests.append(body)
-        action = self.fail_plan.get(number)
+        action = self.fail_plan.get(number, self.fault)
         if action == "drop":
             return 0, None
         if action == "hang":
@@ -227,6 +260,15 @@ class FakeOpenAIServer:
             return 500, _error(f"fake server: scripted failure of request {number}", "InternalServerError", 500)
         if action == "context_length":
             return 400, _error(_context_message(self.max_model_len or 2048, 4096), "BadRequestError", 400)
+        if action == "404":
+            return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404)
+        if action == "400":
+            return 400, _error(f"fake server: scripted bad request {number} (temperature must be non-negative)",
+                               "BadRequestError", 400)
+        if action == "malformed":
+            return 200, "<html><body>502 Bad Gateway (fake proxy page)</body></html>"
+        if action == "malformed_json":
+            return 200, {"id": f"chatcmpl-fake-{number}", "object": "chat.completion", "choices": None}
         if self.model is not None and body.get("model") != self.model:
             return 404, _error(f"The model `{body.get('model')}` does not exist.", "NotFoundError", 404)
         messages = body.get("messages")
@@ -380,4 +422,4 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self.close_connection = True  # the client sees the connection drop without an answer
             return
-        self._send(status, reply)
+        self._send(status, reply, "text/html" if isinstance(reply, str) else "application/json")
