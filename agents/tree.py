@@ -72,12 +72,17 @@ class TreeRules:
     dedup: Mode = "fixed"
     """fixed: any terminal run blocks its extensions; faithful: only successful runs do (spec §3.6)."""
     update_rows: Mode = "fixed"
-    """fixed: update the stats with exactly the new rows; faithful: with the last len(queue) rows."""
+    """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
+    len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row."""
 
     def __post_init__(self) -> None:
         for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"key {name!r} must be >= 1, got {getattr(self, name)}")
+
+
+class OriginalCrash(RuntimeError):
+    """The original code would have died here (an `AssertionError`); raised by `faithful` modes only."""
 
 
 @dataclass
@@ -275,20 +280,19 @@ class TreeSearch:
         """Update the statistics, select a node, propose, de-duplicate and sample `window_size`."""
         self.iterations += 1
         if self.rules.update_rows == "faithful":
-            k = self._last_queue_len
-            batch = self.rows[-k:] if k else []
-        else:
-            batch = self._new_rows
-        for run in batch:
+            self._check_original_update()
+        for run in self._new_rows:
             if run.in_tree:
                 self.tree.update(run.run_index, run.outcome)
         self._new_rows = []
-        self._pairs = self.tree.contrast_pair_count()
         expandable = None
         if not self.rules.select_leaves:
             expandable = [n for n in self.tree.stats
                           if len(n) < self.rules.max_steps and n not in self.index.runs]
         chosen = self.tree.select(self.rng, expandable)
+        # counted after the selection, as the original's loop condition does: with faithful visit
+        # counting the chosen node's +1 can complete a pair (with fixed counting it changes nothing)
+        self._pairs = self.tree.contrast_pair_count()
         queue: list[NodeId] = []
         if chosen is not None:
             kept = [p for p in propose(chosen, self.rules, self.rng) if not self.index.blocked(p)]
@@ -297,6 +301,20 @@ class TreeSearch:
             self.empty_iterations += 1
         self._last_queue_len = len(queue)
         return queue
+
+    def _check_original_update(self) -> None:
+        """The original updates the stats with the last len(previous queue) rows. If a leaf of that
+        queue repeated an explored run index it was skipped, so the tail reaches back to a row that was
+        already counted; re-updating its leaf (which has no children) fails `assert len(child_values) > 0`
+        in `update_node_score` and the worker dies. It never double-counts."""
+        tail = min(self._last_queue_len, len(self.rows))
+        if tail > len(self._new_rows):
+            old = self.rows[-tail]
+            raise OriginalCrash(
+                f"update_rows=faithful: {tail - len(self._new_rows)} leaf run(s) of the last window repeated an "
+                f"explored run index, so the original's update with the last {tail} rows re-updates run "
+                f"{node_key(old.run_index)!r}, whose leaf has no children, and fails `assert len(child_values) > 0`: "
+                "the original's worker died on this task (use update_rows=fixed to sample it)")
 
     @property
     def pair_count(self) -> int:
