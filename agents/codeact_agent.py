@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agents.runtime import WorkerContext, execute_generation, request_seed, restore_end_action
+from agents.runtime import WorkerContext, execute_generation, generated_text, request_seed
 from densepolicy.serving.llm_client import ContextLengthError
 
 
@@ -38,7 +38,7 @@ async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:
                 status = "context_overflow"
                 log_infos.append(str(exc))
                 break
-            text = restore_end_action(res.texts[0], res.finish_reasons[0])
+            text = generated_text(res, 0)
             prompt_tokens += res.prompt_tokens
             completion_tokens += res.completion_tokens
             outcome = await ctx.blocking(execute_generation, episode, text, ctx.env.requires_answer)

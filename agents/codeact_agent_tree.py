@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from agents.parser import parse_generation
-from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, StepOutcome, WorkerContext, execute_generation, request_seed,
-                            restore_end_action)
+from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, StepOutcome, WorkerContext, execute_generation, generated_text,
+                            request_seed)
 from agents.tree import NodeId, TreeRules, TreeSearch, branch_temperature, node_key, parse_node_key
 from densepolicy.serving.llm_client import ContextLengthError
 from envs.base import Episode
@@ -270,7 +270,7 @@ class TreeTask:
                 res = await self.ctx.client.chat(
                     messages, n=1, temperature=temperature, top_p=cfg.top_p, stop=self.ctx.stop,
                     max_tokens=budget, seed=request_seed(cfg.seed, self.task_id, node_key(nid)))
-                text = restore_end_action(res.texts[0], res.finish_reasons[0])
+                text = generated_text(res, 0)
                 return text, res.prompt_tokens, res.completion_tokens, res.prompt_tokens
             group = [k for k in range(self.rules.base) if self._temperature(k) == temperature]
             key = (nid[:-1], temperature)
@@ -282,7 +282,7 @@ class TreeTask:
                                                          f"{node_key(nid[:-1])}|T{temperature}")))
             res = await asyncio.shield(self.sibling_requests[key])
             j = group.index(nid[-1])
-            text = restore_end_action(res.texts[j], res.finish_reasons[j])
+            text = generated_text(res, j)
             first = nid[-1] == group[0]  # charge the shared request once, to the group's first label
             return (text, res.prompt_tokens if first else 0, res.completion_tokens if first else 0,
                     res.prompt_tokens)

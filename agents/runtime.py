@@ -57,19 +57,30 @@ def execute_generation(episode: Episode, text: str, requires_answer: bool) -> St
         return StepOutcome("invalid", parsed.feedback, episode.done, episode.success)
     if parsed.kind == "answer":
         result = episode.answer(parsed.content)
-        return StepOutcome("answer", result.observation + reminder, result.done, result.success)
+        # the original reminds of the ignored extra answers only when the answer is incorrect
+        return StepOutcome("answer", result.observation + ("" if result.success else reminder),
+                           result.done, result.success)
     result = episode.act(parsed.content)
     observation = result.observation + reminder
-    if not requires_answer and result.done:
+    if not requires_answer and result.success:  # the original: only when the task is solved
         observation += FINISHED_SUFFIX
     return StepOutcome("action", observation, result.done, result.success)
 
 
-def restore_end_action(text: str, finish_reason: str) -> str:
-    """Put back the 'End Action' that the stop string cut off, so the stored message is well formed."""
-    if finish_reason == "stop" and "Action:" in text and END_ACTION not in text and "Answer:" not in text:
+def restore_end_action(text: str, finish_reason: str, stop_reason: Any = None) -> str:
+    """Put back the 'End Action' that our stop string cut off, so the stored message is what the model
+    generated. Only when the server says that stop string ended the choice (vLLM's `stop_reason`);
+    a generation that ended on the model's own end token (`stop_reason` None) is stored as it is."""
+    if (finish_reason == "stop" and stop_reason == END_ACTION and "Action:" in text
+            and END_ACTION not in text and "Answer:" not in text):
         return text.rstrip() + "\n" + END_ACTION
     return text
+
+
+def generated_text(res: Any, index: int = 0) -> str:
+    """The stored assistant message of choice `index` of a `ChatResult` (see `restore_end_action`)."""
+    stop_reasons = getattr(res, "stop_reasons", None) or [None] * len(res.texts)
+    return restore_end_action(res.texts[index], res.finish_reasons[index], stop_reasons[index])
 
 
 class TokenCounter:

@@ -22,7 +22,8 @@ def test_parser_rules_in_order():
 
 
 def test_end_action_restored_only_when_cut_by_stop():
-    assert restore_end_action("Action:\nprint(1)\n", "stop").endswith("print(1)\nEnd Action")
+    assert restore_end_action("Action:\nprint(1)\n", "stop", "End Action").endswith("print(1)\nEnd Action")
+    assert restore_end_action("Action:\nprint(1)\n", "stop", None) == "Action:\nprint(1)\n"  # model's own end
     assert restore_end_action("Action:\nprint(1)", "length") == "Action:\nprint(1)"
     assert restore_end_action("Answer: 3", "stop") == "Answer: 3"
 

@@ -1,8 +1,13 @@
 """Fidelity to the original code (issue 11, item 3): each test pins one behaviour of
 zhao-ht/DensePolicy@af77fbf that we reproduce, or the exact failure the original had."""
+import asyncio
+
 import pytest
 
+from agents.parser import REMINDER_ANSWERS
+from agents.runtime import FINISHED_SUFFIX, execute_generation, restore_end_action
 from agents.tree import OriginalCrash, TreeRules, TreeSearch
+from envs.base import Episode, StepResult
 
 
 def _window(search, queue, outcome):
@@ -75,3 +80,77 @@ def test_faithful_stop_rule_counts_pairs_after_the_selection_visit(select_leaves
     search.next_queue()
     assert search.tree.stats[(1,)].visits == 2
     assert search.pair_count == 1 and search.should_stop()
+
+
+class _Episode(Episode):
+    """A scripted episode: `act` returns the given StepResult, `answer` checks against "42"."""
+
+    task_id, goal, observation = "t", "goal", ""
+
+    def __init__(self, act_result=None):
+        self.act_result = act_result
+
+    def act(self, code):
+        return self.act_result
+
+    def answer(self, text):
+        ok = text == "42"
+        return StepResult("Your answer is correct." if ok else "Your answer is incorrect.", done=ok, success=ok)
+
+    def fork(self):
+        return self
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("result, suffix", [
+    (StepResult("You won.", done=True, success=True), True),
+    (StepResult("The level's step limit is reached.", done=True, success=False), False),
+    (StepResult("Nothing happens.", done=False, success=False), False),
+])
+def test_finished_suffix_only_when_the_task_is_solved(result, suffix):
+    """The original appends " Your finished the task." when `check_answer` (= the env's success flag)
+    is true, never to a failed or truncated episode."""
+    obs = execute_generation(_Episode(result), "Action: look()\nEnd Action", requires_answer=False).observation
+    assert obs.endswith(FINISHED_SUFFIX) == suffix
+    assert obs.startswith(result.observation)
+
+
+def test_more_than_one_answer_reminder_only_on_incorrect_answers():
+    """The original adds the "more than one answer" reminder to "Your answer is incorrect." only."""
+    right = execute_generation(_Episode(), "Answer: 42\nAnswer: 7", requires_answer=True)
+    wrong = execute_generation(_Episode(), "Answer: 7\nAnswer: 42", requires_answer=True)
+    assert right.observation == "Your answer is correct." and right.success
+    assert wrong.observation == "Your answer is incorrect.\n*Extra reminder: " + REMINDER_ANSWERS
+
+
+@pytest.mark.parametrize("text, finish, stop_reason, expected", [
+    ("Action:\nprint(1)\n", "stop", "End Action", "Action:\nprint(1)\nEnd Action"),   # cut by our stop string
+    ("Action:\nprint(1)\n", "stop", None, "Action:\nprint(1)\n"),                     # the model's own EOS
+    ("Action:\nprint(1)\n", "stop", 128009, "Action:\nprint(1)\n"),                   # a stop token id
+    ("Action:\nprint(1)", "length", None, "Action:\nprint(1)"),                       # cut by max_tokens
+    ("Answer: 3", "stop", "End Action", "Answer: 3"),
+])
+def test_end_action_restored_only_when_our_stop_string_cut_it(text, finish, stop_reason, expected):
+    """The stored step is what the model generated: 'End Action' is put back only where the server
+    says our stop string ended the generation (vLLM's `stop_reason`), not after the model's own end."""
+    assert restore_end_action(text, finish, stop_reason) == expected
+
+
+def test_llm_client_reports_the_stop_reason():
+    """The scripted server (like vLLM) says which stop string ended a choice; EOS gives None."""
+    from densepolicy.serving.llm_client import LLMClient
+    from densepolicy.testing.fake_server import FakeOpenAIServer
+
+    async def ask(server):
+        client = LLMClient(server.base_url, server.model_name)
+        try:
+            return await client.chat([{"role": "user", "content": "hi"}], n=2, stop=["End Action"])
+        finally:
+            await client.aclose()
+
+    with FakeOpenAIServer(["Action:\nprint(1)\nEnd Action\nmore", "Answer: 2"]) as server:
+        res = asyncio.run(ask(server))
+    assert res.texts == ["Action:\nprint(1)\n", "Answer: 2"]
+    assert res.stop_reasons == ["End Action", None]

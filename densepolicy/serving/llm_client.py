@@ -56,6 +56,9 @@ class ChatResult:
     """Generated tokens over all choices (``usage.completion_tokens``)."""
     logprobs: list[list[dict[str, Any]]] | None = None
     """With ``logprobs=True``: per choice, a list of ``{"token": str, "logprob": float}``; else None."""
+    stop_reasons: list[Any] | None = None
+    """Per choice, vLLM's ``stop_reason``: the stop string that ended it, a stop token id, or None (EOS,
+    length). None when the server does not report it."""
 
 
 class _InFlightMeter:
@@ -248,6 +251,7 @@ class LLMClient:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             texts = [c["message"].get("content") or "" for c in choices]
             finish = [c.get("finish_reason") or "" for c in choices]
+            stop_reasons = [c.get("stop_reason") for c in choices]
         except (KeyError, TypeError, AttributeError) as exc:
             raise LLMError(f"malformed chat response from {self.base_url}: missing {exc}") from None
         usage = data.get("usage") or {}
@@ -261,7 +265,7 @@ class LLMClient:
                          for t in ((c.get("logprobs") or {}).get("content") or [])] for c in choices]
         if len(texts) != n:
             log.warning("asked for n=%d choices, server returned %d", n, len(texts))
-        return ChatResult(texts, finish, prompt_tokens, completion_tokens, logprobs)
+        return ChatResult(texts, finish, prompt_tokens, completion_tokens, logprobs, stop_reasons)
 
 
 def _error_detail(response: httpx.Response) -> str:
