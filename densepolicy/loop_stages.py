@@ -1,0 +1,214 @@
+"""The stages of the DensePolicy loop, each run as the project's own command (shared by demo and experiment).
+
+    serve a model -> tree sampling / evaluation through the launcher (all datasets at once) -> merge
+    -> preference pairs -> LLaMA-Factory dataset -> DPO training
+
+`LoopStages` only sequences user-facing commands (`distributed_test.sh`, `post_process_*.py`,
+`prepare_dataset.py`, `TreeDPO/train.py`), logs each to `<root>/logs/<name>.log`, and prints one
+progress line per stage. `make demo` (densepolicy/demo.py) and `make experiment`
+(densepolicy/experiment.py) are two orderings of these stages with different budgets.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import contextlib
+import csv
+import shlex
+import subprocess
+import time
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+from densepolicy.config import load_config
+from densepolicy.paths import PROJECT_ROOT, main_python
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names the stage, the command and its log."""
+
+
+class LoopStages:
+    """Runs loop stages into `root`; `tag` prefixes the progress lines (`[demo 3/9] ...`)."""
+
+    def __init__(self, root: Path, *, tag: str, n_stages: int, proc_per_server: int, tmux_start_id: int,
+                 serving: Mapping[str, object], sampler: Mapping[str, object]) -> None:
+        self.root = root
+        self.logs = root / "logs"
+        self.tag = tag
+        self.n_stages = n_stages
+        self.proc_per_server = proc_per_server
+        self.tmux_start_id = tmux_start_id
+        self.serving = dict(serving)
+        self.sampler = dict(sampler)
+        self.stage_no = 0
+        self.t0 = time.monotonic()
+        self.timings: list[tuple[str, float]] = []
+
+    # -- plumbing -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def stage(self, title: str) -> Iterator[None]:
+        """Print `[tag k/n] title ...` and, at the end, `done in Xs` (or FAILED); record the timing."""
+        self.stage_no += 1
+        start = time.monotonic()
+        print(f"[{self.tag} {self.stage_no}/{self.n_stages}] {title} ...", flush=True)
+        status = "FAILED"
+        try:
+            yield
+            status = "done"
+        finally:
+            took = time.monotonic() - start
+            self.timings.append((title, took))
+            print(f"[{self.tag} {self.stage_no}/{self.n_stages}] {title}: {status} in {took:.0f}s "
+                  f"(total {self.elapsed():.0f}s)", flush=True)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def say(self, line: str) -> None:
+        print(f"        {line}", flush=True)
+
+    def run(self, args: list[str], log_name: str, check: bool = True) -> subprocess.CompletedProcess:
+        """Run one project command; its output goes to logs/<log_name>.log."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{log_name}.log"
+        with open(log, "a") as fh:
+            fh.write(f"$ {shlex.join(args)}\n")
+            fh.flush()
+            proc = subprocess.run(args, cwd=PROJECT_ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+        if check and proc.returncode != 0:
+            tail = "\n".join(log.read_text().splitlines()[-25:])
+            raise StageError(f"command failed (exit {proc.returncode}): {shlex.join(args)}\n"
+                             f"log: {log}\n{tail}")
+        return proc
+
+    @staticmethod
+    def py(script: str, *args: str) -> list[str]:
+        """Command line running a project script with the main venv's Python."""
+        return [str(main_python()), str(PROJECT_ROOT / script), *args]
+
+    def launcher(self, model: str, dataset: str, method: str, tmux_id: int, out: Path,
+                 server_url: str, settings: Sequence[str]) -> list[str]:
+        """`./distributed_test.sh` against an already running server, blocking until the workers end."""
+        sampler = [f"sampler.{kv}" for kv in settings]
+        sampler += [f"sampler.{k}={v}" for k, v in self.sampler.items()]
+        return [str(PROJECT_ROOT / "distributed_test.sh"), model, dataset, method,
+                str(self.proc_per_server), str(tmux_id), "server=external", f"server_url={server_url}",
+                "wait=true", "gpus=none", f"output_dir={out}", *sampler]
+
+    # -- stages -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def serve(self, model: str, name: str) -> Iterator[str]:
+        """A vLLM server for `model` (configs/serving.yaml + `serving` overrides); yields its base URL."""
+        from densepolicy.serving.server import ServingConfig, VLLMServer
+        overrides = [f"{k}={v}" for k, v in self.serving.items()]
+        scfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml", overrides)
+        server = VLLMServer(model, scfg, self.logs / f"server_{name}.log")
+        with self.stage(f"start vLLM server for {model}"):
+            server.start()
+        try:
+            yield server.base_url
+        finally:
+            server.stop()
+
+    def run_envs(self, model: str, method: str, kind: str, server_url: str,
+                 settings: Mapping[str, Sequence[str]], id_offset: int) -> dict[str, Path]:
+        """Run METHOD on every dataset of `settings` (name -> sampler key=value) at once; merge each.
+
+        Output: `<root>/<kind>/<dataset>/`; dataset i uses TMUX_START_ID tmux_start_id + id_offset + 10 i.
+        """
+        self.logs.mkdir(parents=True, exist_ok=True)
+        outs = {name: self.root / kind / name for name in settings}
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(settings))) as pool:
+            jobs = {}
+            for i, (name, sets) in enumerate(settings.items()):
+                tmux_id = self.tmux_start_id + id_offset + 10 * i
+                args = self.launcher(model, name, method, tmux_id, outs[name], server_url, sets)
+                jobs[name] = pool.submit(self.run, args, f"{kind}_{name}")
+            for job in jobs.values():
+                job.result()
+        for name, out in outs.items():
+            self.run(self.py("post_process_test_result.py", "--merge_distributed_result", "--data_dir", str(out),
+                             "--dataset_file_name_list", shard_template(out)), f"merge_{kind}_{name}")
+        return outs
+
+    def pairs(self, sample_dirs: Mapping[str, Path], merged: Path) -> dict[str, int]:
+        """Preference pairs per env (`--process_result`) and all selected ones merged into `merged`.
+
+        Returns the number of merged pairs per dataset (datasets without pairs map to 0). When no env
+        has a candidate pair, `merged` is not written.
+        """
+        pair_files = []
+        for name, out in sample_dirs.items():
+            self.run(self.py("post_process_training_data.py", "--process_result", "--data_dir", str(out),
+                             "--dataset_file_name", merged_name(out), "--data_sub_dir", "pairs"), f"pairs_{name}")
+            pair_files += sorted((out / "pairs").glob("*.pairs.csv"))
+        counts = {name: 0 for name in sample_dirs}
+        if not pair_files:
+            return counts
+        self.run(self.py("post_process_training_data.py", "--merge_all_pairs", "--pairs_files",
+                         *map(str, pair_files), "--output", str(merged), "--overwrite"), "merge_all_pairs")
+        if merged.exists():
+            with open(merged, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    counts[row["dataset"]] = counts.get(row["dataset"], 0) + 1
+        return counts
+
+    def prepare_dataset(self, pairs_csv: Path, name: str, model: str) -> None:
+        """LLaMA-Factory pairwise dataset TreeDPO/data/<name>.json (replaces an older one of that name)."""
+        self.run(self.py("prepare_dataset.py", "--pairs", str(pairs_csv), "--name", name, "--model", model,
+                         "--overwrite"), "prepare_dataset")
+
+    def train(self, config: str, dataset: str, model: str, out: Path, overrides: Sequence[str]) -> None:
+        """DPO with `TreeDPO/train.py <config>` from `model` into `out` (a servable model directory)."""
+        self.run(self.py("TreeDPO/train.py", config, "--dataset", dataset, "--model", model,
+                         "--output-dir", str(out), *overrides), "train")
+
+    def release_tmux_ids(self, n_datasets: int, offsets: Sequence[int]) -> None:
+        """Stop leftovers of an earlier, interrupted run that used the same TMUX_START_IDs."""
+        for offset in offsets:
+            for i in range(n_datasets):
+                tmux_id = self.tmux_start_id + offset + 10 * i
+                self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_leftovers",
+                         check=False)
+
+
+def move_aside(root: Path, tag: str) -> None:
+    """Move a non-empty output directory to `<root>.prev-<time>` so nothing is overwritten; create `root`."""
+    if root.exists() and any(root.iterdir()):
+        backup = root.with_name(f"{root.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        root.rename(backup)
+        print(f"[{tag}] previous output moved to {backup}")
+    root.mkdir(parents=True, exist_ok=True)
+
+
+def shard_template(run_dir: Path) -> str:
+    """`<dataset>.<split>.{}.csv` of the shards in a run directory (read from the shard files)."""
+    names = sorted(p.name for p in run_dir.glob("*.csv") if not p.name.endswith(".None.csv"))
+    names += sorted(p.name for p in (run_dir / "distributed_result").glob("*.csv"))
+    names += sorted(p.name for p in run_dir.glob("*.None.csv"))
+    if not names:
+        raise StageError(f"no result CSV in {run_dir}")
+    dataset, split, *_ = names[0].split(".")
+    return f"{dataset}.{split}.{{}}.csv"
+
+
+def merged_name(run_dir: Path) -> str:
+    """File name of the merged result CSV of a run directory (`<dataset>.<split>.None.csv`)."""
+    return shard_template(run_dir).replace("{}", "None")
+
+
+def merged_csv(run_dir: Path) -> Path:
+    """Path of the merged result CSV of a run directory."""
+    return run_dir / merged_name(run_dir)
+
+
+def tree_to_plot(pairs_csv: Path, fallback_dataset: str) -> tuple[str, str | None]:
+    """(dataset, task id) of the task with the most pairs, so the picture shows chosen/rejected nodes."""
+    if not pairs_csv.exists():
+        return fallback_dataset, None
+    with open(pairs_csv, newline="") as fh:
+        counts = collections.Counter((row["dataset"], row["task_id"]) for row in csv.DictReader(fh))
+    if not counts:
+        return fallback_dataset, None
+    return counts.most_common(1)[0][0]

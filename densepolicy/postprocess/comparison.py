@@ -1,0 +1,240 @@
+"""Paired comparison of several models evaluated on the same tasks: table, tests, plot (`make experiment`).
+
+Input: per dataset, one merged evaluation CSV (`codeact_agent`, docs/formats.md) per model. Per task we
+keep whether it was solved (math: accuracy @1 = correct with the first answer; embodied: success) and
+how many of the model's own steps parsed as a valid `Action:` or `Answer:` (protocol following). Per
+dataset and model: success rate with a 95 % Wilson interval and the protocol rate; between two models:
+the exact McNemar test on the tasks only one of them solved. Every model must have been run on exactly
+the same task ids, otherwise the comparison is refused.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from agents.parser import parse_generation
+from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.postprocess.significance import PairedComparison, paired_comparison, wilson_interval
+
+MATH_DATASETS = ("gsm8k", "math")
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """One model on one task: solved or not, its steps and how many of them parsed as Action/Answer."""
+
+    solved: bool
+    steps: int
+    valid_steps: int
+
+
+def metric_name(dataset: str) -> str:
+    return "accuracy@1" if dataset in MATH_DATASETS else "success"
+
+
+def _number(cell: str | None, default: float = 0.0) -> float:
+    try:
+        return float(cell) if cell not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def load_outcomes(path: str | Path) -> dict[str, TaskOutcome]:
+    """Per-task outcomes of one merged evaluation CSV (task id -> TaskOutcome).
+
+    The model's own assistant messages are the last `steps` ones of `history` (in-context examples
+    come before them); each counts as valid when `agents.parser` reads it as an action or an answer.
+    Duplicate task rows (an unmerged run) are an error.
+    """
+    outcomes: dict[str, TaskOutcome] = {}
+    for line, row in iter_csv(path):
+        task = row.get("task_id", "")
+        if task in outcomes:
+            raise ValueError(f"{path}:{line}: duplicate task {task!r} (merge the shards first)")
+        dataset = row.get("dataset", "")
+        solved = _number(row.get("score")) >= 1 - 1e-9
+        if solved and dataset in MATH_DATASETS:
+            solved = _number(row.get("turns"), 1) <= 1
+        steps = int(_number(row.get("steps")))
+        history = row.get("history") or []
+        if isinstance(history, str):
+            history = json.loads(history)
+        own = [m for m in history[len(history) - 2 * steps:] if m.get("role") == "assistant"] if steps else []
+        valid = sum(1 for m in own if parse_generation(m.get("content", "")).kind != "invalid")
+        outcomes[task] = TaskOutcome(solved=solved, steps=len(own), valid_steps=valid)
+    return outcomes
+
+
+@dataclass
+class ModelScore:
+    """One model on one dataset."""
+
+    model: str
+    n: int
+    solved: int
+    ci: tuple[float, float]
+    steps: int
+    valid_steps: int
+
+    @property
+    def rate(self) -> float:
+        return self.solved / self.n if self.n else float("nan")
+
+    @property
+    def protocol_rate(self) -> float:
+        return self.valid_steps / self.steps if self.steps else float("nan")
+
+
+@dataclass
+class EnvComparison:
+    """All models on one dataset, over the same task ids, with the requested paired tests."""
+
+    dataset: str
+    task_ids: list[str]
+    scores: list[ModelScore]
+    tests: list[tuple[str, str, PairedComparison]] = field(default_factory=list)
+    outcomes: dict[str, dict[str, TaskOutcome]] = field(default_factory=dict)
+
+
+def compare(dataset: str, outcomes: Mapping[str, Mapping[str, TaskOutcome]],
+            tests: Sequence[tuple[str, str]] = ()) -> EnvComparison:
+    """Score every model (in the given order) and run `tests` = [(model A, model B), ...] (exact McNemar).
+
+    Raises ValueError when the models were not run on the same task ids, or a test names a model
+    that is not there.
+    """
+    models = list(outcomes)
+    if not models:
+        raise ValueError(f"{dataset}: no model results to compare")
+    reference = set(outcomes[models[0]])
+    for model in models[1:]:
+        ids = set(outcomes[model])
+        if ids != reference:
+            missing, extra = sorted(reference - ids), sorted(ids - reference)
+            raise ValueError(f"{dataset}: {model!r} was not run on the same task ids as {models[0]!r}: "
+                             f"{len(missing)} missing ({missing[:5]}), {len(extra)} extra ({extra[:5]})")
+    scores = []
+    for model in models:
+        rows = outcomes[model].values()
+        solved = sum(o.solved for o in rows)
+        scores.append(ModelScore(model=model, n=len(rows), solved=solved, ci=wilson_interval(solved, len(rows)),
+                                 steps=sum(o.steps for o in rows), valid_steps=sum(o.valid_steps for o in rows)))
+    done = []
+    for a, b in tests:
+        if a not in outcomes or b not in outcomes:
+            raise ValueError(f"{dataset}: paired test {a} vs {b} names a model without results ({models})")
+        solved_a = {t: o.solved for t, o in outcomes[a].items()}
+        solved_b = {t: o.solved for t, o in outcomes[b].items()}
+        done.append((a, b, paired_comparison(solved_a, solved_b)))
+    return EnvComparison(dataset=dataset, task_ids=sorted(reference, key=_task_sort_key), scores=scores,
+                         tests=done, outcomes={m: dict(outcomes[m]) for m in models})
+
+
+def _task_sort_key(task: str) -> tuple:
+    return (0, int(task), "") if task.isdigit() else (1, 0, task)
+
+
+def _pct(x: float) -> str:
+    return "–" if x != x else f"{100 * x:.1f}"
+
+
+def _p(p: float) -> str:
+    return f"{p:.3g}" if p >= 0.001 else f"{p:.1e}"
+
+
+def markdown_tables(comparisons: Sequence[EnvComparison]) -> str:
+    """One Markdown table per dataset (models as rows) followed by its paired tests."""
+    out = []
+    for c in comparisons:
+        metric = metric_name(c.dataset)
+        out.append(f"### {c.dataset} ({len(c.task_ids)} held-out tasks, {metric})\n")
+        out.append(f"| model | tasks | solved | {metric} (%) | 95 % CI (Wilson) | protocol (%) | steps |")
+        out.append("|---|---:|---:|---:|---|---:|---:|")
+        for s in c.scores:
+            ci = "–" if s.n == 0 else f"{_pct(s.ci[0])} – {_pct(s.ci[1])}"
+            out.append(f"| {s.model} | {s.n} | {s.solved} | {_pct(s.rate)} | {ci} | {_pct(s.protocol_rate)} "
+                       f"| {s.steps} |")
+        if c.tests:
+            out.append("")
+            out.append("| paired test (exact McNemar) | tasks | solved only by the first | only by the second | p |")
+            out.append("|---|---:|---:|---:|---:|")
+            for a, b, t in c.tests:
+                out.append(f"| {a} vs {b} | {t.n} | {t.a_only} | {t.b_only} | {_p(t.p_value)} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def results_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """results.csv rows: one per (dataset, model)."""
+    rows = []
+    for c in comparisons:
+        for s in c.scores:
+            rows.append({"dataset": c.dataset, "model": s.model, "metric": metric_name(c.dataset), "tasks": s.n,
+                         "solved": s.solved, "rate": _round(s.rate), "ci_low": _round(s.ci[0]),
+                         "ci_high": _round(s.ci[1]), "steps": s.steps, "valid_steps": s.valid_steps,
+                         "protocol_rate": _round(s.protocol_rate)})
+    return rows
+
+
+def paired_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """paired_tests.csv rows: one per (dataset, model A, model B)."""
+    return [{"dataset": c.dataset, "model_a": a, "model_b": b, "tasks": t.n, "a_only": t.a_only,
+             "b_only": t.b_only, "p_value": _round(t.p_value, 6), "test": "exact McNemar (two-sided)"}
+            for c in comparisons for a, b, t in c.tests]
+
+
+def task_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """per_task.csv rows: one per (dataset, task, model), for re-analysis."""
+    return [{"dataset": c.dataset, "task_id": t, "model": m, "solved": int(c.outcomes[m][t].solved),
+             "steps": c.outcomes[m][t].steps, "valid_steps": c.outcomes[m][t].valid_steps}
+            for c in comparisons for t in c.task_ids for m in c.outcomes]
+
+
+def _round(x: float, digits: int = 4) -> object:
+    return "" if x != x else round(x, digits)
+
+
+def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
+    """Write dict rows (header from the first row); an empty list writes an empty file."""
+    with open(path, "w", newline="") as fh:
+        if rows:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+def plot(comparisons: Sequence[EnvComparison], path: Path, title: str = "") -> Path:
+    """Grouped bars (one group per dataset, one bar per model) with 95 % Wilson error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(s.model for c in comparisons for s in c.scores))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(comparisons), 4))
+    for j, model in enumerate(models):
+        xs, ys, lo, hi = [], [], [], []
+        for i, c in enumerate(comparisons):
+            s = next((s for s in c.scores if s.model == model and s.n), None)
+            if s is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            ys.append(100 * s.rate)
+            lo.append(100 * (s.rate - s.ci[0]))
+            hi.append(100 * (s.ci[1] - s.rate))
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=model)
+    ax.set_xticks(range(len(comparisons)))
+    ax.set_xticklabels([f"{c.dataset}\n(n={len(c.task_ids)})" for c in comparisons])
+    ax.set_ylabel("success / accuracy@1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title or "held-out tasks, 95 % Wilson intervals")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
