@@ -154,3 +154,21 @@ def test_llm_client_reports_the_stop_reason():
         res = asyncio.run(ask(server))
     assert res.texts == ["Action:\nprint(1)\n", "Answer: 2"]
     assert res.stop_reasons == ["End Action", None]
+
+
+def test_pairs_strip_assistant_turns_like_the_original(tmp_path):
+    """The original strips every assistant turn of both histories before comparing and writing them, so
+    chosen/rejected and the assistant turns of the prompt carry no surrounding whitespace."""
+    from densepolicy.postprocess.pairs import extract_pairs_file, read_pairs
+    from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
+
+    nodes = tree_from_spec("t", {"0: Thought: go\nAction:\nprint(1)\nEnd Action\n\n": {
+        "0:\nAnswer: 1  ": "S", "1:  Answer: 2\n": "F"}, "1": "F"})
+    write_jsonl(tmp_path / "tree.jsonl", nodes)
+    extract_pairs_file(tmp_path / "tree.jsonl", tmp_path / "p.pairs.csv", show_progress=False)
+    rows = {(r["chosen_node"], r["rejected_node"]): r for _, r in read_pairs(tmp_path / "p.pairs.csv")}
+    deep = rows[("0-0", "0-1")]
+    assert (deep["chosen"], deep["rejected"]) == ("Answer: 1", "Answer: 2")
+    assert deep["prompt"][1] == {"role": "assistant", "content": "Thought: go\nAction:\nprint(1)\nEnd Action"}
+    assert deep["prompt"][2]["content"] == "obs after 0"                     # observations are kept as they are
+    assert rows[("0", "1")]["chosen"] == "Thought: go\nAction:\nprint(1)\nEnd Action"

@@ -40,6 +40,7 @@ def test_stop_string_ends_generation_before_it(vllm_server):
     assert " is" in greedy.texts[0], greedy.texts  # "The capital of France is Paris."
     stopped, _ = chat(vllm_server, max_tokens=24, stop=[" is"])
     assert stopped.finish_reasons == ["stop"]
+    assert stopped.stop_reasons == [" is"] and greedy.stop_reasons == [None]  # which stop ended it (EOS: None)
     assert stopped.texts[0] == greedy.texts[0][: greedy.texts[0].index(" is")]
 
 

@@ -9,6 +9,7 @@ sampler and by the merge); the output CSV is streamed. For each task:
   (depth-1 siblings must also share the same first-step `prompt`: histories agree except the last message);
 - prompt = the first-step node's `prompt` (in-context examples already stripped) followed by
   (assistant, observation-as-user) of every ancestor; chosen/rejected = the siblings' `assistant`.
+  Every assistant text is `strip()`ped, as the original did to both histories before using them.
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def node_prompt(records: Mapping[str, Mapping[str, Any]], node_id: str) -> list[
         raise ValueError(f"first-step node {first.get('node_id')!r} has no `prompt` list")
     messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
     for ancestor in chain:
-        messages.append({"role": "assistant", "content": ancestor.get("assistant", "")})
+        messages.append({"role": "assistant", "content": str(ancestor.get("assistant", "")).strip()})
         messages.append({"role": "user", "content": ancestor.get("observation", "")})
     return messages
 
@@ -200,8 +201,8 @@ def extract_pairs_file(tree_path: str | os.PathLike, out_csv: str | os.PathLike,
                 writer.writerow({
                     "task_id": task_id, "dataset": dataset, "task_type": task_type,
                     "prompt": json.dumps(prompt, ensure_ascii=False),
-                    "chosen": records[pair.chosen.node_id].get("assistant", ""),
-                    "rejected": records[pair.rejected.node_id].get("assistant", ""),
+                    "chosen": str(records[pair.chosen.node_id].get("assistant", "")).strip(),
+                    "rejected": str(records[pair.rejected.node_id].get("assistant", "")).strip(),
                     "chosen_node": pair.chosen.node_id, "rejected_node": pair.rejected.node_id,
                     "chosen_value": round(pair.chosen.value, 6), "rejected_value": round(pair.rejected.value, 6),
                     "chosen_visits": pair.chosen.visits(rule.visit_counting),
