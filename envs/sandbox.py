@@ -42,6 +42,7 @@ import atexit
 import ctypes
 import os
 import random
+import stat
 import sys
 import threading
 from collections.abc import Callable
@@ -285,14 +286,172 @@ class Sandbox:
 # ============================================================================ zygote side
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x40000000, 0x08000000, 0x10000000
-_MS_RDONLY, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
 _SANDBOX_ROOT = "/tmp/densepolicy-sandboxes"
+_PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # a private tmpfs each, when running as root
 _ISOLATION: list[str] = []
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
     enc = (lambda s: None if s is None else s.encode())
     return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
+
+
+def _must_mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    if not _mount(source, target, fstype, flags, data):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
+
+
+def _import_paths() -> list[str]:
+    """Everything this interpreter may load code from: sys.path (the worker's, the checkout included),
+    the venv and base prefixes, the executable's folder; absolute and symlink-free forms, parents first."""
+    raw = [p for p in sys.path if p] + [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
+    if sys.executable:
+        raw += [os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))]
+    paths: list[str] = []
+    for path in raw:
+        for form in (os.path.abspath(path), os.path.realpath(path)):
+            if form not in paths and os.path.exists(form):
+                paths.append(form)
+    return sorted(paths, key=lambda p: (p.count("/"), p))
+
+
+def _readable_by_others(path: str) -> bool:
+    """Can a uid that owns nothing and has no groups (a lineage uid) read `path` here?"""
+    parts = path.rstrip("/").split("/")
+    try:
+        for i in range(1, len(parts)):
+            if not os.stat("/".join(parts[:i]) or "/").st_mode & stat.S_IXOTH:
+                return False
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    need = stat.S_IROTH | (stat.S_IXOTH if stat.S_ISDIR(mode) else 0)
+    return mode & need == need
+
+
+class _ImportView:
+    """Makes the interpreter's import paths (`_import_paths`) readable, read-only, for lineage uids in
+    the zygote's mount namespace, at their usual paths.
+
+    Lineages run under uids that own nothing, so a venv or interpreter below a folder of mode 0700 (pyenv
+    or conda under /root) cannot be read, and the private tmpfs over /tmp hides a checkout cloned there.
+    Bind mounts fix both without touching the host: folders above a path that others cannot traverse
+    are covered by a small tmpfs of mode 0755 (or recreated in the private /tmp) holding only the path,
+    onto which the original is bind-mounted read-only; a path that is itself closed (mode 0700) gets such
+    a folder with each of its entries bind-mounted. The originals are opened (O_PATH) before anything is
+    hidden, so this works from a read-only file system too. Files inside must be readable by others (any
+    umask like 022); file permissions are never widened. Alternatives were rejected: a supplementary
+    group opens nothing of mode 0700, file descriptors opened before the uid switch do not survive code
+    that closes them nor reach packages imported later by path, and chmod would change the host."""
+
+    def __init__(self, paths: list[str], private: list[str]):
+        self.private = [os.path.realpath(p) for p in private]
+        self.plan: list[tuple[str, int, bool, list[tuple[str, str, Any]] | None]] = []
+        for path in paths:
+            if not self._hidden(path) and _readable_by_others(path):
+                continue
+            try:
+                fd = os.open(path, os.O_PATH)
+                mode = os.fstat(fd).st_mode
+            except OSError:
+                continue
+            entries = None
+            if stat.S_ISDIR(mode) and mode & 0o005 != 0o005:
+                entries = self._entries(path)
+            self.plan.append((path, fd, stat.S_ISDIR(mode), entries))
+        self.masks: list[str] = []
+
+    def _hidden(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.private)
+
+    @staticmethod
+    def _entries(path: str) -> list[tuple[str, str, Any]]:
+        """(name, kind, O_PATH fd or link text) of each entry of a closed folder."""
+        out: list[tuple[str, str, Any]] = []
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    if entry.is_symlink():
+                        out.append((entry.name, "link", os.readlink(entry.path)))
+                    elif entry.is_dir(follow_symlinks=False) or entry.is_file(follow_symlinks=False):
+                        kind = "dir" if entry.is_dir(follow_symlinks=False) else "file"
+                        out.append((entry.name, kind, os.open(entry.path, os.O_PATH | os.O_NOFOLLOW)))
+        except OSError:
+            pass
+        return out
+
+    def apply(self) -> None:
+        """Run after the private tmpfs mounts; paths that cannot be exposed stay as they are."""
+        for path, fd, is_dir, entries in self.plan:
+            try:
+                if not _readable_by_others(path):  # else a parent's mount already exposes it
+                    self._expose(path, fd, is_dir, entries)
+            except OSError:
+                pass  # reported by _warn_unreadable
+        for path, fd, _is_dir, entries in self.plan:
+            os.close(fd)
+            for _name, kind, ref in entries or ():
+                if kind != "link":
+                    os.close(ref)
+        for mask in self.masks:
+            _mount(None, mask, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None)
+
+    def _expose(self, path: str, fd: int, is_dir: bool, entries: list[tuple[str, str, Any]] | None) -> None:
+        parts = path.split("/")
+        for i in range(2, len(parts)):
+            self._make_traversable("/".join(parts[:i]))
+        if entries is None:
+            self._bind(fd, path, is_dir)
+            return
+        if os.path.lexists(path):
+            self._mask(path)
+        else:
+            self._mkdir(path)
+        for name, kind, ref in entries:
+            target = os.path.join(path, name)
+            if kind == "link":
+                os.symlink(ref, target)
+            else:
+                self._bind(ref, target, kind == "dir")
+
+    def _make_traversable(self, folder: str) -> None:
+        try:
+            mode = os.stat(folder).st_mode
+        except FileNotFoundError:  # hidden by a tmpfs: recreate it there
+            self._mkdir(folder)
+            return
+        if not mode & stat.S_IXOTH:
+            self._mask(folder)
+
+    def _mask(self, folder: str) -> None:
+        _must_mount("tmpfs", folder, "tmpfs", _MS_NOSUID | _MS_NODEV, "size=1m,mode=0755")
+        self.masks.append(folder)
+
+    @staticmethod
+    def _mkdir(folder: str) -> None:
+        os.mkdir(folder, 0o755)
+        os.chmod(folder, 0o755)  # whatever the umask
+
+    def _bind(self, fd: int, target: str, is_dir: bool) -> None:
+        if not os.path.lexists(target):
+            if is_dir:
+                self._mkdir(target)
+            else:
+                os.close(os.open(target, os.O_WRONLY | os.O_CREAT, 0o644))
+        _must_mount(f"/proc/self/fd/{fd}", target, None, _MS_BIND | _MS_REC, None)
+        _must_mount(None, target, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV, None)
+
+
+def _warn_unreadable(paths: list[str]) -> None:
+    """Say which import paths the lineage uids still cannot read (e.g. no mount namespace: a container
+    without CAP_SYS_ADMIN, or DENSEPOLICY_SANDBOX_NO_NAMESPACES), since imports from them will fail."""
+    closed = [p for p in paths if not _readable_by_others(p)]
+    if closed:
+        print(f"densepolicy sandbox: model code cannot read {', '.join(closed)} (closed to other users"
+              f"{'' if 'readonly-fs' in _ISOLATION else ' and no private mount namespace'}); "
+              "imports from there fail inside the sandbox", file=sys.stderr, flush=True)
 
 
 def _zygote_setup() -> None:
@@ -312,13 +471,15 @@ def _zygote_setup() -> None:
     if use_namespaces and _IS_ROOT and _libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC) == 0:
         _ISOLATION.append("netns")
         if _mount(None, "/", None, _MS_REC | _MS_PRIVATE, None):
+            private = [p for p in _PRIVATE_TMP if os.path.isdir(p)]
+            view = _ImportView(_import_paths(), private)  # opened before anything is hidden
             with open("/proc/self/mountinfo") as f:
                 points = [line.split()[4] for line in f]
             for point in sorted(set(points), key=len):
                 _mount(None, point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, None)
-            for point in ("/tmp", "/var/tmp", "/dev/shm"):
-                if os.path.isdir(point):
-                    _mount("tmpfs", point, "tmpfs", 0, f"size={tmpfs_mb}m,mode=1777")
+            for point in private:
+                _mount("tmpfs", point, "tmpfs", 0, f"size={tmpfs_mb}m,mode=1777")
+            view.apply()
             _ISOLATION.append("readonly-fs")
     elif use_namespaces and not _IS_ROOT and _probe(_enter_user_and_net_namespaces):  # kernels may refuse
         _enter_user_and_net_namespaces()
@@ -328,6 +489,8 @@ def _zygote_setup() -> None:
     os.makedirs(_SANDBOX_ROOT, exist_ok=True)
     os.chmod(_SANDBOX_ROOT, 0o1777 if _IS_ROOT else 0o700)  # root: lineages have their own uids
     _ISOLATION.append("root" if _IS_ROOT else "user")
+    if _IS_ROOT:
+        _warn_unreadable(_import_paths())
 
 
 def _enter_user_and_net_namespaces() -> None:

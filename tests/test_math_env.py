@@ -111,3 +111,24 @@ def test_fork_before_any_action_and_lazy_sandbox():
     assert ep.act("print(3)").observation == "3\n"
     child.close()
     ep.close()
+
+
+def test_model_code_imports_what_the_worker_can_import():
+    """Modules that are not preloaded import in the sandbox wherever Python lives (pyenv under a home of
+    mode 0700, a venv under the temp folder); run from such a place by test_checkout_in_tmp."""
+    env = load_env("gsm8k", split="test", action_timeout=120.0)  # scipy imports slowly on a loaded machine
+    ep = env.start("0")
+    try:
+        code = ("import sys\n"
+                "print([m for m in ('heapq', 'encodings.idna', 'scipy', 'sympy.physics') if m in sys.modules])\n"
+                "import heapq, bisect, statistics, encodings.idna\n"
+                "import scipy.optimize\n"
+                "import sympy.physics.units as units\n"  # a sympy submodule that `import sympy` does not load
+                "h = [5, 1, 3]\nheapq.heapify(h)\n"
+                "print(heapq.heappop(h), bisect.bisect([1, 2, 4], 3), statistics.median([1, 7, 3]))\n"
+                "print('bücher.de'.encode('idna'))\n"
+                "print(round(scipy.optimize.brentq(lambda x: x * x - 2, 0, 2), 6))\n"
+                "print(units.convert_to(units.kilometer, units.meter))")
+        assert ep.act(code).observation == "[]\n1 2 3\nb'xn--bcher-kva.de'\n1.414214\n1000*meter\n"
+    finally:
+        ep.close()
