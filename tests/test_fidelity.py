@@ -172,3 +172,33 @@ def test_pairs_strip_assistant_turns_like_the_original(tmp_path):
     assert deep["prompt"][1] == {"role": "assistant", "content": "Thought: go\nAction:\nprint(1)\nEnd Action"}
     assert deep["prompt"][2]["content"] == "obs after 0"                     # observations are kept as they are
     assert rows[("0", "1")]["chosen"] == "Thought: go\nAction:\nprint(1)\nEnd Action"
+
+
+def test_alfworld_type_datasets_land_in_the_alfworld_table(tmp_path):
+    """An evaluation of `alfworld_put` (and `alfworld_cool`, as the original's per-type runs) gets its
+    per-type cells in the ALFWorld table, like the original's per-type rows; not "Other datasets"."""
+    import csv
+
+    from densepolicy.postprocess.scores import build_tables, score_file
+
+    def write(name, dataset, task_type, scores):
+        path = tmp_path / name
+        with path.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["task_id", "dataset", "status", "score", "turns", "task_type"])
+            w.writeheader()
+            for i, s in enumerate(scores):
+                w.writerow({"task_id": f"{task_type}{i}", "dataset": dataset, "status": "success" if s else "fail",
+                            "score": s, "turns": "", "task_type": task_type})
+        return path
+
+    put = write("alfworld_put.valid_unseen.None.csv", "alfworld_put", "put", [1, 0, 1, 1])
+    cool = write("alfworld_cool.valid_unseen.None.csv", "alfworld_cool", "cool", [1, 0])
+    tables = build_tables([score_file(put, label="m"), score_file(cool, label="m")])
+    assert tables.other_rows == []
+    # put 3/4 = 75.00, cool 1/2 = 50.00, macro over the two types present = 62.50
+    assert tables.embodied_rows == [["m", "75.00", "–", "–", "50.00", "–", "–", "62.50", "–"]]
+    metrics = {(r["dataset"], r["metric"]): r["value"] for r in tables.tidy}
+    assert metrics[("alfworld_put", "success_put")] == 75.0 and metrics[("alfworld", "success_avg_macro")] == 62.5
+    clash = write("alfworld.valid_unseen.None.csv", "alfworld", "put", [0])
+    with pytest.raises(ValueError, match="put"):  # the same type from two files of one label: refused
+        build_tables([score_file(put, label="m"), score_file(clash, label="m")])

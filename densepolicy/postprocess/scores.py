@@ -15,7 +15,7 @@ import csv
 import io
 import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -23,6 +23,29 @@ from densepolicy.postprocess.config import ScoresConfig
 from densepolicy.postprocess.results_io import iter_csv
 
 MATH_DATASETS = ("gsm8k", "math")
+
+
+def is_alfworld(dataset: str) -> bool:
+    """`alfworld` or a per-type dataset such as `alfworld_put` (its rows carry their `task_type`)."""
+    return dataset == "alfworld" or dataset.startswith("alfworld_")
+
+
+def _alfworld_score(by_dataset: dict[str, "FileScore"]) -> "FileScore | None":
+    """One label's ALFWorld score: the per-type counts of all its alfworld* files (a type may come from
+    one file only, otherwise it would be counted twice)."""
+    files = [s for d, s in by_dataset.items() if is_alfworld(d)]
+    if len(files) <= 1:
+        return files[0] if files else None
+    by_type: dict[str, list[int]] = {}
+    owner: dict[str, Path] = {}
+    for s in files:
+        for task_type, (solved, n) in s.by_type.items():
+            if task_type in by_type:
+                raise ValueError(f"ALFWorld type {task_type!r} of label {s.label!r} is in two files: "
+                                 f"{owner[task_type]} and {s.path}; give distinct --labels")
+            by_type[task_type], owner[task_type] = [solved, n], s.path
+    return replace(files[0], dataset="alfworld", by_type=by_type, n=sum(s.n for s in files),
+                   solved=sum(s.solved for s in files))
 FEEDBACK_NOTE = ("@1 = accuracy (one answer). @k (k > 1) = solved within k answer attempts WITH CORRECTNESS "
                  "FEEDBACK: after each wrong answer the agent is told it is wrong and may retry.")
 
@@ -131,7 +154,7 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()
     rows = _label_rows(scores)
     datasets = list(dict.fromkeys(s.dataset for s in scores))
     math_ds = [d for d in MATH_DATASETS if d in datasets]
-    other_ds = [d for d in datasets if d not in MATH_DATASETS and d not in ("alfworld", "babyai")]
+    other_ds = [d for d in datasets if d not in MATH_DATASETS and not is_alfworld(d) and d != "babyai"]
     tidy: list[dict[str, object]] = []
     notes: list[str] = []
 
@@ -152,7 +175,7 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()
         if s.dataset in MATH_DATASETS:
             for t in range(1, cfg.max_trial + 1):
                 add(s, f"acc@{t}", s.solved_within[t - 1], s.n)
-        elif s.dataset == "alfworld":
+        elif is_alfworld(s.dataset):
             for task_type in cfg.alfworld_types:
                 solved, n = s.by_type.get(task_type, [0, 0])
                 add(s, f"success_{task_type}", solved, n)
@@ -171,10 +194,10 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()
     embodied_header = ["model"] + list(cfg.alfworld_types) + ["avg", "BabyAI"]
     embodied_rows = []
     for label, by_ds in rows.items():
-        if "alfworld" not in by_ds and "babyai" not in by_ds:
+        alf = _alfworld_score(by_ds)
+        if alf is None and "babyai" not in by_ds:
             continue
         cells = [label]
-        alf = by_ds.get("alfworld")
         rates = []
         for task_type in cfg.alfworld_types:
             solved, n = alf.by_type.get(task_type, [0, 0]) if alf else [0, 0]
