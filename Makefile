@@ -7,13 +7,14 @@ PY := .venv/bin/python
 SERVE ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast demo bench lint clean
+.PHONY: help setup test test-fast demo experiment bench lint clean
 
 help:
 	@echo "make setup   install venvs, tmux, the embedded model, unpack data (idempotent; SERVE=cpu|gpu)"
 	@echo "make test    setup + full test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-fast  setup + tests not marked integration"
 	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
+	@echo "make experiment  setup + base vs warm-start vs TreeDPO on held-out tasks (configs/experiment.yaml; ARGS='budget=0.1')"
 	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
 
 setup:
@@ -27,6 +28,9 @@ test-fast: setup
 
 demo: setup
 	$(PY) scripts/demo.py
+
+experiment: setup
+	$(PY) scripts/experiment.py $(ARGS)
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
