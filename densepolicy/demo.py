@@ -22,6 +22,9 @@ from densepolicy.config import ConfigError, describe, help_field, load_config
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, tree_to_plot
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess import comparison
+from densepolicy.serving.models import ModelError
+from densepolicy.serving.server import ServerError
+from densepolicy.training.train import TrainingError
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 BASE, WARM, TREEDPO = "base", "warm-start", "warm+TreeDPO"
@@ -184,6 +187,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(DemoConfig, args.config, args.overrides)
         return Demo(cfg).main()
-    except (ConfigError, StageError) as exc:
+    except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1

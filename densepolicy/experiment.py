@@ -27,6 +27,9 @@ from densepolicy.config import ConfigError, describe, help_field, load_config, p
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess import comparison
+from densepolicy.serving.models import ModelError
+from densepolicy.serving.server import ServerError
+from densepolicy.training.train import TrainingError
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "experiment.yaml"
 BASE, WARM, TREEDPO = "base", "warm-start", "warm+TreeDPO"
@@ -269,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
         return Experiment(cfg).main()
-    except (ConfigError, StageError) as exc:
+    except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"experiment: error: {exc}", file=sys.stderr)
         return 1
