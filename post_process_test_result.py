@@ -8,6 +8,13 @@ r"""Merge distributed results and print score tables.
     # accuracy @1..@10 (math), ALFWorld per type + macro avg, BabyAI; several files side by side
     python post_process_test_result.py --see_score --files base/math.test.None.csv trained/math.test.None.csv \
         --labels base trained
+
+    # print what produced a result (run dir, result CSV, pairs/dataset file or model dir)
+    python post_process_test_result.py --provenance eval_results/<method>.<model>/<run>/math.test.None.csv
+
+--see_score refuses (exit 2) to put side by side results of one dataset evaluated on different task
+sets, data files or env/grader versions (from the files and their provenance.json) unless
+--allow_mismatch is given; then the tables are marked NOT COMPARABLE.
 """
 from __future__ import annotations
 
@@ -17,6 +24,8 @@ from densepolicy.postprocess.merge import merge_distributed
 from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
 from densepolicy.postprocess.results_io import CorruptFileError, write_text_atomic
 from densepolicy.postprocess.scores import build_tables, render_csv, render_markdown, render_text, score_file
+from densepolicy.provenance import (IDENTITY_HEADER, ProvenanceMismatch, comparability_problems, describe,
+                                    identity_rows, result_identity)
 
 
 def parse_args():
@@ -31,6 +40,10 @@ def parse_args():
     parser.add_argument("--expected_tasks", help="file with one expected task id per line, to report missing tasks")
     parser.add_argument("--files", nargs="+", default=[], help="--see_score: result CSV files")
     parser.add_argument("--labels", nargs="+", default=[], help="--see_score: row label per file (default: model name)")
+    parser.add_argument("--allow_mismatch", action="store_true", help="--see_score: compare results of different "
+                        "task sets / data files / env versions anyway (the tables are marked)")
+    parser.add_argument("--provenance", metavar="PATH", help="print the provenance record of a run directory, "
+                        "result file, pairs or dataset file, or model directory")
     parser.add_argument("--output", help="--see_score: output prefix for <prefix>.csv and <prefix>.md "
                         "(default: <first file without .csv>.scores)")
     return parser.parse_args()
@@ -56,7 +69,20 @@ def see_score(args, cfg) -> None:
         raise ValueError(f"--labels has {len(args.labels)} names for {len(files)} files")
     labels = args.labels or [None] * len(files)
     scores = [score_file(f, cfg.scores, label) for f, label in zip(files, labels)]
+    idents = [result_identity(s.path, s.label, s.dataset) for s in scores]
+    problems = comparability_problems(idents)
+    if problems and not args.allow_mismatch:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ProvenanceMismatch(f"not comparable: {problems[0][1]}{more}; pass --allow_mismatch to compare anyway")
+    flagged = {dataset for dataset, _ in problems}
+    for s, ident in zip(scores, idents):
+        s.identity = {"eval_set_sha256": ident.eval_set, "model_fingerprint": ident.model_fingerprint,
+                      "comparable": "no" if s.dataset in flagged else "yes"}
     tables = build_tables(scores, cfg.scores)
+    tables.banner = [f"!! NOT COMPARABLE (--allow_mismatch): {text}" for _, text in problems]
+    tables.provenance_header, tables.provenance_rows = IDENTITY_HEADER, identity_rows(idents)
+    tables.notes += [f"  NOTE: no provenance.json for {i.path}: data files, env versions and model not verified"
+                     for i in idents if i.record is None]
     print(render_text(tables))
     prefix = Path(args.output) if args.output else files[0].with_name(files[0].name[:-4] + ".scores")
     print(_write_if_allowed(prefix.with_name(prefix.name + ".csv"), render_csv(tables), args.overwrite))
@@ -66,8 +92,10 @@ def see_score(args, cfg) -> None:
 def main() -> int:
     args = parse_args()
     cfg = load_postprocess_config(args)
-    if not (args.merge_distributed_result or args.see_score):
-        raise ValueError("nothing to do: pass --merge_distributed_result and/or --see_score")
+    if args.provenance:
+        print(describe(args.provenance))
+    if not (args.merge_distributed_result or args.see_score or args.provenance):
+        raise ValueError("nothing to do: pass --merge_distributed_result, --see_score and/or --provenance")
     if args.merge_distributed_result:
         if not args.data_dir or not args.dataset_file_name_list:
             raise ValueError("--merge_distributed_result needs --data_dir and --dataset_file_name_list")

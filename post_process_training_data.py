@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from densepolicy.config import to_dict
 from densepolicy.postprocess.budget import find_pair_files, merge_all_pairs
 from densepolicy.postprocess.pairs import extract_pairs_file, extraction_paths, iter_tree_tasks, read_task_meta, task_pairs
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.postprocess.plots import pairs_histogram, plot_tree
 from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
 from densepolicy.postprocess.results_io import ensure_new
+from densepolicy.provenance import record_pairs
 
 
 def parse_args():
@@ -49,6 +51,7 @@ def process_result(args, cfg, template: str | None) -> None:
         summary = extract_pairs_file(paths.tree, paths.output, rule, read_task_meta(paths.results_csv),
                                      default_dataset=paths.dataset, overwrite=args.overwrite)
         print(summary.text())
+        record_pairs(paths.output, [paths.tree, paths.results_csv], to_dict(cfg.pairs))
         if cfg.pairs.histogram:
             picture = pairs_histogram([t.selected for t in summary.tasks], paths.histogram,
                                       title=f"{paths.output.name}: selected pairs per task")
@@ -84,6 +87,7 @@ def main() -> int:
         if not inputs:
             raise FileNotFoundError(f"no *.pairs.csv files under {root}")
         report = merge_all_pairs(inputs, args.output, cfg.merge_all_pairs, output_dir=root, overwrite=args.overwrite)
+        record_pairs(report.output, inputs, to_dict(cfg.merge_all_pairs))
         print(report.text())
     return 0
 

@@ -72,6 +72,16 @@ class ALFWorldEnv(Env):
     def task_info(self, task_id: str) -> dict[str, Any]:
         return {"task_type": task_type(task_id)}
 
+    def data_files(self) -> dict[str, Path]:
+        """The split's game files (what episodes load) and the archive they were unpacked from."""
+        from densepolicy.paths import data_dir
+
+        files = {f"alfworld/{self._root.name}/{t}/{GAME_FILE}": self._root / t / GAME_FILE for t in self.task_ids()}
+        tarball = data_dir(self._data) / "alfworld" / f"{self._root.name}.tar.gz"
+        if tarball.is_file():
+            files[f"alfworld/{tarball.name}"] = tarball
+        return files
+
     def game_file(self, task_id: str) -> Path:
         """The game file of `task_id`, looked up in this split first, then in the other splits."""
         task_id = str(task_id).strip("/")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -93,6 +94,10 @@ class Env(abc.ABC):
 
     def task_info(self, task_id: str) -> dict[str, Any]:
         """Extra per-task fields for result rows (e.g. ALFWorld `task_type`, math `target`)."""
+        return {}
+
+    def data_files(self) -> dict[str, Path]:
+        """The data files this env read, by a stable name (e.g. `gsm8k/test.jsonl`), for provenance."""
         return {}
 
     def close(self) -> None:

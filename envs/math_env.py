@@ -134,6 +134,9 @@ class _MathLikeEnv(Env):
     def task_ids(self) -> list[str]:
         return list(self._ids)
 
+    def data_files(self) -> dict[str, Path]:
+        return {self.SPLITS[self.split]: self.root / self.SPLITS[self.split]}
+
     def _row(self, task_id: str) -> dict[str, Any]:
         tid = str(task_id)
         if not tid.isdigit() or int(tid) >= len(self.rows):

@@ -74,14 +74,16 @@ def test_cli_see_score_writes_csv_and_markdown_and_flags_tree_files(tmp_path):
     eval_file = write_results(tmp_path / "codeact_agent.m" / "10.10.None" / "math.test.None.csv",
                               math_rows("math", [(1, 2), (0, 10)]))
     cmd = [sys.executable, str(ROOT / "post_process_test_result.py"), "--see_score", "--files", str(eval_file),
-           str(tree_file), "--labels", "eval", "tree", "--output", str(tmp_path / "table")]
+           str(tree_file), "--labels", "eval", "tree", "--output", str(tmp_path / "table"),
+           "--allow_mismatch"]  # math.test vs math.train: different task sets
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "coverage (any leaf solved), not accuracy" in out.stdout
     with (tmp_path / "table.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {(r["label"], r["metric"]): r["value"] for r in rows}[("eval", "acc@2")] == "50.0"
-    assert (tmp_path / "table.md").read_text().startswith("### Math")
+    assert (tmp_path / "table.md").read_text().startswith("**!! NOT COMPARABLE (--allow_mismatch): math: 'eval' vs")
+    assert "\n### Math" in (tmp_path / "table.md").read_text()
     seed_form = subprocess.run([sys.executable, str(ROOT / "post_process_test_result.py"), "--see_score",
                                 "--data_dir", str(run), "--dataset_file_name_list", "math.train.{}.csv"],
                                capture_output=True, text=True, cwd=ROOT)

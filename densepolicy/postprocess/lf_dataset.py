@@ -22,9 +22,11 @@ from typing import Any, Iterable, Sequence
 from tqdm import tqdm
 
 from densepolicy.postprocess.pairs import read_pairs
+from densepolicy.config import to_dict
 from densepolicy.paths import resolve
 from densepolicy.postprocess.config import DatasetConfig
 from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
+from densepolicy.provenance import record_dataset
 
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt"}
 SHAREGPT_TO_ROLE = {"human": "user", "gpt": "assistant"}
@@ -246,4 +248,6 @@ def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str
     write_json_atomic(report.output, combined, indent=1)
     has_system = any("system" in r for r in combined)
     register_dataset(output_dir / "dataset_info.json", name, dataset_info_entry(name, has_system))
+    record_dataset(report.output, [pairs_path] + [resolve_mix_source(spec, output_dir) for spec, _ in mix],
+                   {**to_dict(cfg), "name": name, "mix": [list(m) for m in mix]}, tokenizer_model=cfg.model)
     return report

@@ -32,6 +32,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header
+from densepolicy.provenance import merged_columns
 
 logger = logging.getLogger(__name__)
 
@@ -280,11 +281,12 @@ def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: in
                         tree_tasks.add(row["task_id"])
                     yield row
 
+    stamp = merged_columns(data_dir, out_csv.name, best)  # eval-set hash + model fingerprint on every row
     with atomic_open(out_csv, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
+        writer = csv.DictWriter(fh, fieldnames=header + [c for c in stamp if c not in header])
         writer.writeheader()
         for row in kept_rows():
-            writer.writerow(row)
+            writer.writerow({**row, **stamp})
 
     if any(shard.tree is not None for shard in shards):
         report.output_tree = out_tree

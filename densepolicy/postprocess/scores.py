@@ -64,6 +64,7 @@ class FileScore:
     by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [solved, n]
     duplicate_rows: int = 0
     missing_turns: int = 0
+    identity: dict[str, str] = field(default_factory=dict)  # eval_set, model_fingerprint (provenance)
 
     def acc(self, t: int) -> float:
         return self.solved_within[t - 1] / self.n if self.n else float("nan")
@@ -136,6 +137,9 @@ class ScoreTables:
     other_rows: list[list[str]]
     tidy: list[dict[str, object]]
     notes: list[str]
+    banner: list[str] = field(default_factory=list)  # printed above the tables (e.g. not comparable)
+    provenance_header: list[str] = field(default_factory=list)
+    provenance_rows: list[list[str]] = field(default_factory=list)  # one row per file (table column)
 
 
 def _label_rows(scores: Iterable[FileScore]) -> dict[str, dict[str, FileScore]]:
@@ -161,7 +165,7 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()
     def add(s: FileScore, metric: str, solved: int, n: int) -> None:
         tidy.append({"label": s.label, "dataset": s.dataset, "metric": metric,
                      "value": round(100 * solved / n, 2) if n else "", "solved": solved, "n": n,
-                     "kind": s.kind, "file": str(s.path)})
+                     "kind": s.kind, "file": str(s.path), **s.identity})
 
     for s in scores:
         notes.append(f"{s.label} / {s.dataset}: n={s.n} ({s.kind}) from {s.path}")
@@ -210,7 +214,7 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()
         if alf and macro is not None:
             tidy.append({"label": label, "dataset": "alfworld", "metric": "success_avg_macro",
                          "value": round(100 * macro, 2), "solved": "", "n": len(rates), "kind": alf.kind,
-                         "file": str(alf.path)})
+                         "file": str(alf.path), **alf.identity})
         cells.append(_pct(macro))
         cells.append(_pct(by_ds["babyai"].success) if "babyai" in by_ds else "–")
         embodied_rows.append(cells)
@@ -244,12 +248,15 @@ def _sections(tables: ScoreTables) -> list[tuple[str, list[str], list[list[str]]
                          tables.embodied_header, tables.embodied_rows))
     if tables.other_rows:
         sections.append(("Other datasets: success (%)", tables.other_header, tables.other_rows))
+    if tables.provenance_rows:
+        sections.append(("Provenance per result (eval set = sha256 of the sorted task ids)",
+                         tables.provenance_header, tables.provenance_rows))
     return sections
 
 
 def render_text(tables: ScoreTables) -> str:
     """Plain-text tables for the terminal."""
-    parts = []
+    parts = list(tables.banner)
     for title, header, rows in _sections(tables):
         parts.append(f"{title}\n{_text_table(header, rows)}")
     if tables.math_rows:
@@ -260,7 +267,7 @@ def render_text(tables: ScoreTables) -> str:
 
 def render_markdown(tables: ScoreTables) -> str:
     """Markdown version of `render_text`."""
-    parts = []
+    parts = [f"**{line}**" for line in tables.banner]
     for title, header, rows in _sections(tables):
         parts.append(f"### {title}\n\n{_md_table(header, rows)}")
     if tables.math_rows:
@@ -269,13 +276,14 @@ def render_markdown(tables: ScoreTables) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-TIDY_COLUMNS = ["label", "dataset", "metric", "value", "solved", "n", "kind", "file"]
+TIDY_COLUMNS = ["label", "dataset", "metric", "value", "solved", "n", "kind", "file", "eval_set_sha256",
+                "model_fingerprint", "comparable"]
 
 
 def render_csv(tables: ScoreTables) -> str:
     """The tidy long form (one metric per row) as CSV text."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=TIDY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=TIDY_COLUMNS, lineterminator="\n", restval="")
     writer.writeheader()
     writer.writerows(tables.tidy)
     return buffer.getvalue()

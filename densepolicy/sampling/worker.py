@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from densepolicy.config import ConfigError, to_dict
+from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
 from densepolicy.sampling.shard_writer import ShardWriter
 
@@ -229,9 +230,11 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
     info = model_info(model, cfg)
     env = load_task_env(cfg)
     try:
-        ids = shard_slice(select_tasks(env, cfg), shard, num_shards)
+        selected = select_tasks(env, cfg)
+        ids = shard_slice(selected, shard, num_shards)
         stem = shard_file_stem(cfg, shard)
         check_resume_settings(Path(output_dir) / "state" / f"{stem}.settings.json", cfg, info.name)
+        record_sampling_shard(output_dir, cfg, env, selected, shard, num_shards, info)
         writer = ShardWriter(output_dir, stem, tree=cfg.method == "codeact_agent_tree")
         done = writer.open()
         todo = [t for t in ids if t not in done]

@@ -40,6 +40,7 @@ import yaml
 
 from densepolicy.config import ConfigError, parse_overrides, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
+from densepolicy.provenance import record_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +514,7 @@ def train(
         "export_seconds": round(export_seconds, 1),
         "metrics": metrics,
     }, indent=2) + "\n")
+    record_trained_model(out, args, config_path(config))
     return TrainResult(out, train_yaml, log_path, plots, train_seconds, export_seconds, metrics)
 
 
