@@ -66,7 +66,8 @@ def test_paper_config_matches_spec(dataset_dir):
     args = build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=embedded_model_dir(),
                             dataset_dir=dataset_dir, known_keys=KEYS)
     assert args["finetuning_type"] == "full" and args["template"] == "llama3" and args["cutoff_len"] == 4096
-    assert args["learning_rate"] == pytest.approx(7.2e-8) and args["warmup_ratio"] == 1.0
+    assert args["learning_rate"] == pytest.approx(7.2e-8) and args["lr_scheduler_type"] == "cosine"
+    assert args["warmup_steps"] > 0.999 and "warmup_ratio" not in args  # warm-up over the whole run
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 32
     ds = json.loads((PROJECT_ROOT / "TreeDPO/configs/ds_z3_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 3

@@ -38,8 +38,16 @@ from typing import Any, Callable
 
 import yaml
 
-from densepolicy.config import ConfigError, parse_overrides, read_yaml
+from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
+from densepolicy.training.launch import check_launchable, distributed_env, venv_path
+from densepolicy.training.lf_args import (
+    coerce_args,
+    llamafactory_fields,
+    merge_overrides,
+    parse_lf_overrides,
+    translate_warmup,
+)
 from densepolicy.provenance import record_trained_model
 
 log = logging.getLogger(__name__)
@@ -149,22 +157,16 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 def llamafactory_keys() -> set[str]:
     """Every key LLaMA-Factory's `train`/`export` accept (its argument dataclasses), plus a few meta keys."""
+    return {"dataset", "eval_dataset"} | set(_llamafactory_fields())
+
+
+def _llamafactory_fields() -> dict[str, Any]:
+    """{key: type} of LLaMA-Factory's argument dataclasses (`lf_args.llamafactory_fields`), or a clear error."""
     try:  # imported lazily: pulls in transformers (several seconds)
-        from llamafactory.hparams import (
-            DataArguments,
-            FinetuningArguments,
-            GeneratingArguments,
-            ModelArguments,
-            TrainingArguments,
-        )
+        return llamafactory_fields()
     except ImportError as exc:
         raise TrainingError(f"LLaMA-Factory is not importable from {sys.executable} ({exc}); "
                             f"run with the main venv: {main_python()} (make setup)") from None
-
-    keys = {"dataset", "eval_dataset"}  # declared on DataArguments already; listed for clarity
-    for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments, GeneratingArguments):
-        keys |= {f.name for f in dataclasses.fields(cls)}
-    return keys
 
 
 def check_keys(args: dict[str, Any], source: str, known: set[str] | None = None) -> None:
@@ -199,15 +201,23 @@ def build_train_args(
 ) -> dict[str, Any]:
     """The effective LLaMA-Factory arguments: YAML < overrides < explicit arguments; paths made absolute.
 
-    Raises `ConfigError` for an unknown key, an unregistered dataset or a missing model directory.
+    Values are converted to the types of LLaMA-Factory's fields (`lf_args.coerce_args`; with `known_keys`,
+    a stand-in key set for tests, only numbers written as `1e-6` are), and ``warmup_ratio`` becomes the
+    ``warmup_steps`` that means the same fraction of the run (`lf_args.translate_warmup`).
+    Raises `ConfigError` for an unknown key or a value of the wrong type (naming the key), an unregistered
+    dataset or a missing model directory.
     """
     path = config_path(config)
     args = _numbers(read_yaml(path))
     known = llamafactory_keys() if known_keys is None else known_keys
+    fields = _llamafactory_fields() if known_keys is None else {}
     check_keys(args, str(path), known)
-    update = _numbers(parse_overrides(overrides or []))
+    args = coerce_args(args, fields, str(path))
+    update, typed = parse_lf_overrides(overrides or [])
+    update = _numbers(update)
     check_keys(update, "command line", known)
-    args.update(update)
+    args = merge_overrides(args, coerce_args(update, fields, "command line", typed))
+    args = translate_warmup(args, str(path))
     if dataset is not None:
         args["dataset"] = dataset
     if model is not None:
@@ -346,9 +356,11 @@ def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Environment of LLaMA-Factory runs: offline, no telemetry, a project-local datasets cache."""
+    """Environment of LLaMA-Factory runs: offline, no telemetry, a project-local datasets cache, and the
+    main venv's bin/ first on PATH (LLaMA-Factory starts `torchrun` by name)."""
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
+    env["PATH"] = venv_path(main_python())
     env.setdefault("HF_DATASETS_CACHE", str(cache_dir() / "hf_datasets"))
     return env
 
@@ -366,9 +378,11 @@ def run_logged(
     log_path: Path,
     on_poll: Callable[[], None] | None = None,
     poll_seconds: float = 2.0,
+    extra_env: dict[str, str] | None = None,
 ) -> float:
     """Run `command` in the project root with its output appended to `log_path`; returns wall seconds.
 
+    The environment is `subprocess_env()` plus `extra_env`.
     `on_poll` is called every `poll_seconds` while it runs (progress display). Raises `TrainingError`
     with the tail of the log if the command fails.
     """
@@ -376,7 +390,7 @@ def run_logged(
     with open(log_path, "ab") as log_file:
         log_file.write(f"$ {' '.join(command)}\n".encode())
         log_file.flush()
-        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env=subprocess_env(), stdout=log_file,
+        proc = subprocess.Popen(command, cwd=PROJECT_ROOT, env={**subprocess_env(), **(extra_env or {})}, stdout=log_file,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
             while proc.poll() is None:
@@ -474,6 +488,8 @@ def train(
     if not resume and out.exists() and any(out.iterdir()):
         raise ConfigError(f"output directory {out} exists and is not empty; choose another --output-dir "
                           f"(or --resume to continue from its last checkpoint)")
+    launch_env = distributed_env(args, source=str(config_path(config)))  # torchrun settings, {} for one process
+    check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
     if template_check:
         check_chat_template(args)
     out.mkdir(parents=True, exist_ok=True)
@@ -488,7 +504,10 @@ def train(
     bar = _StepProgress(train_out / "trainer_log.jsonl", desc=f"DPO {Path(args['model_name_or_path']).name}") \
         if progress else None
     try:
-        train_seconds = run_logged([str(llamafactory_cli()), "train", str(train_yaml)], log_path, on_poll=bar)
+        if launch_env:
+            log.info("distributed launch: %s", " ".join(f"{k}={v}" for k, v in launch_env.items()))
+        train_seconds = run_logged([str(llamafactory_cli()), "train", str(train_yaml)], log_path, on_poll=bar,
+                                   extra_env=launch_env)
     finally:
         if bar:
             bar.close()
