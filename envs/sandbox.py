@@ -319,7 +319,7 @@ def _import_paths() -> list[str]:
 
 def _readable_by_others(path: str) -> bool:
     """Can a uid that owns nothing and has no groups (a lineage uid) read `path` here?"""
-    parts = path.rstrip("/").split("/")
+    parts = (path.rstrip("/") or "/").split("/")
     try:
         for i in range(1, len(parts)):
             if not os.stat("/".join(parts[:i]) or "/").st_mode & stat.S_IXOTH:

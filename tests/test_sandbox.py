@@ -1,8 +1,14 @@
 """envs.sandbox: semantics of the persistent interpreter, fork, and hostile code (real processes)."""
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -466,3 +472,50 @@ def test_concurrent_sandboxes_from_threads():
     assert errors == []
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
+
+
+# ----------------------------------------------------------------------------- what model code can import
+_CLOSED_DIR_PROBE = """
+import json, sys
+site, closed, drop, secret = json.loads(sys.argv[1])
+sys.path[:0] = [site, closed]
+from envs.sandbox import Sandbox
+s = Sandbox(preload=())
+print(json.dumps([s.run(code).output for code in (
+    "import dp_probe\\nimport dp_probe.lazy, dp_closed\\nprint(dp_probe.lazy.VALUE, dp_closed.VALUE)",
+    f"open({drop!r}, 'w').write('x')",
+    f"print(open({secret!r}).read())")]))
+s.close()
+"""
+
+
+def test_imports_from_folders_closed_to_other_users(tmp_path):
+    """sys.path entries below a folder of mode 0700 (pyenv/conda under /root), and an entry that is itself
+    closed, import in the sandbox, read-only; what else those folders hold stays hidden."""
+    from densepolicy.paths import PROJECT_ROOT, cache_dir
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(dir=cache_dir(), prefix="closed-"))  # mode 0700, outside the temp folder
+    try:
+        package = private / "site" / "dp_probe"
+        (package / "drop").mkdir(parents=True)
+        (package / "drop").chmod(0o777)  # only the read-only mount keeps code from writing here
+        (package / "__init__.py").write_text("")
+        (package / "lazy.py").write_text("VALUE = 42\n")
+        (private / "closed").mkdir(mode=0o700)
+        (private / "closed" / "dp_closed.py").write_text("VALUE = 7\n")
+        (private / "secret.txt").write_text("hidden-sibling")
+        for path in private.rglob("*"):
+            if path.is_file():
+                path.chmod(0o644)
+        drop, secret = package / "drop" / "x.txt", private / "secret.txt"
+        args = json.dumps([str(private / "site"), str(private / "closed"), str(drop), str(secret)])
+        result = subprocess.run([sys.executable, "-c", _CLOSED_DIR_PROBE, args], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        imported, wrote, read = json.loads(result.stdout.strip().splitlines()[-1])
+        assert imported == "42 7\n"
+        if IS_ROOT:  # a lineage uid of its own: it sees the two paths, read-only, and nothing beside them
+            assert "Error" in wrote and not drop.exists()
+            assert "hidden-sibling" not in read and "Error" in read
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
