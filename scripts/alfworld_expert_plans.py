@@ -2,53 +2,19 @@
 
     .venv/bin/python scripts/alfworld_expert_plans.py split=valid_unseen per_type=1 out=tests/data/alfworld_expert_plans.json
 
-alfworld 0.4.2's expert only knows the newer grammar (`move O to R`), while the shipped json_2.1.1 games
-say `put O in/on R` (docs/deviations.md). The expert therefore plays a grammar-patched copy of each
-game (same PDDL, only wording changed) and its commands are mapped back to our tools:
-`move O to R` -> put(O, R), `go to R` -> goto(R), ... Each plan is re-played on the original game
-through `ALFWorldGame` and kept only if it wins there.
+The expert itself (grammar patch, command mapping) lives in `densepolicy.training.expert.alfworld`;
+this script records its plans, re-played on the original game through `ALFWorldGame`.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
-from pathlib import Path
 
 from densepolicy.paths import resolve
+from densepolicy.training.expert.alfworld import expert_commands
 from envs.alfworld_game import ALFWorldGame
 from envs.alfworld_games import GAME_FILE, TASK_TYPE_PREFIXES, list_task_ids, split_root, task_type
 from envs.alfworld_tools import from_command, to_command
-
-GRAMMAR_PATCH = [("You arrive at {lend.name}.", "You arrive at {r.name}."),
-                 ("put {o} in/on {r}", "move {o} to {r}"),
-                 ("You put the {o.name} in/on the {r.name}.", "You move the {o.name} to the {r.name}.")]
-
-def expert_commands(game_file: Path, max_steps: int) -> list[str] | None:
-    """Commands of the handcoded expert on a patched copy of `game_file`; None if it does not win."""
-    import textworld
-    import textworld.gym
-    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
-
-    data = json.loads(game_file.read_text())
-    for old, new in GRAMMAR_PATCH:
-        data["grammar"] = data["grammar"].replace(old, new)
-    with tempfile.TemporaryDirectory() as tmp:
-        patched = Path(tmp) / GAME_FILE
-        patched.write_text(json.dumps(data))
-        shutil.copy(game_file.parent / "traj_data.json", tmp)  # the expert reads the task from it
-        request = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
-        env_id = textworld.gym.register_game(str(patched), request, max_episode_steps=max_steps, wrappers=[
-            AlfredDemangler(shuffle=False), AlfredInfos, AlfredExpert("handcoded")])
-        env = textworld.gym.make(env_id)
-        _obs, infos = env.reset()
-        commands, done = [], False
-        while not done and len(commands) < max_steps:
-            commands.append(infos["extra.expert_plan"][0])
-            _obs, _score, done, infos = env.step(commands[-1])
-        env.close()
-        return commands if infos["won"] else None
 
 
 def main(argv: list[str]) -> None:

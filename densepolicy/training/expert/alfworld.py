@@ -1,0 +1,71 @@
+"""ALFWorld expert: ALFWorld's handcoded expert, its commands mapped to our tools.
+
+alfworld 0.4.2's expert only knows the newer grammar (`move O to R`), while the shipped json_2.1.1 games
+say `put O in/on R` (docs/deviations.md). The expert therefore plays a grammar-patched copy of each
+game (same PDDL, only wording changed) and its commands are mapped back to our tools:
+`move O to R` -> put(O, R), `go to R` -> goto(R), ...; the plan is then replayed on the original game.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+from densepolicy.training.expert.replay import ExpertPlan, action_message
+from envs.alfworld_games import GAME_FILE
+from envs.alfworld_tools import from_command
+
+GRAMMAR_PATCH = [("You arrive at {lend.name}.", "You arrive at {r.name}."),
+                 ("put {o} in/on {r}", "move {o} to {r}"),
+                 ("You put the {o.name} in/on the {r.name}.", "You move the {o.name} to the {r.name}.")]
+_TEXTWORLD_LOCK = threading.Lock()  # TextWorld's grammar parser (tatsu) is not thread-safe
+
+
+def expert_commands(game_file: Path, max_steps: int) -> list[str] | None:
+    """Commands of the handcoded expert on a patched copy of `game_file`; None if it does not win."""
+    with _TEXTWORLD_LOCK:
+        return _expert_commands(Path(game_file), max_steps)
+
+
+def _expert_commands(game_file: Path, max_steps: int) -> list[str] | None:
+    import textworld
+    import textworld.gym
+    from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
+
+    data = json.loads(Path(game_file).read_text())
+    for old, new in GRAMMAR_PATCH:
+        data["grammar"] = data["grammar"].replace(old, new)
+    with tempfile.TemporaryDirectory() as tmp:
+        patched = Path(tmp) / GAME_FILE
+        patched.write_text(json.dumps(data))
+        shutil.copy(Path(game_file).parent / "traj_data.json", tmp)  # the expert reads the task from it
+        request = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile", "expert_plan"])
+        env_id = textworld.gym.register_game(str(patched), request, max_episode_steps=max_steps, wrappers=[
+            AlfredDemangler(shuffle=False), AlfredInfos, AlfredExpert("handcoded")])
+        env = textworld.gym.make(env_id)
+        try:
+            _obs, infos = env.reset()
+            commands, done = [], False
+            while not done and len(commands) < max_steps:
+                commands.append(infos["extra.expert_plan"][0])
+                _obs, _score, done, infos = env.step(commands[-1])
+        finally:
+            env.close()
+        return commands if infos["won"] else None
+
+
+def tool_call(call: list[str]) -> str:
+    """`["take", "apple 1", "fridge 1"]` -> "take('apple 1', 'fridge 1')"."""
+    return f"{call[0]}({', '.join(repr(a) for a in call[1:])})"
+
+
+def expert_plan(game_file: Path, max_steps: int = 40) -> ExpertPlan | None:
+    """One tool call per message, or None if the expert does not win within `max_steps` commands."""
+    commands = expert_commands(game_file, max_steps)
+    if commands is None:
+        return None
+    while commands and commands[0] == "look":  # the expert opens with `look`: it repeats the prompt's text
+        commands = commands[1:]
+    return ExpertPlan(tuple(action_message(tool_call(from_command(c))) for c in commands), "handcoded")

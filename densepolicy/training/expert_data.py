@@ -1,0 +1,239 @@
+"""Build the multi-turn SFT dataset of expert trajectories for the warm start.
+
+    cfg = load_expert_data_config(["gsm8k=50", "babyai=50"])
+    summary = build_expert_dataset(cfg)        # writes TreeDPO/data/expert_sft.json + .summary.json
+
+For each env, the train tasks (minus any whose content is an evaluation task, see
+`expert.splits`) are tried in a seeded order; the env's expert proposes messages, they are replayed
+through `envs` with the agent's own prompt and step function (`expert.replay`), and the trajectory is
+kept if it ends in success and fits `max_tokens`, until `cfg.<env>` are kept. The output is a
+LLaMA-Factory ShareGPT dataset (human/gpt turns, ending with the last assistant turn; assistant turns
+are trained, the rest masked by `train_on_prompt: false`) registered in `dataset_info.json`.
+Same config -> same file.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from densepolicy.config import help_field, load_config
+from densepolicy.paths import PROJECT_ROOT, resolve
+from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
+from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
+from densepolicy.training.expert import EXPERT_ENVS, ExpertOptions, accepted, expert_plan, replay
+from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
+from envs import load_env
+
+CONFIG_PATH = PROJECT_ROOT / "configs" / "expert_data.yaml"
+
+
+@dataclass
+class ExpertDataConfig:
+    """Settings of `build_expert_dataset` (configs/expert_data.yaml)."""
+
+    name: str = help_field("expert_sft", help="Dataset name: <dataset_dir>/<name>.json, registered under it.")
+    dataset_dir: str = help_field("TreeDPO/data", help="LLaMA-Factory dataset_dir (holds dataset_info.json).")
+    seed: int = help_field(42, help="Seed of the order in which train tasks are tried.")
+    gsm8k: int = help_field(300, help="GSM8K trajectories wanted.")
+    babyai: int = help_field(300, help="BabyAI trajectories wanted.")
+    alfworld: int = help_field(100, help="ALFWorld trajectories wanted.")
+    math: int = help_field(0, help="MATH trajectories wanted.")
+    max_tokens: int = help_field(2048, help="Drop trajectories longer than this many tokens (chat template).")
+    model: str = help_field("", help="Tokenizer (configs/models.yaml name or directory); '' = the embedded model.")
+    env_threads: int = help_field(2, help="Tasks replayed in parallel.")
+    data_dir: Optional[str] = help_field(None, help="Offline data directory (null = densepolicy.paths.data_dir()).")
+    babyai_train_seeds: int = help_field(25, help="BabyAI train split: seeds 1..N of each of the 40 levels.")
+    babyai_search_budget: int = help_field(400, help="Game actions the high-level plan search may try per task.")
+    babyai_max_high_level_actions: int = help_field(12, help="Longest high-level plan kept.")
+    babyai_bot: bool = help_field(True, help="Fall back to BabyAIBot's primitive actions.")
+    babyai_bot_timeout_s: float = help_field(30.0, help="Wall-clock limit of one BabyAIBot run (it can hang).")
+    babyai_bot_max_actions: int = help_field(12, help="Longest BabyAIBot action list kept.")
+    alfworld_max_steps: int = help_field(40, help="Longest ALFWorld expert plan kept.")
+
+    def __post_init__(self) -> None:
+        for env_name in EXPERT_ENVS:
+            if getattr(self, env_name) < 0:
+                raise ValueError(f"key {env_name!r} must be >= 0, got {getattr(self, env_name)}")
+        for key in ("max_tokens", "env_threads", "babyai_train_seeds", "babyai_search_budget",
+                    "babyai_max_high_level_actions", "babyai_bot_max_actions", "alfworld_max_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.babyai_bot_timeout_s <= 0:
+            raise ValueError(f"key 'babyai_bot_timeout_s' must be > 0, got {self.babyai_bot_timeout_s}")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"key 'name' must be a plain file stem, got {self.name!r}")
+
+    def wanted(self) -> dict[str, int]:
+        """env -> trajectories wanted (envs with 0 left out)."""
+        return {e: getattr(self, e) for e in EXPERT_ENVS if getattr(self, e) > 0}
+
+    def options(self) -> ExpertOptions:
+        return ExpertOptions(self.babyai_search_budget, self.babyai_max_high_level_actions, self.babyai_bot,
+                             self.babyai_bot_timeout_s, self.babyai_bot_max_actions, self.alfworld_max_steps)
+
+
+@dataclass
+class ExpertDataSummary:
+    """What `build_expert_dataset` wrote; `counts`/`attempted` per env, `token_stats` env -> mean/median/max."""
+
+    name: str
+    path: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    attempted: dict[str, int] = field(default_factory=dict)
+    token_stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)  # env -> expert source -> kept
+    dropped_long: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        """Per-env counts and token lengths, one line per env."""
+        lines = [f"{'env':9s} {'kept':>5s} {'tried':>6s} {'rate':>5s} {'long':>5s} {'tok mean':>8s} "
+                 f"{'median':>6s} {'max':>5s} {'asst':>5s} {'time s':>7s}  sources"]
+        for env_name in self.attempted:
+            n, tried, stats = self.counts.get(env_name, 0), self.attempted[env_name], self.token_stats.get(env_name, {})
+            rate = f"{n / tried:.2f}" if tried else "-"
+            lines.append(f"{env_name:9s} {n:5d} {tried:6d} {rate:>5s} {self.dropped_long.get(env_name, 0):5d} "
+                         f"{stats.get('mean', 0):8.0f} {stats.get('median', 0):6.0f} {stats.get('max', 0):5.0f} "
+                         f"{stats.get('assistant_mean', 0):5.0f} {self.seconds.get(env_name, 0):7.1f}  "
+                         + ", ".join(f"{k} {v}" for k, v in self.sources.get(env_name, {}).items()))
+        return "\n".join(lines)
+
+
+def load_expert_data_config(overrides: Sequence[str] = ()) -> ExpertDataConfig:
+    """configs/expert_data.yaml with `key=value` overrides."""
+    return load_config(ExpertDataConfig, CONFIG_PATH, list(overrides))
+
+
+def chat_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    """Tokens of a whole chat with the model's chat template."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def to_sharegpt(messages: list[dict]) -> list[dict[str, str]]:
+    """User/assistant messages -> ShareGPT turns (must alternate, start with user, end with assistant)."""
+    turns = []
+    for i, message in enumerate(messages):
+        expected = "user" if i % 2 == 0 else "assistant"
+        if message["role"] != expected:
+            raise ValueError(f"message {i} has role {message['role']!r}, expected {expected!r}")
+        turns.append({"from": ROLE_TO_SHAREGPT[expected], "value": message["content"]})
+    if not turns or turns[-1]["from"] != "gpt":
+        raise ValueError("a trajectory must end with an assistant message")
+    return turns
+
+
+def dataset_info_entry(name: str) -> dict[str, Any]:
+    """The `dataset_info.json` entry of a ShareGPT multi-turn SFT file `<name>.json`."""
+    return {"file_name": f"{name}.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}}
+
+
+def candidate_tasks(env: Any, seed: int, excluded: set[str]) -> list[str]:
+    """Train task ids in a seeded order, without any whose content is an evaluation task."""
+    ids = [t for t in env.task_ids() if task_key(env, t) not in excluded]
+    random.Random(f"{seed}|{env.name}").shuffle(ids)
+    return ids
+
+
+def _attempt(env: Any, task_id: str, options: ExpertOptions) -> dict[str, Any] | None:
+    plan = expert_plan(env, task_id, options)
+    if plan is None:
+        return None
+    trajectory = replay(env, task_id, plan.messages)
+    if not accepted(env, task_id, trajectory):
+        return None
+    return {"task_id": task_id, "source": plan.source, "messages": trajectory.messages}
+
+
+def _env_kwargs(cfg: ExpertDataConfig, env_name: str) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
+    if env_name == "babyai":
+        kwargs["train_seeds_per_level"] = cfg.babyai_train_seeds
+    return kwargs
+
+
+def _stats(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {"mean": 0.0, "median": 0.0, "max": 0.0}
+    return {"mean": round(statistics.mean(values), 1), "median": float(statistics.median(values)),
+            "max": float(max(values))}
+
+
+def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: Any,
+                summary: ExpertDataSummary, log=print) -> list[dict[str, Any]]:
+    """Kept records of one env (first `wanted` successes in the seeded task order)."""
+    started = time.monotonic()
+    env = load_env(env_name, split=TRAIN_SPLIT[env_name], **_env_kwargs(cfg, env_name))
+    records: list[dict[str, Any]] = []
+    tried = long = 0
+    tokens: list[int] = []
+    assistant_tokens: list[int] = []
+    sources: dict[str, int] = {}
+    try:
+        candidates = candidate_tasks(env, cfg.seed, evaluation_keys(env_name, cfg.data_dir))
+        chunk = max(1, cfg.env_threads * 2)
+        with ThreadPoolExecutor(cfg.env_threads, thread_name_prefix=f"expert-{env_name}") as pool:
+            for start in range(0, len(candidates), chunk):
+                batch = candidates[start:start + chunk]
+                for result in pool.map(lambda t: _attempt(env, t, cfg.options()), batch):
+                    if len(records) >= wanted:
+                        break
+                    tried += 1
+                    if result is None:
+                        continue
+                    n_tokens = chat_tokens(tokenizer, result["messages"])
+                    if n_tokens > cfg.max_tokens:
+                        long += 1
+                        continue
+                    tokens.append(n_tokens)
+                    assistant_tokens.append(sum(len(tokenizer.encode(m["content"], add_special_tokens=False))
+                                                for m in result["messages"] if m["role"] == "assistant"))
+                    sources[result["source"]] = sources.get(result["source"], 0) + 1
+                    records.append({"conversations": to_sharegpt(result["messages"]), "env": env_name,
+                                    "task_id": result["task_id"], "source": result["source"],
+                                    "tokens": n_tokens})
+                if len(records) >= wanted:
+                    break
+                log(f"  {env_name}: {len(records)}/{wanted} kept after {tried} tried "
+                    f"({time.monotonic() - started:.0f} s)")
+    finally:
+        env.close()
+    summary.counts[env_name], summary.attempted[env_name], summary.dropped_long[env_name] = len(records), tried, long
+    summary.token_stats[env_name] = {**_stats(tokens), "assistant_mean": round(statistics.mean(assistant_tokens), 1)
+                                     if assistant_tokens else 0.0}
+    summary.sources[env_name] = dict(sorted(sources.items()))
+    summary.seconds[env_name] = round(time.monotonic() - started, 1)
+    return records
+
+
+def build_expert_dataset(cfg: ExpertDataConfig, dataset_dir: Path | None = None,
+                         overwrite: bool = False) -> ExpertDataSummary:
+    """Build, write and register the expert SFT dataset; prints per-env counts and token lengths.
+
+    Refuses to replace an existing `<name>.json` unless `overwrite`."""
+    out_dir = Path(dataset_dir) if dataset_dir is not None else resolve(cfg.dataset_dir)
+    path = ensure_new(out_dir / f"{cfg.name}.json", overwrite)
+    tokenizer = load_tokenizer(cfg.model)
+    summary = ExpertDataSummary(name=cfg.name, path=path)
+    records: list[dict[str, Any]] = []
+    for env_name, wanted in cfg.wanted().items():
+        print(f"{env_name}: collecting {wanted} expert trajectories", flush=True)
+        records += collect_env(cfg, env_name, wanted, tokenizer, summary,
+                               log=lambda text: print(text, flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, records, indent=1)
+    register_dataset(out_dir / "dataset_info.json", cfg.name, dataset_info_entry(cfg.name))
+    write_json_atomic(out_dir / f"{cfg.name}.summary.json",
+                      {"name": cfg.name, "file": path.name, "counts": summary.counts, "attempted": summary.attempted,
+                       "dropped_long": summary.dropped_long, "token_stats": summary.token_stats,
+                       "sources": summary.sources, "seconds": summary.seconds, "config": asdict(cfg)})
+    print(summary.table())
+    print(f"wrote {len(records)} trajectories to {path}; registered {cfg.name!r} in {out_dir / 'dataset_info.json'}")
+    return summary
