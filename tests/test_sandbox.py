@@ -519,3 +519,24 @@ def test_imports_from_folders_closed_to_other_users(tmp_path):
             assert "hidden-sibling" not in read and "Error" in read
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="an ordinary user's sandbox runs under the user's own uid")
+def test_closed_import_paths_without_a_mount_namespace_are_reported(tmp_path):
+    """Without a private mount namespace (a container without CAP_SYS_ADMIN, or namespaces turned off) a
+    root worker's lineage uids cannot read a closed folder on sys.path: the zygote says so on stderr."""
+    from densepolicy.paths import PROJECT_ROOT, cache_dir
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(dir=cache_dir(), prefix="closed-"))
+    try:
+        (private / "site").mkdir()
+        code = ("import sys\nsys.path.insert(0, sys.argv[1])\nfrom envs.sandbox import Sandbox\n"
+                "s = Sandbox(preload=())\ns.run('1')\ns.close()")
+        env = {**os.environ, "DENSEPOLICY_SANDBOX_NO_NAMESPACES": "1"}
+        result = subprocess.run([sys.executable, "-c", code, str(private / "site")], cwd=PROJECT_ROOT, env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        warning = [line for line in result.stderr.splitlines() if "model code cannot read" in line]
+        assert len(warning) == 1 and str(private / "site") in warning[0]
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
