@@ -57,6 +57,11 @@ class ServingConfig:
     seed: int = help_field(0, help="vLLM --seed (requests also carry their own seeds).")
     prefix_caching: bool = help_field(True, help="Automatic prefix caching (siblings share their prompt's KV cache).")
     max_num_seqs: int | None = help_field(None, help="Most sequences batched at once (vLLM default when unset).")
+    deterministic: bool = help_field(
+        False, help="Same requests (with their seeds) -> same outputs, whatever else is in flight, at a speed "
+                    "cost. gpu: VLLM_BATCH_INVARIANT=1 (vLLM's batch-invariant kernels; NVIDIA compute capability "
+                    ">= 8.0). cpu: vLLM-CPU has no batch-invariant kernels, so one sequence at a time "
+                    "(max_num_seqs=1) and no prefix caching. README: 'Reproducible sampling'.")
     enforce_eager: bool | None = help_field(
         None, help="Skip torch.compile/CUDA graphs; default: true on cpu (4x faster start-up), false on gpu.")
     kv_cache_gb: int = help_field(2, help="cpu: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE).")
@@ -209,6 +214,16 @@ class VLLMServer:
     def served_name(self) -> str:
         return self.model.served_name
 
+    @property
+    def prefix_caching(self) -> bool:
+        """Whether prefix caching is on (deterministic mode on cpu turns it off)."""
+        return self.cfg.prefix_caching and not (self.cfg.deterministic and self.cfg.device == "cpu")
+
+    @property
+    def max_num_seqs(self) -> int | None:
+        """The batch cap passed to vLLM (1 in deterministic mode on cpu: its kernels vary with batch size)."""
+        return 1 if self.cfg.deterministic and self.cfg.device == "cpu" else self.cfg.max_num_seqs
+
     def command(self) -> list[str]:
         """The argv that runs this server (`vllm serve` through the serving venv's Python)."""
         cfg, model = self.cfg, self.model
@@ -218,12 +233,12 @@ class VLLMServer:
                 "--max-model-len", str(model.context_length),
                 "--dtype", cfg.dtype or model.dtype,
                 "--seed", str(cfg.seed),
-                "--enable-prefix-caching" if cfg.prefix_caching else "--no-enable-prefix-caching"]
+                "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching"]
         eager = cfg.enforce_eager if cfg.enforce_eager is not None else cfg.device == "cpu"
         if eager:
             argv.append("--enforce-eager")
-        if cfg.max_num_seqs:
-            argv += ["--max-num-seqs", str(cfg.max_num_seqs)]
+        if self.max_num_seqs:
+            argv += ["--max-num-seqs", str(self.max_num_seqs)]
         if cfg.device == "gpu":
             argv += ["--tensor-parallel-size", str(cfg.tensor_parallel_size),
                      "--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
@@ -233,6 +248,8 @@ class VLLMServer:
         """Environment variables to add to the caller's environment for `command()`."""
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing is downloaded at run time
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        if self.cfg.deterministic and self.cfg.device == "gpu":
+            env["VLLM_BATCH_INVARIANT"] = "1"
         if self.cfg.device == "cpu":
             bind = cpu_list() if self.cfg.omp_threads_bind == "all" else self.cfg.omp_threads_bind
             env.update({"VLLM_CPU_KVCACHE_SPACE": str(self.cfg.kv_cache_gb),
