@@ -25,7 +25,9 @@ When the worker runs as root (containers, CI): the zygote lives in its own mount
 namespaces (no network interface at all; the whole file system is read-only except a private
 tmpfs /tmp, /var/tmp and /dev/shm), and each sandbox lineage (an interpreter and its forks) runs
 under its own unprivileged uid, so RLIMIT_NPROC contains fork bombs and the code can neither
-signal nor read the worker. As an ordinary user: network and user namespaces when the kernel
+signal nor read the worker. Code imports (read-only) whatever the worker's interpreter can: its
+import paths are bind-mounted where those uids can read them, also from a home folder of mode 0700
+or the hidden temp folder (`_ImportView`). As an ordinary user: network and user namespaces when the kernel
 allows them (else the audit hook only), RLIMIT_NPROC = current user process count + the limit,
 and the worker marks itself non-dumpable so same-user code cannot read its memory or environment.
 `DENSEPOLICY_SANDBOX_NO_NAMESPACES=1` (in the worker's environment) skips all namespaces.
