@@ -7,7 +7,7 @@ PY := .venv/bin/python
 SERVE ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast demo experiment bench lint clean
+.PHONY: help setup test test-fast demo experiment bench lint clean warm-start
 
 help:
 	@echo "make setup   install venvs, tmux, the embedded model, unpack data (idempotent; SERVE=cpu|gpu)"
@@ -16,6 +16,7 @@ help:
 	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
 	@echo "make experiment  setup + base vs warm-start vs TreeDPO on held-out tasks (configs/experiment.yaml; ARGS='budget=0.1')"
 	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
+	@echo "make warm-start  setup + the warm-started model (expert SFT, cached; ARGS='key=value ...')"
 
 setup:
 	SERVE=$(SERVE) ./scripts/setup.sh
@@ -31,6 +32,9 @@ demo: setup
 
 experiment: setup
 	$(PY) scripts/experiment.py $(ARGS)
+
+warm-start: setup
+	$(PY) scripts/warm_start.py $(ARGS)
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -21,7 +21,7 @@ from densepolicy.training.train import (
     read_log_history,
     train,
 )
-from tests.treedpo_helpers import tiny_pairs, write_dataset
+from tests.treedpo_helpers import tiny_pairs, tiny_sft_records, write_dataset, write_sft_dataset
 
 # A small stand-in for LLaMA-Factory's key set, for the tests that are about our own checks.
 KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "pref_beta", "pref_loss", "pref_ftx",
@@ -321,3 +321,103 @@ def _evaluate_on_gsm8k(model_dir, server_url, out_dir):
          "--num_shards", "1", "--server_url", server_url, "--model", str(model_dir), "--output_dir", str(out_dir),
          "max_tasks=2", "max_turn=2", "max_tokens=64", "in_context_number=1"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+
+
+# ------------------------------------------------------------------------------ SFT (warm start)
+
+SFT_CONFIGS = ["cpu_sft", "gpu_sft_full", "gpu_sft_lora"]
+
+
+@pytest.mark.parametrize("name", SFT_CONFIGS)
+def test_shipped_sft_configs_use_only_known_llamafactory_keys(name, tmp_path):
+    from densepolicy.training.train import llamafactory_keys
+
+    write_sft_dataset(tmp_path / "data", "tiny_sft")
+    args = build_train_args(name, dataset="tiny_sft", model=embedded_model_dir(), dataset_dir=tmp_path / "data",
+                            known_keys=_cached_keys(llamafactory_keys))
+    # every assistant turn trained, the prompt and observation turns masked
+    assert args["stage"] == "sft" and args["train_on_prompt"] is False and args["mask_history"] is False
+    assert not any(key.startswith("pref_") for key in args)
+    if name == "cpu_sft":
+        assert args["bf16"] is False and args["finetuning_type"] == "full"
+        assert args["default_system"] == SMOLLM_SYSTEM and args["template"] == "smollm2"
+    else:
+        assert args["bf16"] is True and args["template"] == "llama3"
+        assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 32
+    if name == "gpu_sft_full":
+        assert args["deepspeed"] == str(PROJECT_ROOT / "TreeDPO/configs/ds_z3_config.json")
+
+
+def test_sft_curves_have_no_reward_plot(tmp_path):
+    state = tmp_path / "trainer_state.json"
+    state.write_text(json.dumps({"log_history": [{"step": s, "loss": 2.0 / s} for s in (1, 2, 3)]}))
+    plots = plot_training_curves(state, tmp_path, stage="sft")
+    assert [p.name for p in plots] == ["sft_loss.png"] and plots[0].read_bytes()[:4] == b"\x89PNG"
+    assert not (tmp_path / "dpo_rewards.png").exists()
+
+
+@pytest.mark.integration
+def test_template_check_covers_every_turn_of_a_multi_turn_sft_record():
+    """Each trained assistant turn of a multi-turn record is preceded by exactly the prompt vLLM renders
+    (serving venv) for the history before it; an observation-role turn or another system prompt fails."""
+    from densepolicy.training.train import TemplatePair, sharegpt_messages
+
+    entry = {"formatting": "sharegpt", "columns": {"messages": "conversations"}}
+    records = tiny_sft_records(2)
+    messages, system = sharegpt_messages(records[0], entry)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"] and system == ""
+    pair = TemplatePair(embedded_model_dir(), "smollm2", SMOLLM_SYSTEM)
+    turns = pair.compare_turns(messages)
+    assert len(turns) == 2 and all(t.agree for t in turns)
+    served = serving_prompt_ids(embedded_model_dir(), [messages[:1], messages[:3]])
+    assert [t.training_prompt_ids for t in turns] == served
+    # the second turn's prompt contains the first answer and the observation, as the agent sends them
+    assert pair.tokenizer.decode(turns[1].training_prompt_ids).endswith(
+        messages[1]["content"] + "<|im_end|>\n<|im_start|>user\n" + messages[2]["content"]
+        + "<|im_end|>\n<|im_start|>assistant\n")
+    observation = json.loads(json.dumps(records[0]))
+    observation["conversations"][2]["from"] = "observation"  # LLaMA-Factory renders this role differently
+    obs_messages, _ = sharegpt_messages(observation, entry)
+    assert [t.agree for t in pair.compare_turns(obs_messages)] == [True, False]
+    assert not all(t.agree for t in TemplatePair(embedded_model_dir(), "smollm2").compare_turns(messages))
+
+
+@pytest.mark.integration
+def test_sft_template_mismatch_stops_training_before_it_starts(tmp_path):
+    write_sft_dataset(tmp_path / "data", "tiny_sft")
+    with pytest.raises(ConfigError, match="chat template mismatch"):
+        train("cpu_sft", dataset="tiny_sft", dataset_dir=tmp_path / "data", output_dir=tmp_path / "out",
+              overrides=["default_system=You are a pirate."], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.integration
+def test_cpu_sft_trains_assistant_turns_and_exports_a_servable_model(tmp_path):
+    """cpu_sft, 2 full-SFT steps with real LLaMA-Factory on multi-turn records: the loss is logged, only
+    assistant turns are labels, the weights move and the directory is what the launcher serves."""
+    from densepolicy.training.train import servable_model_spec
+
+    write_sft_dataset(tmp_path / "data", "tiny_sft", n=8)
+    result = train("cpu_sft", dataset="tiny_sft", dataset_dir=tmp_path / "data", output_dir=tmp_path / "model",
+                   overrides=["max_steps=2", "logging_steps=1", "per_device_train_batch_size=2",
+                              "gradient_accumulation_steps=1"], progress=False)
+    out = result.model_dir
+    spec = servable_model_spec(out)
+    assert spec.path == out.resolve()
+    steps, losses = metric_series(read_log_history(out / "trainer_state.json"), "loss")
+    assert steps == [1, 2] and all(0 < loss < 20 for loss in losses)
+    assert [p.name for p in result.plots] == ["sft_loss.png"] and not (out / "dpo_rewards.png").exists()
+    assert "stage: sft" in (out / "train_config.yaml").read_text()
+    assert (out / "chat_template.jinja").read_text() == (embedded_model_dir() / "chat_template.jinja").read_text()
+    # LLaMA-Factory prints its first training example: labels hold the answers, never the task or observation
+    log_text = result.log_path.read_text()
+    labels = log_text.split("labels:\n", 1)[1].split("\n[", 1)[0]
+    first = tiny_sft_records(8)[0]["conversations"]
+    assert "Answer: " in labels and "End Action" in labels
+    assert first[0]["value"][:40] not in labels and "Observation:" not in labels
+    from safetensors.torch import load_file
+
+    trained = load_file(out / "model.safetensors")
+    base = load_file(embedded_model_dir() / "model.safetensors")
+    name = next(n for n in trained if n.endswith("layers.0.mlp.down_proj.weight"))
+    assert not (trained[name] == base[name]).all()

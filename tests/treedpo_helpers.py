@@ -72,3 +72,30 @@ def write_dataset(dataset_dir: Path, name: str = "tiny_tree_dpo", n: int = 8, se
         (dataset_dir / f"{name}.json").write_text(json.dumps(tiny_pairs(n, seed), indent=1))
         register_dataset(dataset_dir / "dataset_info.json", name, dataset_info_entry(name, has_system=False))
     return name
+
+
+def tiny_sft_records(n: int = 8, seed: int = 0) -> list[dict]:
+    """`n` multi-turn ShareGPT SFT records in the expert dataset's layout: task, code step, its observation,
+    answer (two trained assistant turns, the observation turn masked)."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(n):
+        a, b = rng.randint(2, 60), rng.randint(2, 60)
+        records.append({"conversations": [
+            {"from": "human", "value": TASK.format(q=f"What is {a} * {b}?")},
+            {"from": "gpt", "value": f"Action:\nprint({a} * {b})\nEnd Action"},
+            {"from": "human", "value": f"Observation:\n{a * b}"},
+            {"from": "gpt", "value": f"Answer: {a * b}"},
+        ]})
+    return records
+
+
+def write_sft_dataset(dataset_dir: Path, name: str = "tiny_sft", n: int = 8, seed: int = 0) -> str:
+    """Register `n` tiny multi-turn SFT records as `<dataset_dir>/<name>.json` (formatting: sharegpt)."""
+    dataset_dir.mkdir(parents=True, exist_ok=True)
+    (dataset_dir / f"{name}.json").write_text(json.dumps(tiny_sft_records(n, seed), indent=1))
+    info = dataset_dir / "dataset_info.json"
+    registry = json.loads(info.read_text()) if info.is_file() else {}
+    registry[name] = {"file_name": f"{name}.json", "formatting": "sharegpt", "columns": {"messages": "conversations"}}
+    info.write_text(json.dumps(registry, indent=2))
+    return name

@@ -103,8 +103,9 @@ def resolve_model(name_or_path: str | None = None, max_model_len: int | None = N
         name, entry = _entry_for_dir(reg, candidate)
     model_dir = resolve(entry.path)
     if not model_dir.is_dir():
+        hint = "make warm-start" if model_dir.name.endswith("-warmstart") else "make setup"
         raise ModelError(f"model directory of {name!r} not found: {model_dir}"
-                         + (" (run `make setup`)" if model_dir.parent == models_dir() else ""))
+                         + (f" (run `{hint}`)" if model_dir.parent == models_dir() else ""))
     if not (model_dir / "config.json").is_file():
         raise ModelError(f"{model_dir} is not a model directory: no config.json")
     native = model_context_limit(model_dir)

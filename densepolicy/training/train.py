@@ -1,4 +1,5 @@
-"""TreeDPO training: run LLaMA-Factory DPO on a registered pairwise dataset and produce a servable model.
+"""TreeDPO training: run LLaMA-Factory DPO on a registered pairwise dataset (or SFT on a multi-turn dataset,
+the warm start: configs with `stage: sft`) and produce a servable model.
 
 One call does the whole stage (``TreeDPO/train.py`` is the command-line face of `train`):
 
@@ -6,7 +7,7 @@ One call does the whole stage (``TreeDPO/train.py`` is the command-line face of 
    key is checked against LLaMA-Factory's own argument dataclasses, so a typo fails before training);
 2. check the dataset name against ``<dataset_dir>/dataset_info.json`` and the model directory;
 3. check that LLaMA-Factory's chat template and the model's own template (what vLLM renders at serving
-   time) give the same token ids on a record of the dataset;
+   time) give the same token ids on a record of the dataset (every assistant turn of it);
 4. write the effective YAML into the output directory and run ``llamafactory-cli train`` from the main
    venv, streaming its output to ``train.log`` and showing a progress bar;
 5. for LoRA, merge the adapter with ``llamafactory-cli export``;
@@ -18,7 +19,7 @@ Output directory layout (default ``TreeDPO/saves/<model>/<full|lora>/<dataset>``
     chat_template.jinja                       the servable model (LoRA: the merged model)
     train_config.yaml  train.log              effective LLaMA-Factory YAML and its full output
     trainer_state.json  trainer_log.jsonl     LLaMA-Factory's logs (LoRA: under adapter/)
-    dpo_loss.png  dpo_rewards.png             curves drawn from trainer_state.json
+    dpo_loss.png  dpo_rewards.png             curves drawn from trainer_state.json (SFT: sft_loss.png)
     densepolicy_train.json                    what produced this model (config, dataset, base, timings)
     adapter/  export_config.yaml              LoRA only: the adapter and the merge YAML
 """
@@ -40,6 +41,7 @@ import yaml
 
 from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
+from densepolicy.provenance import record_trained_model
 from densepolicy.training.launch import check_launchable, distributed_env, venv_path
 from densepolicy.training.lf_args import (
     coerce_args,
@@ -48,7 +50,6 @@ from densepolicy.training.lf_args import (
     parse_lf_overrides,
     translate_warmup,
 )
-from densepolicy.provenance import record_trained_model
 
 log = logging.getLogger(__name__)
 
@@ -261,12 +262,16 @@ def _dataset_records(dataset: str, dataset_dir: str | os.PathLike, limit: int = 
 
 
 def sharegpt_messages(record: dict[str, Any], entry: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
-    """(chat messages of the prompt + chosen answer as role/content, system text) of one ShareGPT record."""
+    """(chat messages as role/content, system text) of one ShareGPT record: for a pairwise record the prompt
+    + chosen answer; for a (multi-turn) SFT record the whole conversation, ending with an assistant turn."""
     columns = {"messages": "conversations", "chosen": "chosen", "system": "system", **entry.get("columns", {})}
     tags = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-            "system_tag": "system", **entry.get("tags", {})}
-    role_of = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system"}
-    raw = list(record[columns["messages"]]) + [record[columns["chosen"]]]
+            "observation_tag": "observation", "system_tag": "system", **entry.get("tags", {})}
+    role_of = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system",
+               tags["observation_tag"]: "observation"}  # the check then shows how LLaMA-Factory renders it
+    raw = list(record[columns["messages"]])
+    if entry.get("ranking") or columns["chosen"] in record:
+        raw.append(record[columns["chosen"]])
     messages = [{"role": role_of[m[tags["role_tag"]]], "content": m[tags["content_tag"]]} for m in raw]
     system = record.get(columns["system"]) or ""
     if messages and messages[0]["role"] == "system":
@@ -329,10 +334,18 @@ class TemplatePair:
             serving_full_ids=self.tokenizer.encode(serving_full, add_special_tokens=False),
         )
 
+    def compare_turns(self, messages: list[dict[str, str]], system: str = "") -> list[TemplateComparison]:
+        """`compare` at every assistant turn of a multi-turn conversation: each turn LLaMA-Factory trains on
+        must be preceded by exactly the prompt vLLM renders for the history before it (the agent's request at
+        that step)."""
+        return [self.compare(messages[:i + 1], system)
+                for i, message in enumerate(messages) if message["role"] == "assistant"]
+
 
 def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
     """Fail if LLaMA-Factory's template renders the dataset's first records differently from the model's
-    own chat template (the one vLLM uses), e.g. because of a different default system prompt."""
+    own chat template (the one vLLM uses), e.g. because of a different default system prompt. Every
+    assistant turn is checked (pairwise: the prompt's turns and the chosen answer; SFT: each trained turn)."""
     dataset = str(args["dataset"]).split(",")[0].strip()
     entry = registered_datasets(args["dataset_dir"])[dataset]
     if entry.get("formatting") != "sharegpt":
@@ -342,7 +355,7 @@ def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
     pair = TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
     for record in _dataset_records(dataset, args["dataset_dir"], records):
         messages, system = sharegpt_messages(record, entry)
-        if not pair.compare(messages, system).agree:
+        if not all(turn.agree for turn in pair.compare_turns(messages, system)):
             raise ConfigError(
                 f"chat template mismatch: LLaMA-Factory template {args['template']!r} "
                 f"(default_system={args.get('default_system')!r}) and the chat template of "
@@ -476,7 +489,8 @@ def train(
     progress: bool = True,
     resume: bool = False,
 ) -> TrainResult:
-    """Train (and for LoRA merge) a DPO model; see the module docstring for the output layout.
+    """Train (and for LoRA merge) a DPO or SFT model (the config's `stage`); see the module docstring for
+    the output layout.
 
     Refuses to write into a non-empty `output_dir` unless `resume` (LLaMA-Factory then continues from
     the last checkpoint-*/ in it).
@@ -501,7 +515,8 @@ def train(
     _write_yaml(train_yaml, args)
     log_path = out / "train.log"
 
-    bar = _StepProgress(train_out / "trainer_log.jsonl", desc=f"DPO {Path(args['model_name_or_path']).name}") \
+    bar = _StepProgress(train_out / "trainer_log.jsonl",
+                        desc=f"{str(args.get('stage', 'dpo')).upper()} {Path(args['model_name_or_path']).name}") \
         if progress else None
     try:
         if launch_env:
@@ -519,7 +534,7 @@ def train(
         export_seconds = run_logged([str(llamafactory_cli()), "export", str(export_yaml)], log_path)
 
     check_servable(out)
-    plots = plot_training_curves(train_out / "trainer_state.json", out)
+    plots = plot_training_curves(train_out / "trainer_state.json", out, stage=str(args.get("stage", "dpo")))
     metrics_path = train_out / "all_results.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     (out / "densepolicy_train.json").write_text(json.dumps({
@@ -607,8 +622,10 @@ def metric_series(history: list[dict[str, Any]], key: str) -> tuple[list[int], l
     return [s for s, _ in points], [v for _, v in points]
 
 
-def plot_training_curves(trainer_state: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """Draw dpo_loss.png (train + eval loss) and dpo_rewards.png (rewards/margins, rewards/accuracies).
+def plot_training_curves(trainer_state: str | os.PathLike, out_dir: str | os.PathLike,
+                         stage: str = "dpo") -> list[Path]:
+    """Draw <stage>_loss.png (train + eval loss); for DPO also dpo_rewards.png (rewards/margins,
+    rewards/accuracies). SFT has no rewards: sft_loss.png only.
 
     Returns the written files.
     """
@@ -629,13 +646,15 @@ def plot_training_curves(trainer_state: str | os.PathLike, out_dir: str | os.Pat
         if steps:
             ax.plot(steps, values, style, markersize=3, label=key)
     ax.set_xlabel("step")
-    ax.set_ylabel("DPO loss")
-    ax.set_title("TreeDPO training loss")
+    ax.set_ylabel(f"{stage.upper()} loss")
+    ax.set_title("TreeDPO training loss" if stage == "dpo" else f"{stage.upper()} training loss")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "dpo_loss.png", dpi=100)
+    fig.savefig(out / f"{stage}_loss.png", dpi=100)
     plt.close(fig)
-    written.append(out / "dpo_loss.png")
+    written.append(out / f"{stage}_loss.png")
+    if stage != "dpo":
+        return written
 
     fig, (ax_margin, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for axis in (ax_margin, ax_acc):
