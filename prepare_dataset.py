@@ -27,6 +27,8 @@ def parse_args():
                         "same as dataset.model=...")
     parser.add_argument("--cutoff_len", type=int, help="token cutoff; same as dataset.cutoff_len=...")
     parser.add_argument("--output_dir", help="LLaMA-Factory data dir; same as dataset.output_dir=...")
+    parser.add_argument("--allow_empty", action="store_true",
+                        help="write and register the dataset even if it has no pairs (refused by default)")
     parser.add_argument("--mix", nargs="+", default=[], metavar="SOURCE:RATIO",
                         help="add ratio x (our pairs) records of a local pairwise dataset (JSON path or registered name)")
     return parser.parse_args()
@@ -62,7 +64,8 @@ def main() -> int:
         print(f"input: {pairs}")
     if not pairs.is_file():
         raise FileNotFoundError(f"pairs file {pairs} not found")
-    report = prepare_dataset(pairs, cfg.dataset, name=args.name, mix=parse_mix(args.mix), overwrite=args.overwrite)
+    report = prepare_dataset(pairs, cfg.dataset, name=args.name, mix=parse_mix(args.mix), overwrite=args.overwrite,
+                             allow_empty=args.allow_empty)
     print(report.text())
     return 0
 

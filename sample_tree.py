@@ -7,6 +7,11 @@ r"""Run one worker: METHOD (codeact_agent_tree | codeact_agent) on shard K of N 
 Outputs: <output_dir>/<dataset>.<split>.<K>.csv (one row per task) and, for the tree,
 <output_dir>/trees/<dataset>.<split>.<K>.jsonl (one line per node). Killed and restarted with the
 same command, it resumes without losing finished tasks or finished nodes.
+
+Exit codes: 0 done; 2 refused, nothing to retry (bad setting, missing data, a shard made with other
+settings or damaged, a request the server rejects: wrong model name, bad request, malformed replies);
+3 the server did not answer within retry_window_s (rerun the same command to resume); 4 another
+process is writing this shard (its pid and host are named).
 """
 from __future__ import annotations
 
@@ -37,14 +42,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
-    from densepolicy.sampling.worker import ServerDownError, run_worker
+    from densepolicy.file_lock import LockHeldError, LockLostError
+    from densepolicy.postprocess.results_io import CorruptFileError
+    from densepolicy.sampling.worker import ServerDownError, ServerRejectedError, run_worker
     try:
         cfg = resolve_sampler_config(args.method, args.dataset, args.overrides)
         output_dir = args.output_dir or default_output_dir(cfg, args.model)
         summary = run_worker(cfg, args.model, args.server_url, args.shard, args.num_shards, output_dir)
-    except ConfigError as exc:
+    except (ConfigError, CorruptFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except ServerRejectedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (LockHeldError, LockLostError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 4
     except ServerDownError as exc:
         print(f"error: the LLM server at {args.server_url} is not answering: {exc}\n"
               f"Finished tasks and nodes are saved; rerun the same command to resume.", file=sys.stderr)

@@ -33,10 +33,16 @@ def load_postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """Run `main`, turning expected errors into one line on stderr and exit status 2."""
+    """Run `main`, turning expected errors into one line on stderr: exit status 2 for bad input
+    (settings, corrupt or missing files), 4 when another process holds an output's lock."""
+    from densepolicy.file_lock import LockHeldError
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = main()
+    except LockHeldError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(4)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -9,6 +9,9 @@ prompt + rejected, rendered with the model's own chat template, is longer than `
 dropped and counted. The JSON goes to `<output_dir>/<name>.json` (never overwritten without
 `overwrite`) and `<output_dir>/dataset_info.json` gets the entry `name` (other entries kept; atomic).
 Other local pairwise datasets can be mixed in by ratio (relative to the number of our pairs).
+A dataset without pairs (an empty, header-only or all-unselected pairs file, or every pair longer than
+the cutoff) is refused before anything is written, unless `allow_empty`: it would only fail later,
+in training.
 """
 from __future__ import annotations
 
@@ -215,7 +218,7 @@ def default_name(pairs_path: Path) -> str:
 
 def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str | None = None,
                     mix: Sequence[tuple[str, float]] = (), overwrite: bool = False,
-                    tokenizer=None, show_progress: bool = True) -> DatasetReport:
+                    tokenizer=None, show_progress: bool = True, allow_empty: bool = False) -> DatasetReport:
     """Convert a pairs CSV into a registered LLaMA-Factory dataset; see the module docstring."""
     pairs_path = Path(pairs_path)
     name = name or default_name(pairs_path)
@@ -231,7 +234,11 @@ def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str
             records.append(pair_to_sharegpt(row["prompt"], row["chosen"], row["rejected"]))
         except DatasetError as exc:
             raise DatasetError(f"{pairs_path}:{line}: {exc}") from None
-    tokenizer = tokenizer or load_tokenizer(cfg.model)
+    if not records and not allow_empty:
+        raise DatasetError(f"{pairs_path}: no selected pairs ({report.rows} rows, {report.unselected} not "
+                           f"selected): nothing to train on; pass --allow_empty to write an empty dataset anyway")
+    if records:
+        tokenizer = tokenizer or load_tokenizer(cfg.model)
     kept = []
     for record, (n_chosen, n_rejected) in zip(records, pair_token_lengths(tokenizer, records,
                                                                           show_progress=show_progress)):
@@ -243,6 +250,10 @@ def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str
             kept.append(record)
             report.max_tokens_kept = max(report.max_tokens_kept, longest)
     report.written_pairs = len(kept)
+    if records and not kept and not allow_empty:
+        raise DatasetError(f"{pairs_path}: all {len(records)} selected pairs are longer than cutoff_len="
+                           f"{cfg.cutoff_len} tokens: nothing to train on; raise dataset.cutoff_len, or pass "
+                           f"--allow_empty")
     others = [(spec, read_pairwise_json(resolve_mix_source(spec, output_dir)), ratio) for spec, ratio in mix]
     combined, report.mixed = mix_records(kept, others, cfg.seed)
     write_json_atomic(report.output, combined, indent=1)

@@ -15,6 +15,12 @@ For the template `<prefix>{}<suffix>.csv` the shards are `<data_dir>/<prefix><K>
    the kept rows (from the same shard as the kept row);
 4. reports missing shard ids, unfinished tasks (resume journals left in `state/`) and duplicates.
 
+It holds the lock of the merged file and of every new shard while it runs (densepolicy.file_lock):
+a shard still being written by a worker, or a second merge, is refused with `LockHeldError` naming
+the holder's pid and host. A 0-byte shard is refused like a corrupt one. Each shard's settings record
+(`<shard>.settings.json`, written by the worker) moves with it, and shards made with different
+settings are refused (`MergeError` naming the key), so no sequence of runs can mix them.
+
 Both passes stream the files; memory holds one small record per task.
 """
 from __future__ import annotations
@@ -31,7 +37,9 @@ from typing import Iterable
 
 from tqdm import tqdm
 
+from densepolicy.file_lock import OutputLock, lock_path
 from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header
+from densepolicy.sampling.shard_identity import read_settings, settings_diffs, settings_path
 from densepolicy.provenance import merged_columns
 
 logger = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ class Shard:
     tree: Path | None
     shard_id: int
     copy: int  # 0 for the first archived copy of shard K, n for `<K>~<n>`
+    settings: Path | None = None  # the worker's `<shard>.settings.json`, if any
 
     @property
     def order(self) -> tuple[int, int]:
@@ -141,8 +150,10 @@ def find_shards(data_dir: Path, template: str) -> tuple[list[Shard], list[Shard]
             if not match or not entry.is_file() or (match.group(2) and not allow_copy):
                 continue
             tree = directory / TREES_DIR / tree_name(entry.name)
+            settings = settings_path(Path(entry.path))
             shards.append(Shard(Path(entry.path), tree if tree.is_file() else None,
-                                int(match.group(1)), int(match.group(2) or 0)))
+                                int(match.group(1)), int(match.group(2) or 0),
+                                settings if settings.is_file() else None))
         return sorted(shards, key=lambda s: s.order)
 
     return scan(data_dir, allow_copy=False), scan(data_dir / ARCHIVE_DIR, allow_copy=True)
@@ -166,7 +177,7 @@ def _archive_target(archive: Path, template: str, shard: Shard) -> tuple[Path, P
         name = template.format(shard.shard_id if copy == 0 else f"{shard.shard_id}~{copy}")
         csv_target = archive / name
         tree_target = archive / TREES_DIR / tree_name(name)
-        if not csv_target.exists() and not tree_target.exists():
+        if not csv_target.exists() and not tree_target.exists() and not settings_path(csv_target).exists():
             return csv_target, (tree_target if shard.tree else None), copy
     raise MergeError(f"too many archived copies of {shard.csv.name} in {archive}")
 
@@ -186,6 +197,27 @@ def _recover_interrupted_moves(data_dir: Path, template: str, archived: list[Sha
             shutil.move(str(left_behind), target)
             shard.tree = target
             logger.warning("moved %s left behind by an interrupted merge to %s", left_behind, target)
+        settings_left = settings_path(data_dir / name)
+        if shard.settings is None and settings_left.is_file() and not (data_dir / name).exists():
+            shard.settings = settings_path(shard.csv)
+            shutil.move(str(settings_left), shard.settings)
+            logger.warning("moved %s left behind by an interrupted merge to %s", settings_left, shard.settings)
+
+
+def _check_same_settings(shards: Iterable[Shard]) -> None:
+    """Refuse shards whose workers' settings records differ (a `MergeError` naming the keys and files)."""
+    first: tuple[Path, dict] | None = None
+    for shard in shards:
+        if shard.settings is None:
+            continue
+        settings = read_settings(shard.settings)
+        if first is None:
+            first = (shard.csv, settings)
+            continue
+        diffs = settings_diffs(first[1], settings)
+        if diffs:
+            raise MergeError(f"{first[0]} and {shard.csv} were made with different settings ({'; '.join(diffs)}); "
+                             f"nothing was moved: merge them in separate directories")
 
 
 def _validate(shards: Iterable[Shard]) -> None:
@@ -223,10 +255,27 @@ def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: in
     if not new and not archived:
         raise MergeError(f"no shard files match {template!r} in {data_dir} or {data_dir / ARCHIVE_DIR}")
     out_csv, out_tree = merged_paths(data_dir, template)
+    locks = [OutputLock(lock_path(out_csv), "merge")]
+    locks += [OutputLock(lock_path(shard.csv), "merge") for shard in new]
+    try:
+        for lock in locks:  # a worker still writing a shard (or another merge) refuses the merge
+            lock.acquire()
+        return _merge_shards(data_dir, template, num_shards, expected_tasks, show_progress, new, archived,
+                             out_csv, out_tree)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expected_tasks: Iterable[str] | None,
+                  show_progress: bool, new: list[Shard], archived: list[Shard], out_csv: Path,
+                  out_tree: Path) -> MergeReport:
+    """The merge proper, with the locks of the merged file and of the new shards held."""
     report = MergeReport(output_csv=out_csv, output_tree=None)
 
     _recover_interrupted_moves(data_dir, template, archived)
     _validate(tqdm(new + archived, desc="checking shards", unit="file", disable=not show_progress))
+    _check_same_settings(new + archived)
 
     archive = data_dir / ARCHIVE_DIR
     for shard in new:  # move CSV first: a crash leaves the tree dump behind, never an orphan CSV row
@@ -238,7 +287,12 @@ def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: in
             tree_target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(shard.tree), tree_target)
             report.moved.append((shard.tree, tree_target))
-        archived.append(Shard(csv_target, tree_target, shard.shard_id, copy))
+        settings_target = None
+        if shard.settings is not None:
+            settings_target = settings_path(csv_target)
+            shutil.move(str(shard.settings), settings_target)
+            report.moved.append((shard.settings, settings_target))
+        archived.append(Shard(csv_target, tree_target, shard.shard_id, copy, settings_target))
     shards = sorted(archived, key=lambda s: s.order)
     report.shards = shards
 

@@ -1,7 +1,8 @@
 """Streaming readers and atomic writers for the result files of docs/formats.md.
 
 Readers never load a whole file: they yield one record at a time and raise `CorruptFileError`
-naming the file and line when a record is truncated or malformed. Writers go through a temp file
+naming the file and line when a record is truncated or malformed, a byte is not UTF-8, or a CSV
+file is empty (0 bytes: every writer writes a header first, so something went wrong). Writers go through a temp file
 in the target directory + fsync + rename, so a reader never sees half a file.
 """
 from __future__ import annotations
@@ -41,6 +42,19 @@ def ensure_new(path: str | os.PathLike, overwrite: bool = False) -> Path:
     return path
 
 
+def undecodable(path: str | os.PathLike, exc: UnicodeDecodeError | None = None) -> CorruptFileError:
+    """A `CorruptFileError` naming the first line of `path` that is not UTF-8 (and the bad byte)."""
+    path = Path(path)
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as bad:
+                return CorruptFileError(path, number, f"not UTF-8 text (byte 0x{raw[bad.start]:02x} at column "
+                                                      f"{bad.start + 1})")
+    return CorruptFileError(path, 1, f"not UTF-8 text ({exc.reason if exc else 'undecodable'})")
+
+
 def _ends_with_newline(path: Path) -> bool:
     with path.open("rb") as fh:
         fh.seek(0, os.SEEK_END)
@@ -57,6 +71,13 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     mid-line), raises `CorruptFileError`.
     """
     path = Path(path)
+    try:
+        yield from _iter_jsonl(path)
+    except UnicodeDecodeError as exc:
+        raise undecodable(path, exc) from None
+
+
+def _iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     truncated_tail = not _ends_with_newline(path)
     with path.open("r", encoding="utf-8") as fh:
         line_no = 0
@@ -76,8 +97,11 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def read_csv_header(path: str | os.PathLike) -> list[str]:
     """The column names of a CSV file ([] for an empty file)."""
-    with Path(path).open("r", encoding="utf-8", newline="") as fh:
-        return next(csv.reader(fh, strict=True), [])
+    try:
+        with Path(path).open("r", encoding="utf-8", newline="") as fh:
+            return next(csv.reader(fh, strict=True), [])
+    except UnicodeDecodeError as exc:
+        raise undecodable(path, exc) from None
 
 
 def iter_csv(path: str | os.PathLike, json_columns: Iterable[str] = JSON_COLUMNS,
@@ -87,13 +111,19 @@ def iter_csv(path: str | os.PathLike, json_columns: Iterable[str] = JSON_COLUMNS
     Rows with the wrong number of cells, unterminated quotes, a missing final newline or (for
     `json_columns`) a cell that is not valid JSON raise `CorruptFileError`. Cells stay strings
     unless `parse_json` is true, in which case the JSON columns are decoded. A zero-byte file
-    yields nothing (a shard whose worker never finished a task).
+    (not even a header) and bytes that are not UTF-8 raise `CorruptFileError` too.
     """
     path = Path(path)
     if path.stat().st_size == 0:
-        return
+        raise CorruptFileError(path, 1, "empty file (0 bytes, not even a header line)")
+    try:
+        yield from _iter_csv(path, set(json_columns), parse_json)
+    except UnicodeDecodeError as exc:
+        raise undecodable(path, exc) from None
+
+
+def _iter_csv(path: Path, json_columns: set[str], parse_json: bool) -> Iterator[tuple[int, dict[str, str]]]:
     truncated_tail = not _ends_with_newline(path)
-    json_columns = set(json_columns)
     with path.open("r", encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh, strict=True)
         try:

@@ -8,6 +8,7 @@ keys, then its `<method>:` section) -> `key=value` overrides on the command line
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,29 +94,54 @@ class SamplerConfig:
     env_threads: int = help_field(16, help="Threads running blocking env calls (act/fork/close).")
     max_concurrency: int = help_field(64, help="LLM requests in flight per worker.")
     request_timeout_s: float = help_field(
-        600.0, help="Per-attempt timeout of one LLM request (a CPU server can need minutes for 512 tokens).")
-    max_retries: int = help_field(6, help="Retries of a failed LLM request (backoff doubles) before the run stops.")
-    backoff_s: float = help_field(0.5, help="First retry delay of the LLM client.")
+        300.0, help="Per-attempt timeout of one LLM request (a CPU server can need minutes for 512 tokens; "
+                    "a hung server is retried, then reported, after this long).")
+    max_retries: Optional[int] = help_field(
+        None, help="Most retries of one failed LLM request (null = as many as retry_window_s allows).")
+    backoff_s: float = help_field(0.5, help="First retry delay of the LLM client (doubles per retry, at most 10 s).")
+    retry_window_s: float = help_field(
+        300.0, help="Connection errors, HTTP 5xx and timeouts are retried until this long after a request's "
+                    "first failure (longer than a server restart), then the worker stops with exit code 3.")
+    lock_stale_s: float = help_field(
+        300.0, help="A shard lock of a worker on another host is taken over after this long without heartbeat.")
     on_task_error: Literal["record", "raise"] = help_field(
         "record", help="A task that raises (not a server fault): record a row with status=error, or stop the run.")
     progress: bool = help_field(True, help="Show a tqdm progress bar.")
 
     def __post_init__(self) -> None:
+        for key, (low, high, low_open) in RANGES.items():
+            value = getattr(self, key)
+            for item in (value if isinstance(value, list) else [value]):
+                if item is None:
+                    continue
+                if isinstance(item, float) and not math.isfinite(item):
+                    raise ConfigError(f"key {key!r} must be a finite number, got {item!r}")
+                if (item <= low if low_open else item < low) or (high is not None and item > high):
+                    bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+                    raise ConfigError(f"key {key!r} must be {bounds}, got {item!r}")
         if self.method == "codeact_agent_tree":
             if self.max_steps is None or self.max_steps < 1:
                 raise ConfigError("key 'max_steps' must be a positive integer for codeact_agent_tree")
-            if self.base < 1:
-                raise ConfigError(f"key 'base' must be >= 1, got {self.base}")
         elif self.max_steps is None and self.max_turn is None:
             raise ConfigError("codeact_agent needs 'max_steps' or 'max_turn'")
-        for key in ("window_size", "task_concurrency", "max_live_episodes", "env_threads", "max_concurrency",
-                    "max_tokens"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"key {key!r} must be >= 1, got {getattr(self, key)}")
-        if self.in_context_number < 0:
-            raise ConfigError("key 'in_context_number' must be >= 0")
         if not self.temperature_cycle:
             raise ConfigError("key 'temperature_cycle' must not be empty")
+
+
+# (lowest, highest or None, lowest excluded) of every numeric setting (lists: of each item); seed is free.
+RANGES: dict[str, tuple[float, float | None, bool]] = {
+    "max_tasks": (1, None, False), "in_context_number": (0, None, False), "max_steps": (1, None, False),
+    "max_turn": (1, None, False), "max_tokens": (1, None, False), "temperature": (0, None, False),
+    "top_p": (0, 1, True), "context_length": (1, None, False), "min_completion_tokens": (0, None, False),
+    "base": (1, None, False), "max_sample_number": (1, None, False), "window_size": (1, None, False),
+    "temperature_cycle": (0, None, False), "max_runs": (1, None, False), "max_empty_iterations": (1, None, False),
+    "proposal_factor": (1, None, False), "proposals_per_window": (1, None, False), "thre_value": (0, 1, False),
+    "thre_max": (1, None, False), "gap_weight": (0, None, False), "gap_power": (0, None, True),
+    "depth_weight": (0, None, False), "explore_weight": (0, None, False), "task_concurrency": (1, None, False),
+    "max_live_episodes": (1, None, False), "env_threads": (1, None, False), "max_concurrency": (1, None, False),
+    "request_timeout_s": (0, None, True), "max_retries": (0, None, False), "backoff_s": (0, None, False),
+    "retry_window_s": (0, None, False), "lock_stale_s": (0, None, True),
+}
 
 
 def task_config_path(dataset: str, config_dir: Path = CONFIG_DIR) -> Path:

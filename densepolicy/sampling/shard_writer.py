@@ -8,7 +8,10 @@
 Every write appends whole lines, then flushes and fsyncs, so a process killed at any moment loses at
 most the line being written. Finishing a task costs time proportional to that task's data only.
 On `open()`: a torn last line is cut off, tree-dump lines of unfinished tasks are dropped (they are
-rewritten when the task finishes) and journals of finished tasks are removed.
+rewritten when the task finishes) and journals of finished tasks are removed. A shard or tree dump
+that cannot be read (bytes that are not UTF-8, a malformed line) is a `CorruptFileError` naming the
+file and line; damaged lines of a resume journal are dropped (those nodes are generated again).
+With a `lock` (densepolicy.file_lock), every commit first checks that this process still holds it.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterable
+
+from densepolicy.postprocess.results_io import CorruptFileError, iter_jsonl, undecodable
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +93,29 @@ class TaskJournal:
         self._records: list[dict[str, Any]] = []
         if path.exists():
             _cut_torn_tail(path)
-            with path.open("r", encoding="utf-8") as fh:
-                for line in fh:
-                    if line.strip():
-                        self._records.append(json.loads(line))
+            self._load()
         self._handle = None
+
+    def _load(self) -> None:
+        """Read the journaled records; from the first damaged line on, the journal is cut off."""
+        offset = 0
+        with self.path.open("rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                try:
+                    record = json.loads(raw.decode("utf-8")) if raw.strip() else {}
+                    if not isinstance(record, dict):
+                        raise ValueError("not a JSON object")
+                except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+                    log.warning("%s:%d: damaged journal line (%s); dropping it and every line after it "
+                                "(those nodes are generated again)", self.path, number, exc)
+                    break
+                if record:
+                    self._records.append(record)
+                offset += len(raw)
+            else:
+                return
+        with self.path.open("rb+") as fh:
+            fh.truncate(offset)
 
     def records(self) -> list[dict[str, Any]]:
         """Nodes journaled by earlier (killed) runs of this task."""
@@ -117,8 +140,9 @@ class TaskJournal:
 class ShardWriter:
     """The files of shard `stem` under `out_dir` (see docs/formats.md)."""
 
-    def __init__(self, out_dir: str | os.PathLike, stem: str, tree: bool) -> None:
+    def __init__(self, out_dir: str | os.PathLike, stem: str, tree: bool, lock: Any = None) -> None:
         self.out_dir = Path(out_dir)
+        self.lock = lock
         self.stem = stem
         self.csv_path = self.out_dir / f"{stem}.csv"
         self.tree_path = self.out_dir / "trees" / f"{stem}.jsonl" if tree else None
@@ -132,13 +156,7 @@ class ShardWriter:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         _cut_torn_tail(self.csv_path)
         if self.csv_path.exists() and self.csv_path.stat().st_size > 0:
-            with self.csv_path.open("r", encoding="utf-8", newline="") as fh:
-                reader = csv.reader(fh)
-                header = next(reader)
-                if header != CSV_COLUMNS:
-                    raise ValueError(f"{self.csv_path}: unexpected header {header[:5]}...; not a shard file "
-                                     f"of this version (choose another output_dir)")
-                self.done = {cells[0] for cells in reader if cells}
+            self.done = self._finished_tasks()
         self._csv = self.csv_path.open("a", encoding="utf-8", newline="")
         if self._csv.tell() == 0:
             _fsync_append(self._csv, ",".join(CSV_COLUMNS) + "\n")
@@ -153,17 +171,32 @@ class ShardWriter:
                     path.unlink()
         return set(self.done)
 
+    def _finished_tasks(self) -> set[str]:
+        """Task ids of the shard's rows; a shard that cannot be read is a `CorruptFileError` (file:line)."""
+        reader = None
+        try:
+            with self.csv_path.open("r", encoding="utf-8", newline="") as fh:
+                reader = csv.reader(fh, strict=True)
+                header = next(reader)
+                if header != CSV_COLUMNS:
+                    raise CorruptFileError(self.csv_path, 1, f"unexpected header {header[:5]}...; not a shard "
+                                                             f"file of this version (choose another --output_dir)")
+                return {cells[0] for cells in reader if cells}
+        except UnicodeDecodeError as exc:
+            raise undecodable(self.csv_path, exc) from None
+        except csv.Error as exc:
+            raise CorruptFileError(self.csv_path, reader.line_num if reader else 1, f"malformed CSV ({exc})") from None
+
     def _drop_unfinished_tree_lines(self) -> None:
         assert self.tree_path is not None
         _cut_torn_tail(self.tree_path)
         if not self.tree_path.exists():
             return
         stale = False
-        with self.tree_path.open("r", encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip() and json.loads(line)["task_id"] not in self.done:
-                    stale = True
-                    break
+        for number, record in iter_jsonl(self.tree_path):  # also validates: names file:line of a bad line
+            if "task_id" not in record:
+                raise CorruptFileError(self.tree_path, number, "tree node without a task_id")
+            stale = stale or record["task_id"] not in self.done
         if not stale:
             return
         tmp = self.tree_path.with_suffix(".jsonl.tmp")
@@ -195,6 +228,8 @@ class ShardWriter:
 
     def finish_task(self, row: dict[str, Any], tree_records: Iterable[dict[str, Any]] = ()) -> None:
         """Append the task's tree dump, then its CSV row (the commit point), then drop its journal."""
+        if self.lock is not None:
+            self.lock.check()  # never write next to a process that took the shard over
         if self._tree is not None:
             text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in tree_records)
             if text:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from densepolicy.config import ConfigError, to_dict
 from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
+from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard
 from densepolicy.sampling.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,11 @@ log = logging.getLogger(__name__)
 
 class ServerDownError(RuntimeError):
     """The LLM server kept failing after all retries; finished work is saved and the run can resume."""
+
+
+class ServerRejectedError(RuntimeError):
+    """The LLM server refused a request in a way a rerun cannot fix (unknown model, bad request,
+    replies that stay malformed); the message is the server's."""
 
 
 def shard_slice(items: Sequence[str], shard: int, num_shards: int) -> list[str]:
@@ -37,8 +43,13 @@ def shard_slice(items: Sequence[str], shard: int, num_shards: int) -> list[str]:
 
 
 def load_task_env(cfg: SamplerConfig) -> Any:
-    """The env of `cfg.env`: a registry name (envs.load_env) or 'module:Factory' (custom envs, tests)."""
+    """The env of `cfg.env`: a registry name (envs.load_env) or 'module:Factory' (custom envs, tests).
+    A missing data directory or data file is a `ConfigError` naming it."""
+    from densepolicy.paths import data_dir
+    from envs.base import EnvError
     kwargs = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
+    if cfg.data_dir and not data_dir(cfg.data_dir).is_dir():
+        raise ConfigError(f"key 'data_dir': {data_dir(cfg.data_dir)} is not a directory")
     if ":" in cfg.env:
         module, factory = cfg.env.split(":", 1)
         try:
@@ -46,7 +57,10 @@ def load_task_env(cfg: SamplerConfig) -> Any:
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"key 'env': cannot load custom env {cfg.env!r}: {exc}") from None
     from envs import load_env
-    return load_env(cfg.env, split=cfg.split, **kwargs)
+    try:
+        return load_env(cfg.env, split=cfg.split, **kwargs)
+    except EnvError as exc:
+        raise ConfigError(f"env {cfg.env!r} ({cfg.split}): {exc}") from None
 
 
 def select_tasks(env: Any, cfg: SamplerConfig) -> list[str]:
@@ -140,11 +154,12 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
     from agents.codeact_agent import run_agent_task
     from agents.codeact_agent_tree import EpisodePool, TreeTask
     from agents.runtime import TokenCounter, WorkerContext
-    from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError
+    from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, LLMRejectedError
 
     if client is None:
         client = LLMClient(server_url, model.served_name, max_concurrency=cfg.max_concurrency,
-                           timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s)
+                           timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+                           retry_window_s=cfg.retry_window_s)
     counter = TokenCounter.for_model_dir(model.path) if model.path else TokenCounter(None)
     stop = list(dict.fromkeys(model.stop + cfg.stop))
     ctx = WorkerContext(cfg=cfg, env=env, client=client, context_length=model.context_length, stop=stop,
@@ -167,6 +182,8 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
                 result, records = await run_agent_task(ctx, task_id), []
         except ContextLengthError as exc:  # only reachable if a prompt alone exceeds the context
             result, records = {"status": "context_overflow", "score": 0.0, "extra": {"error": str(exc)}}, []
+        except LLMRejectedError as exc:
+            raise ServerRejectedError(str(exc)) from None
         except LLMError as exc:
             raise ServerDownError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a broken task must not stop the shard (configurable)
@@ -200,42 +217,23 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
     return dict(getattr(client, "stats", {}) or {})
 
 
-# Settings that change how fast a shard runs but not what it produces: free to change on resume.
-RUNTIME_ONLY_KEYS = {"progress", "task_concurrency", "env_threads", "max_concurrency", "request_timeout_s",
-                     "max_retries", "backoff_s", "on_task_error", "max_live_episodes", "execution"}
-
-
-def check_resume_settings(path: Path, cfg: SamplerConfig, model: str) -> None:
-    """Record the settings of a shard; refuse to continue a shard made with different ones."""
-    current = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY_KEYS}
-    current["model"] = model
-    if path.exists():
-        previous = json.loads(path.read_text())
-        diffs = [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(previous) | set(current))
-                 if previous.get(k) != current.get(k)]
-        if diffs:
-            raise ConfigError(f"{path.parent.parent} holds results made with other settings ({'; '.join(diffs)}); "
-                              f"rerun with the same settings to resume, or choose another --output_dir")
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_shards: int,
                output_dir: str | Path, client: Any = None) -> dict[str, Any]:
     """Run shard `shard` of `num_shards`; returns a summary. Raises `ServerDownError` if the server
-    stays down (finished tasks and nodes are saved; rerun the same command to resume)."""
+    stays down (finished tasks and nodes are saved; rerun the same command to resume),
+    `ServerRejectedError` if it refuses requests, `LockHeldError` if another process writes the shard,
+    `ConfigError` / `CorruptFileError` for settings, data or shard files that are wrong."""
     info = model_info(model, cfg)
     env = load_task_env(cfg)
+    lock = None
     try:
         selected = select_tasks(env, cfg)
         ids = shard_slice(selected, shard, num_shards)
         stem = shard_file_stem(cfg, shard)
-        check_resume_settings(Path(output_dir) / "state" / f"{stem}.settings.json", cfg, info.name)
+        lock = lock_shard(output_dir, stem, cfg.lock_stale_s)  # held until the worker ends
+        check_shard_settings(output_dir, stem, cfg, info.name)
         record_sampling_shard(output_dir, cfg, env, selected, shard, num_shards, info)
-        writer = ShardWriter(output_dir, stem, tree=cfg.method == "codeact_agent_tree")
+        writer = ShardWriter(output_dir, stem, tree=cfg.method == "codeact_agent_tree", lock=lock)
         done = writer.open()
         todo = [t for t in ids if t not in done]
         if done:
@@ -253,3 +251,5 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
                 "wall_time_s": time.monotonic() - started, **stats}
     finally:
         env.close()
+        if lock is not None:
+            lock.release()

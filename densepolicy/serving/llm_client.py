@@ -9,8 +9,16 @@ exponential backoff, and accounts tokens from the server's ``usage`` field.
         res.texts, res.finish_reasons, res.prompt_tokens, res.completion_tokens
         client.stats  # calls, retries, tokens, mean/max requests in flight
 
-Retried: connection errors, dropped connections, timeouts, HTTP 429 and 5xx.
-Not retried: other HTTP 4xx; a prompt that does not fit the context raises `ContextLengthError`.
+Errors are classified by whether waiting can fix them:
+
+* retried until `retry_window_s` (default 300 s, longer than a vLLM restart) has passed since the
+  request's first failure, or `max_retries` retries were made: connection errors, dropped connections,
+  timeouts (`timeout_s` per attempt), HTTP 429 and 5xx; giving up raises `LLMUnavailableError`;
+* retried a few times (`MALFORMED_RETRIES`): an HTTP 200 whose body is not a chat completion (a proxy
+  page, a truncated body); if it stays malformed, `LLMRejectedError`;
+* not retried: a prompt that does not fit the context (`ContextLengthError`) and every other HTTP
+  4xx, e.g. 404 for a model name the server does not serve (`LLMRejectedError`, with the server's
+  message): rerunning cannot fix them.
 """
 from __future__ import annotations
 
@@ -20,13 +28,14 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import httpx
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_S = 30.0
+MAX_BACKOFF_S = 10.0  # a restarted server is picked up within this long
+MALFORMED_RETRIES = 2
 # vLLM phrasings for "prompt + max_tokens do not fit the model's context" (HTTP 400).
 _CONTEXT_LENGTH_RE = re.compile(
     r"maximum context length|maximum model length|max_model_len|context length|prompt is too long"
@@ -40,6 +49,15 @@ class LLMError(RuntimeError):
 
 class ContextLengthError(LLMError):
     """The server rejected the request because prompt + max_tokens exceed the model's context."""
+
+
+class LLMRejectedError(LLMError):
+    """The server refused the request in a way that retrying cannot fix (HTTP 4xx other than the
+    context length, e.g. 404 for an unknown model; or replies that stay malformed)."""
+
+
+class LLMUnavailableError(LLMError):
+    """The server did not answer (connection errors, 5xx, timeouts) within the retry window."""
 
 
 @dataclass
@@ -99,27 +117,38 @@ class LLMClient:
         base_url: the server's OpenAI base URL, e.g. ``http://127.0.0.1:8000/v1``.
         model: the served model name (vLLM's ``--served-model-name``).
         max_concurrency: most requests in flight at once (the server batches them).
-        timeout_s: per-attempt timeout of one HTTP request.
-        max_retries: retries after the first attempt before giving up with `LLMError`.
-        backoff_s: first retry delay; doubles per retry (capped at 30 s, with jitter).
+        timeout_s: per-attempt timeout of one HTTP request (connecting: at most 30 s of it).
+        max_retries: most retries of one request (None = as many as `retry_window_s` allows).
+        backoff_s: first retry delay; doubles per retry (capped at `MAX_BACKOFF_S`, with jitter).
+        retry_window_s: retryable failures are retried until this long after the request's first
+            failure, then `LLMUnavailableError`.
         api_key: sent as a bearer token when given (vLLM started with ``--api-key``).
+        clock, sleep: time source and sleep of the retry loop (tests pass a virtual clock).
 
     The client can be used from several successive event loops (e.g. repeated ``asyncio.run``):
     the HTTP connection pool and the semaphore are re-created when the running loop changes.
     """
 
-    def __init__(self, base_url: str, model: str, max_concurrency: int = 64, timeout_s: float = 120.0,
-                 max_retries: int = 6, backoff_s: float = 0.5, api_key: str | None = None) -> None:
+    def __init__(self, base_url: str, model: str, max_concurrency: int = 64, timeout_s: float = 300.0,
+                 max_retries: int | None = None, backoff_s: float = 0.5, api_key: str | None = None,
+                 retry_window_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
+        if max_retries is not None and max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+        if timeout_s <= 0 or backoff_s < 0 or retry_window_s < 0:
+            raise ValueError(f"need timeout_s > 0, backoff_s >= 0, retry_window_s >= 0; got {timeout_s}, "
+                             f"{backoff_s}, {retry_window_s}")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_concurrency = max_concurrency
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.backoff_s = backoff_s
+        self.retry_window_s = retry_window_s
+        self._clock = clock
+        self._sleep = sleep
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._http: httpx.AsyncClient | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -150,7 +179,8 @@ class LLMClient:
             self._loop = loop
             limits = httpx.Limits(max_connections=self.max_concurrency,
                                   max_keepalive_connections=self.max_concurrency)
-            self._http = httpx.AsyncClient(timeout=self.timeout_s, limits=limits, headers=self._headers)
+            timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0))
+            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers)
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._http, self._semaphore
 
@@ -166,7 +196,8 @@ class LLMClient:
     async def chat(self, messages: list[dict[str, str]], n: int = 1, temperature: float = 0.0,
                    stop: list[str] | str | None = None, max_tokens: int = 512, seed: int | None = None,
                    logprobs: bool = False, top_p: float = 1.0) -> ChatResult:
-        """One chat completion with `n` choices. Raises `LLMError` / `ContextLengthError` on failure.
+        """One chat completion with `n` choices. Raises `ContextLengthError`, `LLMRejectedError` or
+        `LLMUnavailableError` (all `LLMError`) on failure.
 
         `seed` makes sampling repeatable on vLLM (same seed + same request -> same texts).
         """
@@ -178,7 +209,7 @@ class LLMClient:
             body["seed"] = seed
         if logprobs:
             body["logprobs"] = True
-        data = await self._post_json("/chat/completions", body)
+        data = await self._post_json("/chat/completions", body, validate=_chat_problem)
         return self._parse_chat(data, n)
 
     async def metrics(self) -> dict[str, float]:
@@ -198,53 +229,73 @@ class LLMClient:
             raise LLMError(f"cannot read metrics from {url}: HTTP {response.status_code}")
         return parse_prometheus(response.text)
 
-    async def _post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post_json(self, path: str, body: dict[str, Any],
+                         validate: Callable[[Any], str | None] = lambda data: None) -> dict[str, Any]:
         url = self.base_url + path
-        last_error = "no attempt made"
-        attempts = self.max_retries + 1
-        for attempt in range(1, attempts + 1):
+        retries = malformed = 0
+        first_failure: float | None = None
+        while True:
             http, semaphore = self._bind_loop()
             async with semaphore:
                 self._meter.enter()
                 try:
                     response = await http.post(url, json=body)
                 except httpx.TimeoutException as exc:
-                    last_error = f"timeout after {self.timeout_s:g} s ({type(exc).__name__})"
+                    error, kind = f"timeout after {self.timeout_s:g} s ({type(exc).__name__})", "down"
                 except httpx.TransportError as exc:
-                    last_error = f"{type(exc).__name__}: {exc or 'connection failed'}"
+                    error, kind = f"{type(exc).__name__}: {exc or 'connection failed'}", "down"
                 else:
                     outcome = self._check_response(url, response)
                     if isinstance(outcome, dict):
-                        self._counts["calls"] += 1
-                        return outcome
-                    last_error = outcome
+                        problem = validate(outcome)
+                        if problem is None:
+                            self._counts["calls"] += 1
+                            return outcome
+                        error, kind = f"HTTP 200 with a malformed reply: {problem}", "malformed"
+                    else:
+                        error, kind = outcome
                 finally:
                     self._meter.leave()
-            if attempt < attempts:
-                self._counts["retries"] += 1
-                delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * self._rng.uniform(0.5, 1.0)
-                log.warning("LLM request to %s failed (%s); retry %d/%d in %.1f s",
-                            url, last_error, attempt, self.max_retries, delay)
-                await asyncio.sleep(delay)
-        self._counts["failures"] += 1
-        raise LLMError(f"LLM request to {url} failed after {attempts} attempts; last error: {last_error}")
+            now = self._clock()
+            first_failure = now if first_failure is None else first_failure
+            elapsed = now - first_failure
+            if kind == "malformed":
+                malformed += 1
+                if malformed > MALFORMED_RETRIES:
+                    self._counts["failures"] += 1
+                    raise LLMRejectedError(f"the server at {url} answered {malformed} times with a malformed reply "
+                                           f"({error}); is it an OpenAI-compatible server?")
+            elif elapsed >= self.retry_window_s or (self.max_retries is not None and retries >= self.max_retries):
+                self._counts["failures"] += 1
+                raise LLMUnavailableError(f"LLM request to {url} failed after {retries + 1} attempts over "
+                                          f"{elapsed:.1f} s; last error: {error}")
+            retries += 1
+            self._counts["retries"] += 1
+            delay = min(self.backoff_s * 2 ** min(retries - 1, 30), MAX_BACKOFF_S) * self._rng.uniform(0.5, 1.0)
+            if kind != "malformed":
+                delay = min(delay, max(self.retry_window_s - elapsed, 0.0))
+            log.warning("LLM request to %s failed (%s); retry %d in %.1f s", url, error, retries, delay)
+            await self._sleep(delay)
 
-    def _check_response(self, url: str, response: httpx.Response) -> dict[str, Any] | str:
-        """The parsed JSON on success; a description of a retryable failure; raises otherwise."""
+    def _check_response(self, url: str, response: httpx.Response) -> dict[str, Any] | tuple[str, str]:
+        """The parsed JSON on success; (description, "down" | "malformed") of a retryable failure; raises
+        `ContextLengthError` / `LLMRejectedError` for failures a retry cannot fix."""
         status = response.status_code
         if status == 200:
             try:
-                return response.json()
+                data = response.json()
             except ValueError:
-                return f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}"
+                return f"HTTP 200 with a body that is not JSON: {response.text[:200]!r}", "malformed"
+            if not isinstance(data, dict):
+                return f"HTTP 200 with JSON that is not an object: {response.text[:200]!r}", "malformed"
+            return data
         detail = _error_detail(response)
         if status == 429 or status >= 500:
-            return f"HTTP {status}: {detail}"
-        if status == 400 and _CONTEXT_LENGTH_RE.search(detail):
-            self._counts["failures"] += 1
-            raise ContextLengthError(f"LLM request to {url} does not fit the model's context: {detail}")
+            return f"HTTP {status}: {detail}", "down"
         self._counts["failures"] += 1
-        raise LLMError(f"LLM request to {url} was rejected with HTTP {status}: {detail}")
+        if status == 400 and _CONTEXT_LENGTH_RE.search(detail):
+            raise ContextLengthError(f"LLM request to {url} does not fit the model's context: {detail}")
+        raise LLMRejectedError(f"the server at {url} rejected the request with HTTP {status}: {detail}")
 
     def _parse_chat(self, data: dict[str, Any], n: int) -> ChatResult:
         try:
@@ -266,6 +317,17 @@ class LLMClient:
         if len(texts) != n:
             log.warning("asked for n=%d choices, server returned %d", n, len(texts))
         return ChatResult(texts, finish, prompt_tokens, completion_tokens, logprobs, stop_reasons)
+
+
+def _chat_problem(data: dict[str, Any]) -> str | None:
+    """What is wrong with a chat completion reply (None if it has a list of choices with messages)."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return f"no 'choices' list in {str(data)[:200]}"
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("message"), dict):
+            return f"a choice without a 'message': {str(choice)[:200]}"
+    return None
 
 
 def _error_detail(response: httpx.Response) -> str:

@@ -1,0 +1,270 @@
+"""One writer per output: a lock file next to a shard (or a merge target), safe on a shared file system.
+
+    with OutputLock(lock_path(shard_csv), "sample_tree.py worker") as lock:
+        ...
+        lock.check()          # before each commit: raises LockLostError if another process took it over
+
+Why a lock *file* and not `flock`: Slurm runs write one output directory from several nodes, usually
+over NFS, where `flock`/`fcntl` locks are either local to one client or depend on a lock daemon that
+is often missing or unreliable. Instead:
+
+* **Taking the lock** is the classic NFS-safe protocol: the holder record is written completely to a
+  unique temporary file, which is then hard-linked to the lock name. `link` is atomic on local file
+  systems and NFS and fails if the name exists, so exactly one process gets the lock and the lock
+  file is never seen half-written. (On NFS a lost reply can make `link` report an error although it
+  worked; the link count of the temporary file settles that.)
+* **The holder record** is JSON: host, pid, the kernel's boot id, the process start time (from
+  /proc), a random token, what holds it and since when.
+* **Is the holder alive?** On our own host this is decided exactly: the holder is dead if the host
+  rebooted (other boot id), its pid does not exist, or the pid now belongs to a process that started
+  at another time (pid reuse). A pid of another host cannot be checked, so the holder touches the lock
+  file's mtime every `stale_after_s / 10` seconds (a heartbeat thread); a lock whose mtime is older than
+  `stale_after_s` (default 300 s, which also absorbs clock skew between nodes) is stale. A live
+  holder on our own host is never taken over, however old its mtime.
+* **Taking over a stale lock** renames it to a unique name (only one of several racing processes can
+  rename a given file), then checks that the renamed file is the very record it judged stale (same
+  token); if another process had replaced it in between, that fresh lock is put back with `link`
+  (atomic, never overwrites) and the takeover is abandoned. Only then is the lock taken normally.
+* **A holder that lost its lock** (its heartbeat stalled past `stale_after_s`, e.g. a frozen node,
+  and another process took over) finds out in `check()`, which the writer calls before every commit,
+  and stops instead of writing next to the new holder.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STALE_AFTER_S = 300.0
+
+
+class LockHeldError(RuntimeError):
+    """Another live process holds the lock; the one-line message names its pid and host."""
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder or {}
+
+
+class LockLostError(RuntimeError):
+    """The lock we held was taken over by another process (our heartbeat was stale)."""
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    try:
+        return int(stat.rsplit(")", 1)[1].split()[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _pid_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output file (or directory): `<path>.lock` next to it."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
+
+
+def read_holder(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The holder record of a lock file; None if there is no lock file or it is unreadable."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def describe_holder(holder: dict[str, Any] | None) -> str:
+    """'pid 123 on host node-1 (sample_tree.py worker, since 2026-01-01T10:00:00)'."""
+    if not holder:
+        return "an unknown process (unreadable lock file)"
+    what = ", ".join(str(x) for x in (holder.get("purpose"), holder.get("created") and f"since {holder['created']}")
+                     if x)
+    return f"pid {holder.get('pid')} on host {holder.get('host')}" + (f" ({what})" if what else "")
+
+
+class OutputLock:
+    """An exclusive lock file held for the life of one writer (see the module docstring).
+
+    Args:
+        path: the lock file (conventionally `<output>.lock` next to the output it protects).
+        purpose: what holds it, shown to whoever is refused ("sample_tree.py worker", "merge").
+        stale_after_s: a lock of another host whose heartbeat is older than this is taken over.
+    """
+
+    def __init__(self, path: str | os.PathLike, purpose: str,
+                 stale_after_s: float = DEFAULT_STALE_AFTER_S) -> None:
+        if stale_after_s <= 0:
+            raise ValueError(f"stale_after_s must be > 0, got {stale_after_s}")
+        self.path = Path(path)
+        self.purpose = purpose
+        self.stale_after_s = stale_after_s
+        self.token = uuid.uuid4().hex
+        self.host = socket.gethostname()
+        self._held = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- public -----------------------------------------------------------------------------------
+    def acquire(self) -> "OutputLock":
+        """Take the lock, taking over a stale one; raises `LockHeldError` if a live process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            if self._try_create():
+                self._held = True
+                self._start_heartbeat()
+                return self
+            holder = read_holder(self.path)
+            if holder is None and not self.path.exists():
+                continue  # released between our attempt and the read
+            reason = self._stale_reason(holder)
+            if reason is None:
+                raise LockHeldError(
+                    f"{self._target()} is in use by {describe_holder(holder)}; wait for it to finish or stop "
+                    f"it (lock file {self.path})", holder)
+            if self._break(holder):
+                log.warning("took over the lock %s of %s: %s", self.path, describe_holder(holder), reason)
+        raise LockHeldError(f"{self._target()}: could not take the lock {self.path} (others keep taking it)")
+
+    def check(self) -> None:
+        """Raise `LockLostError` unless the lock file still holds our record."""
+        holder = read_holder(self.path)
+        if not self._held or not holder or holder.get("token") != self.token:
+            raise LockLostError(f"lost the lock on {self._target()}: {self.path} now names "
+                                f"{describe_holder(holder) if holder else 'nobody'}; stopping so that two "
+                                f"processes never write it at once")
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock file if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        if self._held:
+            holder = read_holder(self.path)
+            if holder and holder.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+            self._held = False
+
+    def __enter__(self) -> "OutputLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _target(self) -> str:
+        name = self.path.name
+        return str(self.path.with_name(name[: -len(".lock")])) if name.endswith(".lock") else str(self.path)
+
+    def _record(self) -> dict[str, Any]:
+        pid = os.getpid()
+        return {"host": self.host, "pid": pid, "boot_id": _boot_id(), "start_time": _start_time(pid),
+                "token": self.token, "purpose": self.purpose, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def _try_create(self) -> bool:
+        """Write our record to a unique temp file and hard-link it to the lock name (atomic, no overwrite)."""
+        tmp = self.path.with_name(f".{self.path.name}.{self.host}.{os.getpid()}.{self.token}.tmp")
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self._record(), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            return os.stat(tmp).st_nlink == 2  # NFS: the link may have worked although the reply was lost
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _stale_reason(self, holder: dict[str, Any] | None) -> str | None:
+        """Why the lock's holder is gone, or None if it may be alive."""
+        if holder is None:  # unreadable (not written by this module): only its age can tell
+            return self._heartbeat_age_reason()
+        if holder.get("host") == self.host:
+            boot = _boot_id()
+            if holder.get("boot_id") and boot and holder["boot_id"] != boot:
+                return "this host rebooted since"
+            pid = holder.get("pid")
+            if not isinstance(pid, int) or not _pid_exists(pid):
+                return f"process {pid} is gone"
+            started = holder.get("start_time")
+            if started is not None and _start_time(pid) not in (None, started):
+                return f"pid {pid} now belongs to another process"
+            return None
+        return self._heartbeat_age_reason()
+
+    def _heartbeat_age_reason(self) -> str | None:
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return "it was released"
+        if age > self.stale_after_s:
+            return f"no heartbeat for {age:.0f} s (> {self.stale_after_s:g} s)"
+        return None
+
+    def _break(self, judged: dict[str, Any] | None) -> bool:
+        """Remove the stale lock `judged`; False if it changed under us (then nothing is removed)."""
+        grave = self.path.with_name(f".{self.path.name}.stale.{self.host}.{os.getpid()}.{self.token}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return False  # another process broke or released it first
+        taken = read_holder(grave)
+        same = (taken is None and judged is None) or (
+            taken is not None and judged is not None and taken.get("token") == judged.get("token"))
+        if not same:  # a fresh lock replaced the stale one between our read and the rename: put it back
+            try:
+                os.link(grave, self.path)
+            except FileExistsError:
+                log.warning("lock %s changed while taking it over; %s was moved to %s", self.path,
+                            describe_holder(taken), grave)
+                return False
+            grave.unlink(missing_ok=True)
+            return False
+        grave.unlink(missing_ok=True)
+        return True
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        interval = max(self.stale_after_s / 10, 0.05)
+
+        def beat() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    os.utime(self.path)
+                except OSError as exc:
+                    log.warning("cannot refresh the lock %s: %s", self.path, exc)
+
+        self._thread = threading.Thread(target=beat, name=f"lock-heartbeat {self.path.name}", daemon=True)
+        self._thread.start()
