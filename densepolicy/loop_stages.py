@@ -119,14 +119,21 @@ class LoopStages:
         """
         self.logs.mkdir(parents=True, exist_ok=True)
         outs = {name: self.root / kind / name for name in settings}
+        tmux_ids = [self.tmux_start_id + id_offset + 10 * i for i in range(len(settings))]
         with concurrent.futures.ThreadPoolExecutor(max(1, len(settings))) as pool:
             jobs = {}
-            for i, (name, sets) in enumerate(settings.items()):
-                tmux_id = self.tmux_start_id + id_offset + 10 * i
+            for tmux_id, (name, sets) in zip(tmux_ids, settings.items()):
                 args = self.launcher(model, name, method, tmux_id, outs[name], server_url, sets)
                 jobs[name] = pool.submit(self.run, args, f"{kind}_{name}")
-            for job in jobs.values():
-                job.result()
+            try:
+                for job in jobs.values():
+                    job.result()
+            except BaseException:
+                # Ctrl-C or a failed env: stop every worker, else the pool waits for the other launchers
+                for tmux_id in tmux_ids:
+                    self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_workers",
+                             check=False)
+                raise
         for name, out in outs.items():
             self.run(self.py("post_process_test_result.py", "--merge_distributed_result", "--data_dir", str(out),
                              "--dataset_file_name_list", shard_template(out)), f"merge_{kind}_{name}")
