@@ -97,9 +97,11 @@ def test_report_files(tmp_path):
 
 
 def test_config_and_budget(tmp_path):
-    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", ["budget=0.1"])
-    assert cfg.scaled(150) == 15 and cfg.scaled(3) == 1
-    assert dpo_steps(cfg, 1000) == cfg.scaled(cfg.dpo_max_steps)  # capped
-    assert dpo_steps(cfg, 6) == 3  # ceil(2 epochs * 6 pairs / batch 4)
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                      ["budget=0.5", "dpo_max_steps=30", "dpo_epochs=2"])
+    assert cfg.scaled(150) == 75 and cfg.scaled(1) == 1
+    assert dpo_steps(cfg, 1000) == 15  # capped at dpo_max_steps x budget
+    assert dpo_steps(cfg, 6) == 3  # ceil(2 epochs * 6 pairs / (2 per device x 2 accumulation))
+    assert dpo_steps(cfg, 1) == 1
     with pytest.raises(ConfigError, match="budget"):
         load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", ["budget=0"])
