@@ -18,7 +18,8 @@ from densepolicy.launcher.files import write_json_atomic
 MANIFEST_NAME = "run_manifest.json"
 IDENTITY_KEYS = ("model", "dataset", "method", "num_shards")
 EXECUTION_KEYS = frozenset({"task_concurrency", "max_concurrency", "env_threads", "max_live_episodes",
-                            "request_timeout_s", "max_retries", "backoff_s", "progress", "on_task_error"})
+                            "request_timeout_s", "max_retries", "backoff_s", "retry_window_s", "lock_stale_s",
+                            "progress", "on_task_error"})
 
 
 class ManifestMismatch(RuntimeError):

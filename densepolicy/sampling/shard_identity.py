@@ -11,6 +11,7 @@ refuses to merge shards whose sidecars differ (densepolicy.postprocess.merge).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -47,10 +48,20 @@ def shard_settings(cfg: SamplerConfig, model: str) -> dict[str, Any]:
     return current
 
 
+def _defaults() -> dict[str, Any]:
+    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for f in dataclasses.fields(SamplerConfig)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
 def settings_diffs(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """`key: old -> new` for every result-shaping key that differs (runtime-only keys are ignored)."""
+    """`key: old -> new` for every result-shaping key that differs (runtime-only keys are ignored).
+    A key the older record lacks (a setting added since) counts as its default value."""
+    defaults = _defaults()
     keys = sorted((set(previous) | set(current)) - RUNTIME_ONLY_KEYS)
-    return [f"{k}: {previous.get(k)!r} -> {current.get(k)!r}" for k in keys if previous.get(k) != current.get(k)]
+    old = {k: previous[k] if k in previous else defaults.get(k) for k in keys}
+    new = {k: current[k] if k in current else defaults.get(k) for k in keys}
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
 
 
 def read_settings(path: Path) -> dict[str, Any]:
