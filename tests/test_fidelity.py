@@ -164,14 +164,15 @@ def test_pairs_strip_assistant_turns_like_the_original(tmp_path):
 
     nodes = tree_from_spec("t", {"0: Thought: go\nAction:\nprint(1)\nEnd Action\n\n": {
         "0:\nAnswer: 1  ": "S", "1:  Answer: 2\n": "F"}, "1": "F"})
-    write_jsonl(tmp_path / "tree.jsonl", nodes)
-    extract_pairs_file(tmp_path / "tree.jsonl", tmp_path / "p.pairs.csv", show_progress=False)
+    write_jsonl(tmp_path / "math.train.None.jsonl", nodes)
+    extract_pairs_file(tmp_path / "math.train.None.jsonl", tmp_path / "p.pairs.csv", show_progress=False)
     rows = {(r["chosen_node"], r["rejected_node"]): r for _, r in read_pairs(tmp_path / "p.pairs.csv")}
     deep = rows[("0-0", "0-1")]
     assert (deep["chosen"], deep["rejected"]) == ("Answer: 1", "Answer: 2")
     assert deep["prompt"][1] == {"role": "assistant", "content": "Thought: go\nAction:\nprint(1)\nEnd Action"}
     assert deep["prompt"][2]["content"] == "obs after 0"                     # observations are kept as they are
     assert rows[("0", "1")]["chosen"] == "Thought: go\nAction:\nprint(1)\nEnd Action"
+    assert deep["split"] == "train"  # from the dump's name when there is no result CSV (budgets need it)
 
 
 def test_alfworld_type_datasets_land_in_the_alfworld_table(tmp_path):
@@ -202,3 +203,41 @@ def test_alfworld_type_datasets_land_in_the_alfworld_table(tmp_path):
     clash = write("alfworld.valid_unseen.None.csv", "alfworld", "put", [0])
     with pytest.raises(ValueError, match="put"):  # the same type from two files of one label: refused
         build_tables([score_file(put, label="m"), score_file(clash, label="m")])
+
+
+def _write_pairs(path, dataset, per_task, split=None):
+    """A pairs CSV with `per_task[task]` selected pairs per task; no `split` column when split is None."""
+    import csv
+    import json
+
+    from densepolicy.postprocess.pairs import PAIR_COLUMNS
+
+    columns = [c for c in PAIR_COLUMNS if split is not None or c != "split"]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for task, n in per_task.items():
+            for i in range(n):
+                writer.writerow({"task_id": task, "dataset": dataset, "split": split, "task_type": "",
+                                 "prompt": json.dumps([{"role": "user", "content": "q"}]), "chosen": f"c{i}",
+                                 "rejected": f"r{i}", "chosen_node": str(i), "rejected_node": "x",
+                                 "chosen_value": 1, "rejected_value": 0, "chosen_visits": 1,
+                                 "rejected_visits": 1, "depth": 1, "selected": True})
+
+
+@pytest.mark.parametrize("with_split_column", [True, False])
+def test_pair_budgets_count_tasks_per_split(tmp_path, with_split_column):
+    """MATH train and test index their problems separately: task "0" of train is another problem than
+    task "0" of test. Budgets rank and keep problems, so a task is (dataset, split, task_id); files
+    without a `split` column take it from their name `<dataset>.<split>.pairs.csv`."""
+    from densepolicy.postprocess.budget import merge_all_pairs
+    from densepolicy.postprocess.config import Budget, MergePairsConfig
+
+    train, test = tmp_path / "math.train.pairs.csv", tmp_path / "math.test.pairs.csv"
+    _write_pairs(train, "math", {"0": 3, "1": 1}, "train" if with_split_column else None)
+    _write_pairs(test, "math", {"0": 2}, "test" if with_split_column else None)
+    cfg = MergePairsConfig(budgets={"math": Budget(pairs=100, tasks=2)})
+    report = merge_all_pairs([train, test], tmp_path / "out.csv", cfg, show_progress=False)
+    # 3 problems (train 0: 3 pairs, test 0: 2, train 1: 1); the 2 richest are kept: 5 pairs
+    assert report.groups["math"].tasks_available == 3 and report.groups["math"].pairs_available == 6
+    assert report.groups["math"].tasks_kept == 2 and report.groups["math"].pairs_kept == 5

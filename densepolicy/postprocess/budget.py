@@ -4,6 +4,8 @@ For each group with a budget (pairs P, tasks N): keep the N tasks with the most 
 then subsample every kept task by the same ratio P / (pairs of the kept tasks) so that exactly
 min(P, available) pairs remain (largest-remainder rounding, seeded tie-breaks). "Density" = the
 same P spread over fewer tasks. Groups without a budget keep (or drop) all their selected pairs.
+A task is one problem: (split, task_id) within its group, since task ids of different splits (MATH
+train and test are both indexed from 0) name different problems.
 
 Two streaming passes over the input CSVs: count pairs per task, then write the chosen rows.
 """
@@ -33,7 +35,18 @@ def pair_group(dataset: str, task_type: str, budgets: Mapping[str, Budget]) -> s
     return typed if task_type and typed in budgets else dataset
 
 
-def allocate(counts: Mapping[str, int], budget: Budget, seed: int) -> dict[str, int]:
+def pair_task(row: Mapping[str, str], path: str | os.PathLike) -> tuple[str, str]:
+    """(split, task_id) of a pair row. The split is the row's `split` column or, for files written before
+    it existed, the `<split>` of the file name `<dataset>.<split>.pairs.csv` (else the file path)."""
+    split = row.get("split") or ""
+    if not split:
+        source = Path(row.get("source_file") or path)
+        parts = source.name.split(".")
+        split = parts[1] if source.name.endswith(".pairs.csv") and len(parts) == 4 else str(source)
+    return split, row.get("task_id", "")
+
+
+def allocate(counts: Mapping, budget: Budget, seed: int) -> dict:
     """Pairs to keep per task: the `budget.tasks` tasks with most pairs, scaled to `budget.pairs` in total.
 
     Ties in the task ranking go to the smaller task id; rounding remainders go to the largest
@@ -110,7 +123,7 @@ def merge_all_pairs(inputs: list[Path], output: str | os.PathLike | None, cfg: M
         for _, row in iter_csv(path, json_columns=("prompt",)):
             if _selected(row):
                 group = pair_group(row.get("dataset", ""), row.get("task_type", ""), cfg.budgets)
-                counts[group][row.get("task_id", "")] += 1
+                counts[group][pair_task(row, path)] += 1
 
     report = BudgetReport(output=Path(), inputs=list(inputs))
     quotas: dict[str, dict[str, int]] = {}
@@ -148,7 +161,7 @@ def merge_all_pairs(inputs: list[Path], output: str | os.PathLike | None, cfg: M
                 if not _selected(row):
                     continue
                 key = (pair_group(row.get("dataset", ""), row.get("task_type", ""), cfg.budgets),
-                       row.get("task_id", ""))
+                       pair_task(row, path))
                 ordinal = seen[key]
                 seen[key] += 1
                 if ordinal in keep.get(key, ()):

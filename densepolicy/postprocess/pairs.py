@@ -29,7 +29,7 @@ from densepolicy.postprocess.tree_stats import NodeStats, PairRule, SiblingPair,
 
 logger = logging.getLogger(__name__)
 
-PAIR_COLUMNS = ["task_id", "dataset", "task_type", "prompt", "chosen", "rejected", "chosen_node",
+PAIR_COLUMNS = ["task_id", "dataset", "split", "task_type", "prompt", "chosen", "rejected", "chosen_node",
                 "rejected_node", "chosen_value", "rejected_value", "chosen_visits", "rejected_visits",
                 "depth", "selected"]
 
@@ -118,12 +118,12 @@ def iter_tree_tasks(path: str | os.PathLike) -> Iterator[tuple[str, list[dict[st
         yield current, nodes
 
 
-def read_task_meta(results_csv: str | os.PathLike | None) -> dict[str, tuple[str, str]]:
-    """task_id -> (dataset, task_type) from a result CSV (empty if there is none)."""
-    meta: dict[str, tuple[str, str]] = {}
+def read_task_meta(results_csv: str | os.PathLike | None) -> dict[str, tuple[str, str, str]]:
+    """task_id -> (dataset, task_type, split) from a result CSV (empty if there is none)."""
+    meta: dict[str, tuple[str, str, str]] = {}
     if results_csv and Path(results_csv).is_file():
         for _, row in iter_csv(results_csv):
-            meta[row.get("task_id", "")] = (row.get("dataset", ""), row.get("task_type", ""))
+            meta[row.get("task_id", "")] = (row.get("dataset", ""), row.get("task_type", ""), row.get("split", ""))
     return meta
 
 
@@ -178,11 +178,17 @@ def _value_mismatches(nodes: list[dict[str, Any]], stats: Mapping[str, NodeStats
 
 
 def extract_pairs_file(tree_path: str | os.PathLike, out_csv: str | os.PathLike, rule: PairRule = PairRule(),
-                       task_meta: Mapping[str, tuple[str, str]] | None = None, default_dataset: str = "",
+                       task_meta: Mapping[str, tuple[str, ...]] | None = None, default_dataset: str = "",
                        overwrite: bool = False, show_progress: bool = True) -> ExtractionSummary:
-    """Write the pairs CSV of every task in the tree dump `tree_path`; see the module docstring."""
+    """Write the pairs CSV of every task in the tree dump `tree_path`; see the module docstring.
+
+    `task_meta`: task_id -> (dataset, task_type[, split]) (`read_task_meta`); the split of tasks without
+    one is taken from the dump's name `<dataset>.<split>.<K>.jsonl`.
+    """
     out_csv = ensure_new(out_csv, overwrite)
     task_meta = task_meta or {}
+    name_parts = Path(tree_path).name.split(".")
+    default_split = name_parts[1] if len(name_parts) >= 4 else ""
     summary = ExtractionSummary(output=Path(out_csv))
     with atomic_open(out_csv, "w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
@@ -192,14 +198,15 @@ def extract_pairs_file(tree_path: str | os.PathLike, out_csv: str | os.PathLike,
             stats, pairs, task_summary = task_pairs(nodes, rule)
             summary.tasks.append(task_summary)
             summary.value_mismatch_nodes += _value_mismatches(nodes, stats)
-            dataset, task_type = task_meta.get(task_id, (default_dataset, ""))
+            dataset, task_type, *rest = task_meta.get(task_id, (default_dataset, ""))
+            split = (rest[0] if rest else "") or default_split
             if not task_type and dataset == "alfworld":
                 task_type = alfworld_task_type(task_id)
             records = {str(n["node_id"]): n for n in nodes}
             for pair in pairs:
                 prompt = node_prompt(records, pair.chosen.node_id)
                 writer.writerow({
-                    "task_id": task_id, "dataset": dataset, "task_type": task_type,
+                    "task_id": task_id, "dataset": dataset, "split": split, "task_type": task_type,
                     "prompt": json.dumps(prompt, ensure_ascii=False),
                     "chosen": str(records[pair.chosen.node_id].get("assistant", "")).strip(),
                     "rejected": str(records[pair.rejected.node_id].get("assistant", "")).strip(),
