@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from densepolicy.config import ConfigError, to_dict
+from densepolicy.config import ConfigError
 from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard
