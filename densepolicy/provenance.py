@@ -145,7 +145,7 @@ def sha256_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     out: dict[str, str] = {}
     todo: list[tuple[Path, list[int]]] = []
     for raw in paths:
-        path = Path(raw).resolve()
+        path = Path(os.path.abspath(raw))  # not resolve(): it stats every path component
         sig = _signature(path)
         hit = _memo.get(str(path))
         if hit and hit[0] == sig:
@@ -266,8 +266,8 @@ def data_files_record(files: Mapping[str, str | os.PathLike] | Iterable[str | os
     hashes = sha256_files(named.values())
     entries = []
     for name in sorted(named):
-        path = Path(named[name]).resolve()
-        entries.append({"name": name, "path": str(path), "size": path.stat().st_size, "sha256": hashes[str(path)]})
+        path = Path(os.path.abspath(named[name]))
+        entries.append({"name": name, "path": str(path), "size": _memo[str(path)][0][0], "sha256": hashes[str(path)]})
     return {"sha256": digest({e["name"]: e["sha256"] for e in entries}), "files": entries}
 
 
@@ -289,7 +289,7 @@ def model_fingerprint(model_dir: str | os.PathLike | None, name: str | None = No
     if model_dir is None or not Path(model_dir).is_dir():
         return {"name": name or (str(model_dir) if model_dir else None), "path": None, "fingerprint": None,
                 "files": {}}
-    directory = Path(model_dir).resolve()
+    directory = Path(os.path.abspath(model_dir))
     paths = sorted(p for p in directory.iterdir() if p.is_file() and _is_model_file(p.name)
                    and (weights or p.name in MODEL_FILE_NAMES))
     hashes = sha256_files(paths)
