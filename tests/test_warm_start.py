@@ -31,9 +31,18 @@ def _fake_model(path: Path, marker: str = "base") -> Path:
 
 @dataclasses.dataclass
 class FakeExpertConfig:
+    """The keys of configs/expert_data.yaml that configs/warm_start.yaml overrides, and a seed."""
+
     seed: int = 0
     name: str = "expert_sft"
-    counts: dict = dataclasses.field(default_factory=lambda: {"gsm8k": 3, "babyai": 2})
+    gsm8k: int = 3
+    babyai: int = 2
+    alfworld: int = 0
+    max_tokens: int = 2048
+
+    @property
+    def counts(self) -> dict:
+        return {env: getattr(self, env) for env in ("gsm8k", "babyai", "alfworld") if getattr(self, env)}
 
 
 class Recorder:
@@ -77,7 +86,7 @@ def fake(monkeypatch, tmp_path):
     monkeypatch.setattr("densepolicy.training.train.train", rec.train)
     rec.base = _fake_model(tmp_path / "base")
     rec.out = tmp_path / "models" / "warm"
-    rec.args = [f"base_model={rec.base}", f"output_dir={rec.out}"]
+    rec.args = [f"base_model={rec.base}", f"output_dir={rec.out}", "expert_data={gsm8k: 3, babyai: 2, alfworld: 0}"]
     return rec
 
 
@@ -102,7 +111,7 @@ def test_first_call_builds_second_call_returns_the_cache(fake):
 
 
 @pytest.mark.parametrize("change", ["sft_overrides.learning_rate=5e-5", "expert_data.seed=3",
-                                    "expert_data.counts.babyai=7", "base_model", "sft_config"])
+                                    "expert_data.babyai=7", "base_model", "sft_config"])
 def test_a_changed_input_rebuilds(fake, change, tmp_path):
     ws.ensure_warm_start(fake.args, log=lambda _: None)
     args = list(fake.args)
@@ -122,7 +131,7 @@ def test_a_changed_input_rebuilds(fake, change, tmp_path):
     assert "about 0 min" in logs[0]  # the announced time is the last build's
     if change.startswith("sft_overrides"):
         assert fake.trainings[1]["overrides"] == ["learning_rate=5e-5"]
-    if change.startswith("expert_data.counts"):
+    if change.startswith("expert_data.babyai"):
         assert fake.datasets[1].counts == {"gsm8k": 3, "babyai": 7}
     ws.ensure_warm_start(args, log=lambda _: None)
     assert len(fake.trainings) == 2
@@ -154,7 +163,7 @@ def test_foreign_directory_is_never_replaced(fake):
 
 def test_empty_expert_dataset_is_an_error(fake):
     with pytest.raises(ConfigError, match="expert dataset is empty"):
-        ws.ensure_warm_start(fake.args + ["expert_data.counts.gsm8k=0", "expert_data.counts.babyai=0"],
+        ws.ensure_warm_start(fake.args + ["expert_data.gsm8k=0", "expert_data.babyai=0"],
                              log=lambda _: None)
     assert not fake.out.exists()
 
