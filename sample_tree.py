@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except ServerRejectedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        hint = " (--model must be a name the server serves; GET /v1/models lists them)" if "HTTP 404" in str(exc) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return 2
     except (LockHeldError, LockLostError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import math
 import multiprocessing
 import os
 import re
@@ -110,6 +109,26 @@ def test_second_worker_and_merge_are_refused_while_a_worker_writes_the_shard(fak
     task_ids = [r["task_id"] for r in rows(out)]
     assert sorted(task_ids) == ["0", "1"]                                   # no duplicate rows
     assert not (out / f"{SHARD}.csv.lock").exists()                         # released on exit
+
+
+def test_a_worker_whose_lock_was_taken_over_stops_before_writing(fake_server, tmp_path):
+    gate = threading.Event()
+    server = fake_server(gated_reply(gate))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: len(server.requests) > 0 or proc.poll() is not None)
+        lock = out / f"{SHARD}.csv.lock"       # another node decided our heartbeat was stale and took over
+        lock.unlink()
+        _write_lock(lock, host="node-9", pid=99)
+    finally:
+        gate.set()
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 4
+    assert "lost the lock" in stderr and "node-9" in stderr and "Traceback" not in stderr
+    assert rows(out) == []                                                  # not a single row written
+    assert read_holder(lock)["host"] == "node-9"                            # the new holder's lock is kept
 
 
 def test_two_workers_started_together_one_runs_one_is_refused(fake_server, tmp_path):

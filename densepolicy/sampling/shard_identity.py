@@ -105,8 +105,9 @@ def check_shard_settings(output_dir: str | os.PathLike, stem: str, cfg: SamplerC
     if source is not None:
         diffs = settings_diffs(read_settings(source), current)
         if diffs:
-            raise ConfigError(f"{csv_path} was made with other settings ({'; '.join(diffs)}); rerun with the "
-                              f"same settings to resume it, or choose another --output_dir")
+            what = f"{csv_path} was made" if csv_path.exists() else f"{source} records shard {stem} as made"
+            raise ConfigError(f"{what} with other settings ({'; '.join(diffs)}); rerun with the same settings "
+                              f"to resume it, or choose another --output_dir")
         if source == path:
             return
     elif _has_results(output_dir, stem):
