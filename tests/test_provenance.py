@@ -251,3 +251,25 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
     assert record["settings"]["stage"] == "dpo"
     text = provenance.describe(out)
     assert "base model" in text and "dataset   : tiny" in text
+
+
+def _append_many(prov_file: str, worker: int, n: int) -> None:
+    for i in range(n):
+        provenance.update_record(Path(prov_file), "run", lambda old: {"shards": (old or {}).get("shards", [])
+                                                                      + [f"{worker}-{i}"]})
+
+
+def test_concurrent_writers_lose_no_update(tmp_path):
+    import multiprocessing
+
+    prov_file = tmp_path / "run" / provenance.FILE_NAME
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_append_many, args=(str(prov_file), w, 15)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    shards = provenance.read_provenance(prov_file)["records"]["run"]["shards"]
+    assert sorted(shards) == sorted(f"{w}-{i}" for w in range(4) for i in range(15))
+    assert [p.name for p in prov_file.parent.iterdir()] == [provenance.FILE_NAME]  # no temp or lock files left
