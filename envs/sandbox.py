@@ -27,9 +27,9 @@ tmpfs /tmp, /var/tmp and /dev/shm), and each sandbox lineage (an interpreter and
 under its own unprivileged uid, so RLIMIT_NPROC contains fork bombs and the code can neither
 signal nor read the worker. Code imports (read-only) whatever the worker's interpreter can: its
 import paths are bind-mounted where those uids can read them, also from a home folder of mode 0700
-or the hidden temp folder (`_ImportView`). As an ordinary user: network and user namespaces when the kernel
-allows them (else the audit hook only), RLIMIT_NPROC = current user process count + the limit,
-and the worker marks itself non-dumpable so same-user code cannot read its memory or environment.
+or the hidden temp folder (`_ImportView`). As an ordinary user: network and user namespaces when
+the kernel allows them (else the audit hook only), RLIMIT_NPROC = current user process count + the
+limit, and the worker marks itself non-dumpable so same-user code cannot read its memory or environment.
 `DENSEPOLICY_SANDBOX_NO_NAMESPACES=1` (in the worker's environment) skips all namespaces.
 
 Tools: `Sandbox(tools=[names], tool_handler=fn)` binds a stub per name in the interpreter; a call
@@ -288,7 +288,8 @@ class Sandbox:
 # ============================================================================ zygote side
 _libc = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNS, _CLONE_NEWNET, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x40000000, 0x08000000, 0x10000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
+_MS_BIND, _MS_REC, _MS_PRIVATE = 4096, 16384, 1 << 18
 _SANDBOX_ROOT = "/tmp/densepolicy-sandboxes"
 _PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")  # a private tmpfs each, when running as root
 _ISOLATION: list[str] = []
