@@ -157,8 +157,7 @@ class TreeTask:
                 else:
                     ends = await _gather_all([self._run_leaf(full) for full in queue])
                 for full, end in zip(queue, ends):
-                    counted = end.status != "context_overflow" or self.ctx.cfg.overflow_counts_as_failure
-                    search.record(full, end.node, 1.0 if end.success else 0.0, end.status, in_tree=counted)
+                    search.record(full, end.node, 1.0 if end.success else 0.0, end.status)
                 queue = search.next_queue()
             return self._row(search, self._elapsed()), self._dump(search)
         finally:
@@ -414,7 +413,7 @@ def tree_rules(cfg: Any) -> TreeRules:
         thre_value=cfg.thre_value, thre_max=cfg.thre_max, gap_weight=cfg.gap_weight, gap_power=cfg.gap_power,
         depth_weight=cfg.depth_weight, explore_weight=cfg.explore_weight, visit_counting=cfg.visit_counting,
         gap_refresh=cfg.gap_refresh, select_leaves=cfg.select_leaves, dedup=cfg.dedup,
-        update_rows=cfg.update_rows)
+        update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure)
 
 
 async def _gather_all(coros: list) -> list:

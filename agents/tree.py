@@ -74,6 +74,8 @@ class TreeRules:
     update_rows: Mode = "fixed"
     """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
     len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row."""
+    overflow_counts_as_failure: bool = False
+    """True (original): a run cut by the context limit is a failed leaf of the value tree; False: not counted."""
 
     def __post_init__(self) -> None:
         for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
@@ -264,8 +266,12 @@ class TreeSearch:
         return queue
 
     def record(self, full_index: NodeId, run_index: NodeId, outcome: float, status: str = "",
-               in_tree: bool = True) -> bool:
-        """Add a finished leaf run; returns False (and ignores it) if its run index was seen before."""
+               in_tree: bool | None = None) -> bool:
+        """Add a finished leaf run; returns False (and ignores it) if its run index was seen before.
+        `in_tree` (default: by `overflow_counts_as_failure` for status `context_overflow`, else True)
+        says whether the run enters the value tree."""
+        if in_tree is None:
+            in_tree = status != "context_overflow" or self.rules.overflow_counts_as_failure
         if run_index in self.index.runs:
             self.duplicates += 1
             return False

@@ -6,9 +6,10 @@ import logging
 import sys
 from typing import Callable
 
-from densepolicy.config import ConfigError, describe, load_config
+from densepolicy.config import ConfigError, describe, from_dict, load_config, parse_overrides, to_dict, update_only_keys
 from densepolicy.paths import resolve
 from densepolicy.postprocess.config import PostprocessConfig
+from densepolicy.presets import with_preset
 
 DEFAULT_CONFIG = "configs/postprocess.yaml"
 
@@ -25,11 +26,15 @@ def make_parser(description: str) -> argparse.ArgumentParser:
 
 
 def load_postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
-    """The config of `--config` with the command-line overrides applied."""
+    """The config of `--config`, then the settings of its `preset` (`preset=paper`: the original's
+    behaviour, densepolicy.presets), then the command-line overrides (explicit keys win)."""
     path = resolve(args.config)
-    if not path.is_file() and args.config == DEFAULT_CONFIG:
-        return load_config(PostprocessConfig, None, args.overrides)
-    return load_config(PostprocessConfig, path, args.overrides)
+    cfg = load_config(PostprocessConfig, None if not path.is_file() and args.config == DEFAULT_CONFIG else path)
+    update = parse_overrides(args.overrides)
+    update_only_keys(PostprocessConfig, update, "command line")
+    if update or cfg.preset != "none":
+        cfg = from_dict(PostprocessConfig, with_preset("postprocess", to_dict(cfg), update), "command line")
+    return cfg
 
 
 def run(main: Callable[[], int | None]) -> None:

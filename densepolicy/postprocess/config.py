@@ -96,6 +96,9 @@ class ScoresConfig:
 class PostprocessConfig:
     """Everything the three post-processing scripts read from configs/postprocess.yaml."""
 
+    preset: Literal["none", "paper"] = help_field(
+        "none", help="paper: the original's behaviour (pairs.visit_counting=original); keys given on the "
+                     "command line win over the preset (docs/deviations.md).")
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "pair extraction"})
     merge_all_pairs: MergePairsConfig = field(default_factory=MergePairsConfig, metadata={"help": "pair budgets"})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "LLaMA-Factory dataset"})

@@ -1,7 +1,8 @@
 """Typed settings of `sample_tree.py` (both methods) and the output naming of the original.
 
 Resolution order (later wins): `configs/sampler.yaml` -> `configs/tasks/<dataset>.yaml` (its top-level
-keys, then its `<method>:` section) -> `key=value` overrides on the command line.
+keys, then its `<method>:` section) -> the settings of `preset` (densepolicy.presets) -> `key=value`
+overrides on the command line.
 
     cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", ["base=3", "max_steps=4"])
     out = default_output_dir(cfg, "SmolLM2-135M-Instruct")   # eval_results/codeact_agent_tree.<m>/temperature_256_3_4
@@ -16,6 +17,7 @@ from typing import Literal, Optional
 
 from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
 from densepolicy.paths import PROJECT_ROOT
+from densepolicy.presets import with_preset
 
 METHODS = ("codeact_agent", "codeact_agent_tree")
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -70,6 +72,10 @@ class SamplerConfig:
     gap_power: float = help_field(0.25, help="Selection: exponent of the sibling gap.")
     depth_weight: float = help_field(0.2, help="Selection: weight of avg remaining depth / max_steps.")
     explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
+    preset: Literal["none", "paper"] = help_field(
+        "none", help="paper: every quirk of the original below set to its original value (visit_counting, "
+                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure); keys given on "
+                     "the command line win over the preset (docs/deviations.md).")
     visit_counting: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
     gap_refresh: Literal["fixed", "faithful"] = help_field(
@@ -78,7 +84,8 @@ class SamplerConfig:
     dedup: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: every finished run blocks its extensions; faithful: only successful runs.")
     update_rows: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: update stats with the new runs; faithful: with the last len(queue) rows.")
+        "fixed", help="fixed: update stats with the new runs; faithful: the original's update with the last "
+                      "len(queue) rows, which ends the task with an error after a duplicate run (as the original crashed).")
     overflow_counts_as_failure: bool = help_field(
         False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
     # -- execution ---------------------------------------------------------------------------------
@@ -168,12 +175,12 @@ def resolve_sampler_config(method: str, dataset: str, overrides: list[str] | Non
     data = merge_dicts(data, sections[method])
     data.update(method=method, dataset=dataset)
     cfg = from_dict(SamplerConfig, data, f"{base_path} + {task_path}")
-    if overrides:
-        update = parse_overrides(overrides)
-        for key in ("method", "dataset"):
-            if key in update:
-                raise ConfigError(f"command line: {key!r} is given as a positional argument, not key=value")
-        cfg = from_dict(SamplerConfig, merge_dicts(to_dict(cfg), update), "command line")
+    update = parse_overrides(overrides) if overrides else {}
+    for key in ("method", "dataset"):
+        if key in update:
+            raise ConfigError(f"command line: {key!r} is given as a positional argument, not key=value")
+    if update or cfg.preset != "none":
+        cfg = from_dict(SamplerConfig, with_preset("sampler", to_dict(cfg), update), "command line")
     return cfg
 
 
