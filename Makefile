@@ -16,6 +16,7 @@ help:
 	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
 	@echo "make experiment  setup + base vs warm-start vs TreeDPO on held-out tasks (configs/experiment.yaml; ARGS='budget=0.1')"
 	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
+	@echo "make gpu-check  GPU box: ZeRO-3/LoRA DPO, SFT, vLLM + a small tree in a few minutes (ARGS='--cpu ...')"
 	@echo "make warm-start  setup + the warm-started model (expert SFT, cached; ARGS='key=value ...')"
 
 setup:
@@ -44,3 +45,9 @@ lint:
 
 clean:
 	rm -rf eval_results benchmarks/results .pytest_cache
+
+# No setup dependency: on a GPU box run `make setup SERVE=gpu` first, or point DENSEPOLICY_MAIN_PYTHON at a
+# Python with LLaMA-Factory (+ DeepSpeed); the vLLM checks say SKIP when there is no serving venv.
+.PHONY: gpu-check
+gpu-check:
+	$(or $(DENSEPOLICY_MAIN_PYTHON),$(PY)) scripts/gpu_check.py $(ARGS)

@@ -43,6 +43,9 @@ def build_tiny_model(out_dir: str | Path, base_dir: str | Path | None = None, hi
         config.head_dim = hidden_size // heads
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one tiny shard: no "Writing model shards" bar in reports
     model.save_pretrained(str(out))
     for name in TOKENIZER_FILES:
         if (base / name).is_file():
