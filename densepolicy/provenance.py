@@ -19,7 +19,7 @@ replace the file atomically.
 File hashes are cached by (path, size, mtime, inode) in `<cache>/provenance/file_sha256.json`, so
 workers re-hash a multi-GB weight file only when it changed.
 
-`post_process_test_result.py --see_score` uses `result_identities` + `comparability_problems` to
+`post_process_test_result.py --see_score` uses `result_identity` + `comparability_problems` to
 refuse tables that mix task sets, data files or env/grader versions, and `describe` for `--provenance`.
 """
 from __future__ import annotations

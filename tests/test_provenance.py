@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,7 +206,6 @@ def test_model_fingerprint_follows_weight_files_and_is_cached(tmp_path, monkeypa
     with weights.open("r+b") as fh:  # same size, one byte changed, written a second later
         fh.seek(100)
         fh.write(b"\x01")
-    import os
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     changed = provenance.model_fingerprint(model)
     assert calls == ["model.safetensors"] and changed["fingerprint"] != first["fingerprint"]
