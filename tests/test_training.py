@@ -44,7 +44,7 @@ def dataset_dir(tmp_path):
 # ------------------------------------------------------------------------------ argument building
 
 
-@pytest.mark.parametrize("name", ["cpu_tiny", "gpu_full_zero3", "gpu_lora"])
+@pytest.mark.parametrize("name", ["cpu_tiny", "cpu_dpo", "gpu_full_zero3", "gpu_lora"])
 def test_shipped_configs_use_only_known_llamafactory_keys(name, dataset_dir):
     from densepolicy.training.train import llamafactory_keys
 
