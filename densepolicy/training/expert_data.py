@@ -25,11 +25,14 @@ from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
 from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
-from densepolicy.training.expert import EXPERT_ENVS, ExpertOptions, accepted, expert_plan, replay
+from densepolicy.training.expert import EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plans, replay
 from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
 from envs import load_env
 
 CONFIG_PATH = PROJECT_ROOT / "configs" / "expert_data.yaml"
+LOG_EVERY_S = 30.0
+BATCH = {"gsm8k": 8, "math": 8, "babyai": 8, "alfworld": 1}
+"""Tasks per env thread tried together (BabyAI runs its bot once per batch; ALFWorld tasks are slow)."""
 
 
 @dataclass
@@ -50,8 +53,8 @@ class ExpertDataConfig:
     babyai_train_seeds: int = help_field(25, help="BabyAI train split: seeds 1..N of each of the 40 levels.")
     babyai_search_budget: int = help_field(400, help="Game actions the high-level plan search may try per task.")
     babyai_max_high_level_actions: int = help_field(12, help="Longest high-level plan kept.")
-    babyai_bot: bool = help_field(True, help="Fall back to BabyAIBot's primitive actions.")
-    babyai_bot_timeout_s: float = help_field(30.0, help="Wall-clock limit of one BabyAIBot run (it can hang).")
+    babyai_bot: bool = help_field(False, help="Fall back to BabyAIBot's primitive actions (slow; few fit max_tokens).")
+    babyai_bot_timeout_s: float = help_field(10.0, help="Wall-clock limit of one BabyAIBot run (it can hang).")
     babyai_bot_max_actions: int = help_field(12, help="Longest BabyAIBot action list kept.")
     alfworld_max_steps: int = help_field(40, help="Longest ALFWorld expert plan kept.")
 
@@ -142,8 +145,7 @@ def candidate_tasks(env: Any, seed: int, excluded: set[str]) -> list[str]:
     return ids
 
 
-def _attempt(env: Any, task_id: str, options: ExpertOptions) -> dict[str, Any] | None:
-    plan = expert_plan(env, task_id, options)
+def _replay_accepted(env: Any, task_id: str, plan: ExpertPlan | None) -> dict[str, Any] | None:
     if plan is None:
         return None
     trajectory = replay(env, task_id, plan.messages)
@@ -176,13 +178,15 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
     tokens: list[int] = []
     assistant_tokens: list[int] = []
     sources: dict[str, int] = {}
+    last_log = started
     try:
         candidates = candidate_tasks(env, cfg.seed, evaluation_keys(env_name, cfg.data_dir))
-        chunk = max(1, cfg.env_threads * 2)
+        chunk = BATCH.get(env_name, 1) * cfg.env_threads
         with ThreadPoolExecutor(cfg.env_threads, thread_name_prefix=f"expert-{env_name}") as pool:
             for start in range(0, len(candidates), chunk):
                 batch = candidates[start:start + chunk]
-                for result in pool.map(lambda t: _attempt(env, t, cfg.options()), batch):
+                plans = expert_plans(env, batch, cfg.options(), pool.map)
+                for result in pool.map(lambda tp: _replay_accepted(env, *tp), zip(batch, plans)):
                     if len(records) >= wanted:
                         break
                     tried += 1
@@ -201,8 +205,10 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
                                     "tokens": n_tokens})
                 if len(records) >= wanted:
                     break
-                log(f"  {env_name}: {len(records)}/{wanted} kept after {tried} tried "
-                    f"({time.monotonic() - started:.0f} s)")
+                if time.monotonic() - last_log >= LOG_EVERY_S:
+                    last_log = time.monotonic()
+                    log(f"  {env_name}: {len(records)}/{wanted} kept after {tried} tried "
+                        f"({last_log - started:.0f} s)")
     finally:
         env.close()
     summary.counts[env_name], summary.attempted[env_name], summary.dropped_long[env_name] = len(records), tried, long

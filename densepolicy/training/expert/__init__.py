@@ -11,6 +11,7 @@ a sympy program prints), BabyAI -> `babyai` (high-level plan, else BabyAIBot), A
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 from densepolicy.training.expert.replay import ExpertPlan, Replay, replay
 from envs.base import Env
@@ -24,8 +25,8 @@ class ExpertOptions:
 
     babyai_search_budget: int = 400
     babyai_max_high_level_actions: int = 12
-    babyai_bot: bool = True
-    babyai_bot_timeout_s: float = 30.0
+    babyai_bot: bool = False
+    babyai_bot_timeout_s: float = 10.0
     babyai_bot_max_actions: int = 12
     alfworld_max_steps: int = 40
 
@@ -39,13 +40,21 @@ def expert_plan(env: Env, task_id: str, options: ExpertOptions = ExpertOptions()
         from densepolicy.training.expert import math_expert
         return math_expert.expert_plan(env.rows[int(task_id)])
     if env.name == "babyai":
-        from densepolicy.training.expert import babyai
-        return babyai.expert_plan(task_id, options.babyai_search_budget, options.babyai_max_high_level_actions,
-                                  options.babyai_bot, options.babyai_bot_timeout_s, options.babyai_bot_max_actions)
+        return expert_plans(env, [task_id], options)[0]
     if env.name == "alfworld":
         from densepolicy.training.expert import alfworld
         return alfworld.expert_plan(env.game_file(task_id), options.alfworld_max_steps)
     raise ValueError(f"no expert for env {env.name!r}; expected one of {list(EXPERT_ENVS)}")
+
+
+def expert_plans(env: Env, task_ids: Sequence[str], options: ExpertOptions = ExpertOptions(),
+                 map_fn: Callable = map) -> list[ExpertPlan | None]:
+    """`expert_plan` of several tasks (BabyAI runs its bot once for the batch; others use `map_fn`)."""
+    if env.name == "babyai":
+        from densepolicy.training.expert import babyai
+        return babyai.expert_plans(task_ids, options.babyai_search_budget, options.babyai_max_high_level_actions,
+                                   options.babyai_bot, options.babyai_bot_timeout_s, options.babyai_bot_max_actions)
+    return list(map_fn(lambda task_id: expert_plan(env, task_id, options), task_ids))
 
 
 def accepted(env: Env, task_id: str, trajectory: Replay) -> bool:
@@ -58,4 +67,4 @@ def accepted(env: Env, task_id: str, trajectory: Replay) -> bool:
     return True
 
 
-__all__ = ["EXPERT_ENVS", "ExpertOptions", "ExpertPlan", "Replay", "accepted", "expert_plan", "replay"]
+__all__ = ["EXPERT_ENVS", "ExpertOptions", "ExpertPlan", "Replay", "accepted", "expert_plan", "expert_plans", "replay"]

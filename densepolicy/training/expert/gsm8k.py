@@ -54,7 +54,7 @@ def _clean_expression(expr: str) -> str:
 
 def _name_after(text: str, taken: set[str], index: int) -> str:
     """A variable name from the words right after an annotation ('24 clips in May.' -> clips_may)."""
-    words = re.split(r"[.,;:!?\n]", text, maxsplit=1)[0].split()[1:8]
+    words = re.split(r"[.,;:!?\n]|<<", text, maxsplit=1)[0].split()[1:8]
     picked = [w.lower() for w in (re.sub(r"[^A-Za-z]", "", w) for w in words)
               if w and w.lower() not in STOPWORDS][:2]
     name = "_".join(picked)
@@ -87,7 +87,7 @@ def annotation_program(solution: str, gold: str) -> str | None:
     lines: list[str] = []
     results: dict[str, str] = {}
     names: set[str] = set()
-    answer_var = None
+    answer_var, answer_line = None, 0
     for index, match in enumerate(ANNOTATION.finditer(solution), 1):
         expr, sep, result = match.group(1).rpartition("=")
         if not sep:
@@ -108,10 +108,10 @@ def annotation_program(solution: str, gold: str) -> str | None:
         result_text = _number_text(_clean_expression(result).strip())
         results[result_text] = name
         if math_equal(result_text, gold):
-            answer_var = name
+            answer_var, answer_line = name, len(lines)
     if answer_var is None:
         return None
-    return "\n".join(lines + [f"print({answer_var})"])
+    return "\n".join(lines[:answer_line] + [f"print({answer_var})"])  # steps after the answer are not needed
 
 
 def expert_plan(row: dict[str, Any]) -> ExpertPlan | None:
