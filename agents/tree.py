@@ -8,8 +8,9 @@
 
 Indices are tuples of branch labels. A *full index* has length `max_steps`; its *run index* is the
 prefix that was really executed (it ends at the first terminal node). Quirks of the original are
-kept behind switches (`visit_counting`, `gap_refresh`, `select_leaves`, `dedup`, `update_rows`);
-the defaults are the fixed behaviour (see docs/deviations.md).
+kept behind switches (`visit_counting`, `gap_refresh`, `select_leaves`, `dedup`, `update_rows`,
+`overflow_counts_as_failure`; all six at once: `preset=paper`); the defaults are the fixed behaviour
+(see docs/deviations.md). Where the original would have died, the faithful mode raises `OriginalCrash`.
 """
 from __future__ import annotations
 
