@@ -74,7 +74,8 @@ class TreeRules:
     """fixed: any terminal run blocks its extensions; faithful: only successful runs do (spec §3.6)."""
     update_rows: Mode = "fixed"
     """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
-    len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row."""
+    len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row.
+    Without that failure the tail is exactly the new rows (a window records at most len(queue) runs)."""
     overflow_counts_as_failure: bool = False
     """True (original): a run cut by the context limit is a failed leaf of the value tree; False: not counted."""
 

@@ -38,7 +38,8 @@ def _sampler(*overrides):
 
 
 def _search(cfg):
-    """The 7 runs recorded as one window, the statistics updated, one node selected."""
+    """The 7 runs recorded at once (they stand for the leaves of earlier windows; values and counts do
+    not depend on the order of the updates), the statistics updated, one node selected."""
     search = TreeSearch(tree_rules(cfg), seed=0)
     search.first_queue()
     for run, status in RUNS:
