@@ -42,14 +42,62 @@ def write_eval_run(run_dir: Path, dataset: str, outcomes: Mapping[str, bool]) ->
     return write_rows(run_dir / f"{dataset}.test.None.csv", rows)
 
 
-def write_failing_tree_run(run_dir: Path, dataset: str, task_ids: Sequence[str]) -> Path:
-    """A merged tree-sampling run where every leaf fails (so no sibling pair can exist)."""
+FAILING_TREE = {"0": {"0": "F", "1": "F"}, "1": "F", "2": "F"}
+TREE_WITH_PAIRS = {"0:Action: a End Action": {"0:Action: b End Action": "S", "1:Action: c End Action": "F"},
+                   "1:Action: d End Action": "F"}
+
+
+def write_failing_tree_run(run_dir: Path, dataset: str, task_ids: Sequence[str], spec: Mapping = FAILING_TREE) -> Path:
+    """A merged tree-sampling run with the tree `spec` per task (default: every leaf fails, so no pair)."""
     nodes, rows = [], []
     for t in task_ids:
-        nodes += tree_from_spec(t, {"0": {"0": "F", "1": "F"}, "1": "F", "2": "F"})
+        nodes += tree_from_spec(t, spec)
         row = {c: "" for c in CSV_COLUMNS}
         row.update(task_id=t, dataset=dataset, split="train", method="codeact_agent_tree", model="m",
                    status="done", score=0.0, steps=2, runs=4, nodes=5, pairs=0, history="[]", extra="{}")
         rows.append(row)
     write_jsonl(run_dir / "trees" / f"{dataset}.train.None.jsonl", nodes)
     return write_rows(run_dir / f"{dataset}.train.None.csv", rows)
+
+
+class OfflineStages:
+    """Mix-in for `LoopStages`: no server, no launcher; `run_envs` writes what launcher + merge would write.
+
+    Trees use `tree_spec`; evaluation outcomes come from `solved(model, task_id)`. Calls are recorded.
+    """
+
+    tree_spec: Mapping = FAILING_TREE
+
+    def __init__(self, *args, solved=lambda model, task: False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple] = []
+        self.solved = solved
+
+    def serve(self, model, name):
+        import contextlib
+        self.calls.append(("serve", model))
+        return contextlib.nullcontext("http://127.0.0.1:9")
+
+    def release_tmux_ids(self, n_datasets, offsets):
+        pass
+
+    def task_ids(self, name, settings):
+        for s in settings:
+            if s.startswith("task_ids="):
+                return json.loads(s.split("=", 1)[1])
+        return TASKS[name]
+
+    def run_envs(self, model, method, kind, server_url, settings, id_offset):
+        self.calls.append((kind, model, {k: list(v) for k, v in settings.items()}))
+        outs = {}
+        for name, sets in settings.items():
+            outs[name] = self.root / kind / name
+            ids = self.task_ids(name, sets)
+            if method == "codeact_agent_tree":
+                write_failing_tree_run(outs[name], name, ids, self.tree_spec)
+            else:
+                write_eval_run(outs[name], name, {t: self.solved(model, t) for t in ids})
+        return outs
+
+
+TASKS = {"gsm8k": ["0", "1", "2"], "babyai": ["BabyAI-GoToRedBall-v0:0", "BabyAI-GoToRedBall-v0:1"]}

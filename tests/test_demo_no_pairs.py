@@ -9,37 +9,10 @@ from densepolicy.config import load_config
 from densepolicy.demo import NO_PAIRS_MESSAGE, Demo, DemoConfig
 from densepolicy.loop_stages import LoopStages
 from densepolicy.paths import PROJECT_ROOT
-from tests.loop_fakes import write_eval_run, write_failing_tree_run
-
-TASKS = {"gsm8k": ["0", "1", "2"], "babyai": ["BabyAI-GoToRedBall-v0:0", "BabyAI-GoToRedBall-v0:1"]}
+from tests.loop_fakes import OfflineStages
 
 
-class OfflineStages(LoopStages):
-    """No server, no launcher: `run_envs` writes what the launcher + merge would have written."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calls = []
-
-    def serve(self, model, name):
-        import contextlib
-        self.calls.append(("serve", model))
-        return contextlib.nullcontext("http://127.0.0.1:9")
-
-    def release_tmux_ids(self, n_datasets, offsets):
-        pass
-
-    def run_envs(self, model, method, kind, server_url, settings, id_offset):
-        self.calls.append((kind, model, {k: list(v) for k, v in settings.items()}))
-        outs = {}
-        for name in settings:
-            outs[name] = self.root / kind / name
-            if method == "codeact_agent_tree":
-                write_failing_tree_run(outs[name], name, TASKS[name])
-            else:
-                write_eval_run(outs[name], name, {t: i == 0 for i, t in enumerate(TASKS[name])})
-        return outs
-
+class Stages(OfflineStages, LoopStages):
     def prepare_dataset(self, *args):
         raise AssertionError("no pairs: the dataset must not be prepared")
 
@@ -52,8 +25,8 @@ def test_demo_without_pairs_skips_training_and_still_evaluates(tmp_path, capsys,
     cfg = load_config(DemoConfig, PROJECT_ROOT / "configs" / "demo.yaml",
                       [f"output_dir={tmp_path / 'demo'}", f"evaluate_base={str(evaluate_base).lower()}",
                        "datasets=[{name: gsm8k}, {name: babyai}]"])
-    stages = OfflineStages(tmp_path / "demo", tag="demo", n_stages=10, proc_per_server=1, tmux_start_id=0,
-                           serving={}, sampler={})
+    stages = Stages(tmp_path / "demo", tag="demo", n_stages=10, proc_per_server=1, tmux_start_id=0,
+                    serving={}, sampler={}, solved=lambda model, task: task in ("0", "BabyAI-GoToRedBall-v0:0"))
     built = []
     demo = Demo(cfg, warm_start=lambda overrides, log: built.append(overrides) or tmp_path / "warm", stages=stages)
 

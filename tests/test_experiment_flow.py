@@ -1,0 +1,70 @@
+"""`make experiment` end to end without a server: the same held-out ids for every model, the prompts per
+model, DPO from the warm start on the pairs found, and the report. Launcher and server are replaced by
+synthetic result files (tests/loop_fakes.py); pairs and the report run through the real code."""
+import csv
+import json
+
+from densepolicy.config import load_config
+from densepolicy.experiment import BASE, TREEDPO, WARM, Experiment, ExperimentConfig
+from densepolicy.loop_stages import LoopStages
+from densepolicy.paths import PROJECT_ROOT
+from tests.loop_fakes import TREE_WITH_PAIRS, OfflineStages
+
+
+class Stages(OfflineStages, LoopStages):
+    tree_spec = TREE_WITH_PAIRS
+
+    def prepare_dataset(self, pairs_csv, name, model):
+        self.calls.append(("prepare_dataset", model, sum(1 for _ in csv.DictReader(open(pairs_csv)))))
+
+    def train(self, config, dataset, model, out, overrides):
+        self.calls.append(("train", model, config, list(overrides)))
+        out.mkdir(parents=True)
+
+
+def test_experiment_flow_and_report(tmp_path):
+    root = tmp_path / "exp"
+    (root / "old.txt").parent.mkdir(parents=True)
+    (root / "old.txt").write_text("an older experiment")
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1",
+        "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]},"
+        " {name: babyai, sample_tasks: 2, eval_tasks: 4}]"])
+    warm_dir = str(tmp_path / "warm")
+
+    def solved(model, task):  # TreeDPO solves everything, the warm start half, the base nothing
+        return model.endswith("treedpo_model") or (model == warm_dir and sum(map(ord, task)) % 2 == 0)
+
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=solved)
+    assert exp.main() == 0
+
+    assert list(tmp_path.glob("exp.prev-*/old.txt")), "the older experiment is moved aside, not overwritten"
+    calls = exp.stages.calls
+    runs = {c[0]: c for c in calls if c[0] not in ("serve", "prepare_dataset", "train")}
+    assert list(runs) == ["sample", "eval_warm", "eval_treedpo", "eval_base"]
+    tasks = json.loads((root / "tasks.json").read_text())
+    assert len(tasks["evaluation"]["gsm8k"]) == 5 and len(tasks["evaluation"]["babyai"]) == 4
+    assert len(tasks["train"]["gsm8k"]) == 3
+    assert not set(tasks["train"]["babyai"]) & set(tasks["evaluation"]["babyai"])
+    for kind in ("eval_warm", "eval_treedpo", "eval_base"):
+        for name, sets in runs[kind][2].items():
+            assert f"task_ids={json.dumps(tasks['evaluation'][name])}" in sets  # the same ids for every model
+            assert ("in_context_number=0" in sets) == (kind != "eval_base")  # base keeps its usual prompt
+    assert all("in_context_number=0" in s for s in runs["sample"][2].values())
+    assert runs["eval_base"][1] == cfg.base_model and runs["eval_warm"][1] == warm_dir
+    (_, model, n_pairs), = [c for c in calls if c[0] == "prepare_dataset"]
+    (_, train_model, config, overrides), = [c for c in calls if c[0] == "train"]
+    assert model == train_model == warm_dir and config == "cpu_dpo" and n_pairs > 0
+    assert overrides[-1] == f"max_steps={min(30, -(-2 * n_pairs // 4))}"
+
+    report = (root / "report.md").read_text()
+    for model in (BASE, WARM, TREEDPO):
+        assert f"| {model} |" in report
+    assert f"| {TREEDPO} vs {WARM} |" in report and f"| {WARM} vs {BASE} |" in report
+    with open(root / "results.csv", newline="") as fh:
+        rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(fh)}
+    assert rows[("gsm8k", TREEDPO)]["solved"] == "5" and rows[("babyai", BASE)]["solved"] == "0"
+    settings = json.loads((root / "settings.json").read_text())
+    assert settings["tasks"]["evaluation"] == tasks["evaluation"] and settings["pairs"]["gsm8k"] > 0
