@@ -51,7 +51,7 @@ class ExpertDataConfig:
     env_threads: int = help_field(2, help="Tasks replayed in parallel.")
     data_dir: Optional[str] = help_field(None, help="Offline data directory (null = densepolicy.paths.data_dir()).")
     babyai_train_seeds: int = help_field(25, help="BabyAI train split: seeds 1..N of each of the 40 levels.")
-    babyai_search_budget: int = help_field(400, help="Game actions the high-level plan search may try per task.")
+    babyai_search_budget: int = help_field(60, help="Game actions the high-level plan search may try per task.")
     babyai_max_high_level_actions: int = help_field(12, help="Longest high-level plan kept.")
     babyai_bot: bool = help_field(False, help="Fall back to BabyAIBot's primitive actions (slow; few fit max_tokens).")
     babyai_bot_timeout_s: float = help_field(10.0, help="Wall-clock limit of one BabyAIBot run (it can hang).")
@@ -240,6 +240,6 @@ def build_expert_dataset(cfg: ExpertDataConfig, dataset_dir: Path | None = None,
                       {"name": cfg.name, "file": path.name, "counts": summary.counts, "attempted": summary.attempted,
                        "dropped_long": summary.dropped_long, "token_stats": summary.token_stats,
                        "sources": summary.sources, "seconds": summary.seconds, "config": asdict(cfg)})
-    print(summary.table())
-    print(f"wrote {len(records)} trajectories to {path}; registered {cfg.name!r} in {out_dir / 'dataset_info.json'}")
+    print(summary.table(), flush=True)
+    print(f"wrote {len(records)} trajectories to {path}; registered {cfg.name!r} in {out_dir / 'dataset_info.json'}", flush=True)
     return summary

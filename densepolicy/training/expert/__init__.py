@@ -23,7 +23,7 @@ EXPERT_ENVS = ("gsm8k", "math", "alfworld", "babyai")
 class ExpertOptions:
     """Knobs of the experts (the builder fills them from its config)."""
 
-    babyai_search_budget: int = 400
+    babyai_search_budget: int = 60
     babyai_max_high_level_actions: int = 12
     babyai_bot: bool = False
     babyai_bot_timeout_s: float = 10.0

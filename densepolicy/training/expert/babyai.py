@@ -10,7 +10,7 @@ from densepolicy.training.expert.replay import ExpertPlan, action_message
 from envs.babyai_levels import parse_task_id
 
 
-def expert_plans(task_ids: Sequence[str], search_budget: int = 400, max_actions: int = 12, bot: bool = False,
+def expert_plans(task_ids: Sequence[str], search_budget: int = 60, max_actions: int = 12, bot: bool = False,
                  bot_timeout_s: float = 10.0, bot_max_actions: int = 12) -> list[ExpertPlan | None]:
     """Tool-call messages for each `level:seed` (None where neither expert solves it)."""
     plans: list[ExpertPlan | None] = []
