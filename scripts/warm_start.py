@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="only say whether the cached model is up to date (exit 0) or not (exit 1)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines show up at once when logged to a file
     try:
         if args.check:
             state = warm_start_state(args.overrides)
