@@ -25,13 +25,14 @@ from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
 from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
-from densepolicy.training.expert import EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plans, replay
+from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plan,
+                                         expert_plans, replay)
 from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
 from envs import load_env
 
 CONFIG_PATH = PROJECT_ROOT / "configs" / "expert_data.yaml"
 LOG_EVERY_S = 30.0
-BATCH = {"gsm8k": 8, "math": 8, "babyai": 8, "alfworld": 1}
+BATCH = {"gsm8k": 8, "math": 8, "babyai": 8, "alfworld": 2}
 """Tasks per env thread tried together (BabyAI runs its bot once per batch; ALFWorld tasks are slow)."""
 
 
@@ -154,6 +155,15 @@ def _replay_accepted(env: Any, task_id: str, plan: ExpertPlan | None) -> dict[st
     return {"task_id": task_id, "source": plan.source, "messages": trajectory.messages}
 
 
+def _attempt_batch(env: Any, batch: list[str], options: ExpertOptions, pool: ThreadPoolExecutor) -> list:
+    """Plan + replay of each task, in order. BabyAI plans the batch first (one bot process for all);
+    elsewhere each thread plans and replays its own task, so one task's replay overlaps another's plan."""
+    if env.name == "babyai":
+        plans = expert_plans(env, batch, options, pool.map)
+        return list(pool.map(lambda tp: _replay_accepted(env, *tp), zip(batch, plans)))
+    return list(pool.map(lambda t: _replay_accepted(env, t, expert_plan(env, t, options)), batch))
+
+
 def _env_kwargs(cfg: ExpertDataConfig, env_name: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
     if env_name == "babyai":
@@ -185,8 +195,7 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
         with ThreadPoolExecutor(cfg.env_threads, thread_name_prefix=f"expert-{env_name}") as pool:
             for start in range(0, len(candidates), chunk):
                 batch = candidates[start:start + chunk]
-                plans = expert_plans(env, batch, cfg.options(), pool.map)
-                for result in pool.map(lambda tp: _replay_accepted(env, *tp), zip(batch, plans)):
+                for result in _attempt_batch(env, batch, cfg.options(), pool):
                     if len(records) >= wanted:
                         break
                     tried += 1
