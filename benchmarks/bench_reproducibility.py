@@ -94,7 +94,9 @@ def main() -> int:
     device = load_serving_config(None, serving_common).device
     sampler = [f"max_tasks={args.tasks}", f"base={args.base}", f"max_steps={args.steps}", "window_size=8",
                "max_sample_number=4", f"max_runs={args.runs}", "in_context_number=0", f"max_tokens={args.max_tokens}",
-               "progress=false", "max_concurrency=16", f"task_concurrency={args.tasks}"]
+               "progress=false", "max_concurrency=16", f"task_concurrency={args.tasks}",
+               # one sequence at a time (deterministic on CPU) queues the 16 requests in flight: wait, don't retry
+               "request_timeout_s=3600"]
     signal.signal(signal.SIGTERM, _interrupt)  # stop the server cleanly when killed
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench_repro_"))
