@@ -9,7 +9,8 @@ Outputs: <output_dir>/<dataset>.<split>.<K>.csv (one row per task) and, for the 
 same command, it resumes without losing finished tasks or finished nodes.
 
 Exit codes: 0 done; 2 refused, nothing to retry (bad setting, missing data, a shard made with other
-settings or damaged, a request the server rejects: wrong model name, bad request, malformed replies);
+settings or damaged, an output that cannot be written, a request the server rejects: wrong model
+name, bad request, malformed replies);
 3 the server did not answer within retry_window_s (rerun the same command to resume); 4 another
 process is writing this shard (its pid and host are named).
 """
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except (LockHeldError, LockLostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
+    except OSError as exc:  # an output that cannot be written (permissions, disk full): names the file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except ServerDownError as exc:
         print(f"error: the LLM server at {args.server_url} is not answering: {exc}\n"
               f"Finished tasks and nodes are saved; rerun the same command to resume.", file=sys.stderr)

@@ -270,6 +270,14 @@ def test_worker_with_a_bad_setting_exits_2_before_creating_any_file(tmp_path):
         assert not out.exists()
 
 
+def test_an_output_dir_that_cannot_be_created_is_one_line_exit_2(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    proc = run(command("http://127.0.0.1:9/v1", blocker / "run"), timeout=120)
+    assert proc.returncode == 2
+    assert str(blocker) in error_line(proc)
+
+
 # -- 3. the run's identity lives with its results ------------------------------------------------------
 
 def test_deleting_state_does_not_let_other_settings_append_to_a_shard(fake_server, tmp_path):
