@@ -7,11 +7,13 @@ game (same PDDL, only wording changed) and its commands are mapped back to our t
 """
 from __future__ import annotations
 
-import functools
 import json
+import os
+import random
 import shutil
+import subprocess
+import sys
 import tempfile
-import threading
 from pathlib import Path
 
 from densepolicy.training.expert.replay import ExpertPlan, action_message
@@ -21,37 +23,34 @@ from envs.alfworld_tools import from_command
 GRAMMAR_PATCH = [("You arrive at {lend.name}.", "You arrive at {r.name}."),
                  ("put {o} in/on {r}", "move {o} to {r}"),
                  ("You put the {o.name} in/on the {r.name}.", "You move the {o.name} to the {r.name}.")]
-_TEXTWORLD_LOCK = threading.Lock()  # TextWorld's grammar parser (tatsu) is not thread-safe
+EXPERT_HASH_SEED = "0"
+EXPERT_RANDOM_SEED = 0
+"""The expert picks among equal objects with `random.choice` over lists built from sets of names: with an
+unseeded `random` and Python's per-process hash randomisation it takes `cd 1` in one run and `cd 3` in the
+next. It runs in a subprocess with a fixed PYTHONHASHSEED and seeded `random` so that the same game always
+gives the same plan (and the dataset is reproducible); processes also run in parallel,
+which TextWorld's grammar parser (not thread-safe) would not allow in threads."""
 
 
-def expert_commands(game_file: Path, max_steps: int) -> list[str] | None:
-    """Commands of the handcoded expert on a patched copy of `game_file`; None if it does not win."""
-    with _TEXTWORLD_LOCK:
-        return _expert_commands(Path(game_file), max_steps)
-
-
-def _share_game_logic() -> None:
-    """Parse the PDDL domain + grammar once per process instead of once per game load (about a third of
-    the expert's time): every game of a split has the same domain and grammar text, and TextWorld never
-    mutates the parsed `GameLogic`. Affects only this process, not the env's game hosts."""
-    from textworld.envs.pddl import logic
-
-    if not getattr(logic.GameLogic, "_densepolicy_shared", False):
-        cached = functools.lru_cache(maxsize=4)(logic.GameLogic)
-
-        def game_logic(domain: str, grammar: str):
-            return cached(domain, grammar)
-
-        game_logic._densepolicy_shared = True  # type: ignore[attr-defined]
-        logic.GameLogic = game_logic  # type: ignore[misc]
+def expert_commands(game_file: Path, max_steps: int, timeout_s: float = 900.0) -> list[str] | None:
+    """Commands of the handcoded expert on a patched copy of `game_file` (in a subprocess with a fixed
+    hash seed); None if it does not win within `max_steps` or `timeout_s`."""
+    command = [sys.executable, "-m", __name__, str(game_file), str(max_steps)]
+    env = {**os.environ, "PYTHONHASHSEED": EXPERT_HASH_SEED}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        return None
+    lines = [line for line in done.stdout.splitlines() if line.startswith("[") or line == "null"]
+    return json.loads(lines[-1]) if done.returncode == 0 and lines else None
 
 
 def _expert_commands(game_file: Path, max_steps: int) -> list[str] | None:
+    """In-process expert run (the subprocess's body)."""
     import textworld
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
 
-    _share_game_logic()
     data = json.loads(Path(game_file).read_text())
     for old, new in GRAMMAR_PATCH:
         data["grammar"] = data["grammar"].replace(old, new)
@@ -87,3 +86,8 @@ def expert_plan(game_file: Path, max_steps: int = 40) -> ExpertPlan | None:
     while commands and commands[0] == "look":  # the expert opens with `look`: it repeats the prompt's text
         commands = commands[1:]
     return ExpertPlan(tuple(action_message(tool_call(from_command(c))) for c in commands), "handcoded")
+
+
+if __name__ == "__main__":
+    random.seed(EXPERT_RANDOM_SEED)  # the expert picks among equal objects with random.choice
+    print(json.dumps(_expert_commands(Path(sys.argv[1]), int(sys.argv[2]))), flush=True)
