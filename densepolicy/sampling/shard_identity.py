@@ -1,10 +1,13 @@
 """The identity of a shard lives with its results: `<output_dir>/<stem>.settings.json` next to the CSV.
 
     lock = lock_shard(output_dir, stem, cfg.lock_stale_s)      # one writer per shard (densepolicy.file_lock)
-    check_shard_settings(output_dir, stem, cfg, model_name)    # refuse to mix settings, else record them
+    new = check_shard_settings(output_dir, stem, cfg, model_name)   # refuse to mix settings
+    ...                                                        # create the shard CSV (ShardWriter.open)
+    if new: record_shard_settings(output_dir, stem, new)       # before the first row
 
 The sidecar holds every setting that shapes the results (all but `RUNTIME_ONLY_KEYS`) and the model.
-It is written atomically before the shard's first row and checked on every start, so deleting `state/`
+It is written atomically after the shard CSV exists and before its first row (so a sidecar without its
+CSV can only be left by an interrupted merge), and checked on every start, so deleting `state/`
 (resume journals) cannot let a run with other settings append to the shard. A shard that has results
 but no sidecar is refused rather than guessed at. The merge moves the sidecar with its shard and
 refuses to merge shards whose sidecars differ (densepolicy.postprocess.merge).
@@ -90,11 +93,13 @@ def _has_results(output_dir: Path, stem: str) -> bool:
     return journals.is_dir() and any(p.stat().st_size > 0 for p in journals.glob("*.jsonl"))
 
 
-def check_shard_settings(output_dir: str | os.PathLike, stem: str, cfg: SamplerConfig, model: str) -> None:
-    """Refuse to continue shard `stem` with other settings than it was made with; record them if new.
+def check_shard_settings(output_dir: str | os.PathLike, stem: str, cfg: SamplerConfig,
+                         model: str) -> dict[str, Any] | None:
+    """Refuse (`ConfigError`) to continue shard `stem` with other settings than it was made with.
 
-    Call with the shard's lock held. A sidecar from before this module (`state/<stem>.settings.json`)
-    is honoured and copied next to the shard.
+    Call with the shard's lock held; nothing is written. Returns the record to write with
+    `record_shard_settings` once the shard CSV exists, or None if the sidecar is already there. A
+    sidecar from before this module (`state/<stem>.settings.json`) is honoured (and then copied).
     """
     output_dir = Path(output_dir)
     csv_path = output_dir / f"{stem}.csv"
@@ -109,8 +114,13 @@ def check_shard_settings(output_dir: str | os.PathLike, stem: str, cfg: SamplerC
             raise ConfigError(f"{what} with other settings ({'; '.join(diffs)}); rerun with the same settings "
                               f"to resume it, or choose another --output_dir")
         if source == path:
-            return
+            return None
     elif _has_results(output_dir, stem):
         raise ConfigError(f"{csv_path} holds results but its settings record {path.name} is missing, so they "
                           f"cannot be checked; restore the record, or move the shard's files away")
-    write_json_atomic(path, current, indent=1)
+    return current
+
+
+def record_shard_settings(output_dir: str | os.PathLike, stem: str, settings: dict[str, Any]) -> None:
+    """Write the sidecar of shard `stem` atomically (after its CSV exists, before its first row)."""
+    write_json_atomic(settings_path(Path(output_dir) / f"{stem}.csv"), settings, indent=1)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from densepolicy.config import ConfigError
 from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
-from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard
+from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings
 from densepolicy.sampling.shard_writer import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -229,10 +229,12 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
         ids = shard_slice(selected, shard, num_shards)
         stem = shard_file_stem(cfg, shard)
         lock = lock_shard(output_dir, stem, cfg.lock_stale_s)  # held until the worker ends
-        check_shard_settings(output_dir, stem, cfg, info.name)
+        new_settings = check_shard_settings(output_dir, stem, cfg, info.name)
         record_sampling_shard(output_dir, cfg, env, selected, shard, num_shards, info)
         writer = ShardWriter(output_dir, stem, tree=cfg.method == "codeact_agent_tree", lock=lock)
         done = writer.open()
+        if new_settings is not None:
+            record_shard_settings(output_dir, stem, new_settings)
         todo = [t for t in ids if t not in done]
         if done:
             log.info("resuming %s: %d of %d tasks already finished", writer.csv_path, len(set(ids) & done), len(ids))
