@@ -403,6 +403,23 @@ def test_non_utf8_bytes_are_reported_with_file_and_line_by_every_reader(tmp_path
     assert prep.returncode == 2 and f"{pairs_csv}:2" in error_line(prep)
 
 
+def test_non_utf8_config_and_dataset_registry_are_named_before_anything_is_written(tmp_path):
+    from densepolicy.config import read_yaml
+    from densepolicy.postprocess.config import DatasetConfig
+    from densepolicy.postprocess.lf_dataset import DatasetError, prepare_dataset
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"base: \xff\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{config}: not UTF-8")):
+        read_yaml(config)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "dataset_info.json").write_bytes(b'{"other": "\xff"}')
+    pairs = _pairs_file(tmp_path / "p.pairs.csv", "unselected")
+    with pytest.raises(DatasetError, match=re.escape(str(data / "dataset_info.json"))):
+        prepare_dataset(pairs, DatasetConfig(output_dir=str(data)), name="n", allow_empty=True, show_progress=False)
+    assert not (data / "n.json").exists()
+
+
 @pytest.mark.parametrize("target", ["csv", "tree", "journal"])
 def test_worker_resuming_a_shard_with_bad_bytes_names_file_and_line(fake_server, tmp_path, target):
     server = fake_server(fakes.scripted_reply)

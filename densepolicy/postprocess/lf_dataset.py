@@ -91,7 +91,7 @@ def read_pairwise_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: invalid JSON or bytes that are not UTF-8
         raise DatasetError(f"cannot read pairwise dataset {path}: {exc}") from None
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON list of records")
@@ -111,8 +111,7 @@ def resolve_mix_source(spec: str, output_dir: Path) -> Path:
     if Path(spec).is_file():
         return Path(spec)
     info_path = output_dir / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    entry = info.get(spec)
+    entry = read_dataset_info(info_path).get(spec)
     if entry and (output_dir / entry.get("file_name", "")).is_file():
         return output_dir / entry["file_name"]
     raise DatasetError(f"--mix source {spec!r} is neither a file nor a local dataset in {info_path}")
@@ -171,15 +170,23 @@ def pair_token_lengths(tokenizer, records: Sequence[dict[str, Any]], batch_size:
 
 def register_dataset(info_path: str | os.PathLike, name: str, entry: dict[str, Any]) -> None:
     """Insert or update `name` in dataset_info.json, keeping every other entry (atomic write)."""
-    info_path = Path(info_path)
-    info: dict[str, Any] = {}
-    if info_path.is_file():
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8") or "{}")
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{info_path} is not valid JSON ({exc}); fix it before registering datasets") from None
+    info = read_dataset_info(info_path)
     info[name] = entry
     write_json_atomic(info_path, info)
+
+
+def read_dataset_info(info_path: str | os.PathLike) -> dict[str, Any]:
+    """The entries of a `dataset_info.json` ({} if there is none); unreadable is a `DatasetError` naming it."""
+    info_path = Path(info_path)
+    if not info_path.is_file():
+        return {}
+    try:
+        info = json.loads(info_path.read_text(encoding="utf-8") or "{}")
+    except ValueError as exc:  # invalid JSON or bytes that are not UTF-8
+        raise DatasetError(f"{info_path} is not valid JSON ({exc}); fix it before registering datasets") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{info_path} is not a JSON object; fix it before registering datasets")
+    return info
 
 
 @dataclass
@@ -224,6 +231,7 @@ def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str
     name = name or default_name(pairs_path)
     output_dir = resolve(cfg.output_dir)
     report = DatasetReport(output=ensure_new(output_dir / f"{name}.json", overwrite), name=name)
+    read_dataset_info(output_dir / "dataset_info.json")  # a broken registry stops us before anything is written
     records = []
     for line, row in read_pairs(pairs_path):
         report.rows += 1

@@ -235,7 +235,7 @@ def manifest_num_shards(data_dir: Path) -> int | None:
     path = data_dir / "run_manifest.json"
     try:
         value = json.loads(path.read_text()).get("num_shards") if path.is_file() else None
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, AttributeError):  # unreadable: only the missing-shards report needs it
         return None
     return value if isinstance(value, int) and value > 0 else None
 
