@@ -60,14 +60,12 @@ def compare(a: dict[str, dict[str, tuple]], b: dict[str, dict[str, tuple]]) -> d
     return {"tasks": len(tasks), "identical_tasks": same_tasks, "nodes": all_nodes, "identical_nodes": same_nodes}
 
 
-def one_run(serving_overrides: list[str], sampler_overrides: list[str], out: Path, log_file: Path) -> dict:
-    """Start a fresh server, sample the trees, stop it; wall time of the sampling only."""
-    serving = load_serving_config(None, ["port=0"] + serving_overrides)
+def one_run(server: VLLMServer, sampler_overrides: list[str], out: Path) -> dict:
+    """Sample the trees against a running server; wall time of the sampling only."""
     cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", sampler_overrides)
-    with VLLMServer(MODEL, serving, log_file) as server:
-        started = time.monotonic()
-        summary = run_worker(cfg, server.served_name, server.base_url, 0, 1, out)
-        wall = time.monotonic() - started
+    started = time.monotonic()
+    summary = run_worker(cfg, server.served_name, server.base_url, 0, 1, out)
+    wall = time.monotonic() - started
     with (out / f"gsm8k.{cfg.split}.0.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     return {"wall_s": wall, "nodes": sum(int(r["nodes"]) for r in rows), "calls": summary.get("calls", 0),
@@ -87,6 +85,9 @@ def main() -> int:
     parser.add_argument("--max_tokens", type=int, default=40, help="tokens per generated step (default 40)")
     parser.add_argument("--modes", default="default,deterministic",
                         help="comma-separated: default (deterministic=false), deterministic (true)")
+    parser.add_argument("--same_server", action="store_true",
+                        help="both runs of a mode against one server (2 server starts instead of 4; in the default "
+                             "mode the second run then also meets a warm prefix cache)")
     parser.add_argument("overrides", nargs="*", help="serving key=value settings for every server (e.g. device=gpu)")
     args = parser.parse_args()
     logging.basicConfig(level="WARNING")
@@ -108,11 +109,21 @@ def main() -> int:
         for mode in modes:
             flag = f"deterministic={'true' if mode == 'deterministic' else 'false'}"
             runs = []
-            for k in (1, 2):
-                out = work / mode / f"run{k}"
-                print(f"[{mode}] run {k}: starting a fresh server", flush=True)
-                runs.append(one_run(serving_common + [flag], sampler, out, work / mode / f"vllm{k}.log"))
-                print(f"[{mode}] run {k}: {runs[-1]['nodes']} nodes in {runs[-1]['wall_s']:.1f} s", flush=True)
+            serving = load_serving_config(None, ["port=0"] + serving_common + [flag])
+            shared = VLLMServer(MODEL, serving, work / mode / "vllm.log").start() if args.same_server else None
+            try:
+                for k in (1, 2):
+                    out = work / mode / f"run{k}"
+                    if shared is None:
+                        print(f"[{mode}] run {k}: starting a fresh server", flush=True)
+                        with VLLMServer(MODEL, serving, work / mode / f"vllm{k}.log") as server:
+                            runs.append(one_run(server, sampler, out))
+                    else:
+                        runs.append(one_run(shared, sampler, out))
+                    print(f"[{mode}] run {k}: {runs[-1]['nodes']} nodes in {runs[-1]['wall_s']:.1f} s", flush=True)
+            finally:
+                if shared is not None:
+                    shared.stop()
             split = runs[0]["split"]
             diff = compare(trees_by_task(work / mode / "run1", "gsm8k", split),
                            trees_by_task(work / mode / "run2", "gsm8k", split))
@@ -133,7 +144,7 @@ def main() -> int:
     widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
     print(f"\nReproducibility of tree sampling, {device}, {MODEL}, GSM8K train, {args.tasks} tasks, "
           f"base {args.base}, {args.steps} steps, {args.runs} runs per task, {args.max_tokens} tokens per step; "
-          f"two runs per mode (fresh server each)")
+          f"two runs per mode ({'one server per mode' if args.same_server else 'fresh server each'})")
     print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in results:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
