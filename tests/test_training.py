@@ -400,7 +400,7 @@ def test_cpu_sft_trains_assistant_turns_and_exports_a_servable_model(tmp_path):
     write_sft_dataset(tmp_path / "data", "tiny_sft", n=8)
     result = train("cpu_sft", dataset="tiny_sft", dataset_dir=tmp_path / "data", output_dir=tmp_path / "model",
                    overrides=["max_steps=2", "logging_steps=1", "per_device_train_batch_size=2",
-                              "gradient_accumulation_steps=1"], progress=False)
+                              "gradient_accumulation_steps=1", "warmup_ratio=0.0"], progress=False)
     out = result.model_dir
     spec = servable_model_spec(out)
     assert spec.path == out.resolve()
