@@ -13,6 +13,7 @@ Same config -> same file.
 """
 from __future__ import annotations
 
+import logging
 import random
 import statistics
 import time
@@ -30,6 +31,7 @@ from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan,
 from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
 from envs import load_env
 
+log = logging.getLogger(__name__)
 CONFIG_PATH = PROJECT_ROOT / "configs" / "expert_data.yaml"
 LOG_EVERY_S = 30.0
 BATCH = {"gsm8k": 8, "math": 8, "babyai": 8, "alfworld": 2}
@@ -92,6 +94,7 @@ class ExpertDataSummary:
     token_stats: dict[str, dict[str, float]] = field(default_factory=dict)
     sources: dict[str, dict[str, int]] = field(default_factory=dict)  # env -> expert source -> kept
     dropped_long: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)  # env errors during a replay (counted as failures)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
@@ -149,7 +152,11 @@ def candidate_tasks(env: Any, seed: int, excluded: set[str]) -> list[str]:
 def _replay_accepted(env: Any, task_id: str, plan: ExpertPlan | None) -> dict[str, Any] | None:
     if plan is None:
         return None
-    trajectory = replay(env, task_id, plan.messages)
+    try:
+        trajectory = replay(env, task_id, plan.messages)
+    except Exception as exc:  # noqa: BLE001 - e.g. a game host that did not load in time on a loaded machine
+        log.warning("expert replay of %s %s failed: %s", env.name, task_id, exc)
+        return {"task_id": task_id, "error": f"{type(exc).__name__}: {exc}"}
     if not accepted(env, task_id, trajectory):
         return None
     return {"task_id": task_id, "source": plan.source, "messages": trajectory.messages}
@@ -184,7 +191,7 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
     started = time.monotonic()
     env = load_env(env_name, split=TRAIN_SPLIT[env_name], **_env_kwargs(cfg, env_name))
     records: list[dict[str, Any]] = []
-    tried = long = 0
+    tried = long = errors = 0
     tokens: list[int] = []
     assistant_tokens: list[int] = []
     sources: dict[str, int] = {}
@@ -200,6 +207,9 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
                         break
                     tried += 1
                     if result is None:
+                        continue
+                    if "error" in result:
+                        errors += 1
                         continue
                     n_tokens = chat_tokens(tokenizer, result["messages"])
                     if n_tokens > cfg.max_tokens:
@@ -224,6 +234,7 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
     summary.token_stats[env_name] = {**_stats(tokens), "assistant_mean": round(statistics.mean(assistant_tokens), 1)
                                      if assistant_tokens else 0.0}
     summary.sources[env_name] = dict(sorted(sources.items()))
+    summary.errors[env_name] = errors
     summary.seconds[env_name] = round(time.monotonic() - started, 1)
     return records
 
@@ -247,8 +258,11 @@ def build_expert_dataset(cfg: ExpertDataConfig, dataset_dir: Path | None = None,
     register_dataset(out_dir / "dataset_info.json", cfg.name, dataset_info_entry(cfg.name))
     write_json_atomic(out_dir / f"{cfg.name}.summary.json",
                       {"name": cfg.name, "file": path.name, "counts": summary.counts, "attempted": summary.attempted,
-                       "dropped_long": summary.dropped_long, "token_stats": summary.token_stats,
-                       "sources": summary.sources, "seconds": summary.seconds, "config": asdict(cfg)})
+                       "dropped_long": summary.dropped_long, "errors": summary.errors,
+                       "token_stats": summary.token_stats, "sources": summary.sources, "seconds": summary.seconds, "config": asdict(cfg)})
     print(summary.table(), flush=True)
-    print(f"wrote {len(records)} trajectories to {path}; registered {cfg.name!r} in {out_dir / 'dataset_info.json'}", flush=True)
+    if any(summary.errors.values()):
+        print(f"env errors during replays (counted as failures): {summary.errors}", flush=True)
+    print(f"wrote {len(records)} trajectories to {path}; registered {cfg.name!r} in "
+          f"{out_dir / 'dataset_info.json'}", flush=True)
     return summary
