@@ -312,6 +312,14 @@ def _import_paths() -> list[str]:
     raw = [p for p in sys.path if p] + [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
     if sys.executable:
         raw += [os.path.dirname(sys.executable), os.path.dirname(os.path.realpath(sys.executable))]
+    # A package folder may be a symlink to somewhere else (a venv that links another venv's packages,
+    # pip --target trees): its target must be exposed too, or the link dangles inside the sandbox.
+    for path in [p for p in sys.path if p and os.path.isdir(p)]:
+        try:
+            with os.scandir(path) as it:
+                raw += [os.path.realpath(e.path) for e in it if e.is_symlink()]
+        except OSError:
+            pass
     paths: list[str] = []
     for path in raw:
         for form in (os.path.abspath(path), os.path.realpath(path)):
