@@ -3,7 +3,6 @@ a failed build keeps the old model; a foreign directory is never replaced) and t
 expert dataset with LLaMA-Factory."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -15,6 +14,8 @@ import pytest
 from densepolicy.config import ConfigError, parse_overrides
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.training import warm_start as ws
+from densepolicy.training import expert_data
+from densepolicy.training.expert_data import ExpertDataConfig
 from densepolicy.training.train import TrainingError, TrainResult, check_servable
 
 
@@ -29,43 +30,29 @@ def _fake_model(path: Path, marker: str = "base") -> Path:
     return path
 
 
-@dataclasses.dataclass
-class FakeExpertConfig:
-    """The keys of configs/expert_data.yaml that configs/warm_start.yaml overrides, and a seed."""
-
-    seed: int = 0
-    name: str = "expert_sft"
-    gsm8k: int = 3
-    babyai: int = 2
-    alfworld: int = 0
-    max_tokens: int = 2048
-
-    @property
-    def counts(self) -> dict:
-        return {env: getattr(self, env) for env in ("gsm8k", "babyai", "alfworld") if getattr(self, env)}
-
-
 class Recorder:
     """Stands in for EXPERT's dataset builder and for LLaMA-Factory; counts the builds."""
 
     def __init__(self):
-        self.datasets: list[FakeExpertConfig] = []
+        self.datasets: list = []
         self.trainings: list[dict] = []
         self.fail_training = False
 
     def load_expert_data_config(self, overrides=()):
+        """The real config class (every key configs/warm_start.yaml may set), with small counts."""
         from densepolicy.config import apply_overrides
 
-        return apply_overrides(FakeExpertConfig(), list(overrides)) if overrides else FakeExpertConfig()
+        small = ExpertDataConfig(seed=0, gsm8k=3, babyai=2, alfworld=0)
+        return apply_overrides(small, list(overrides)) if overrides else small
 
     def build_expert_dataset(self, cfg, dataset_dir=None, overwrite=False):
         assert overwrite and dataset_dir is not None
         self.datasets.append(cfg)
         dataset_dir.mkdir(parents=True)
         (dataset_dir / f"{cfg.name}.json").write_text("[]")
-        return types.SimpleNamespace(name=cfg.name, path=dataset_dir / f"{cfg.name}.json", counts=dict(cfg.counts),
-                                     attempted={k: v + 1 for k, v in cfg.counts.items()},
-                                     token_stats={k: {"mean": 100.0} for k in cfg.counts})
+        return types.SimpleNamespace(name=cfg.name, path=dataset_dir / f"{cfg.name}.json", counts=cfg.wanted(),
+                                     attempted={k: v + 1 for k, v in cfg.wanted().items()},
+                                     token_stats={k: {"mean": 100.0} for k in cfg.wanted()})
 
     def train(self, config, dataset=None, model=None, output_dir=None, overrides=None, dataset_dir=None, **_):
         self.trainings.append({"config": config, "dataset": dataset, "model": model, "overrides": overrides,
@@ -79,10 +66,8 @@ class Recorder:
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     rec = Recorder()
-    module = types.ModuleType("densepolicy.training.expert_data")
-    module.load_expert_data_config = rec.load_expert_data_config
-    module.build_expert_dataset = rec.build_expert_dataset
-    monkeypatch.setitem(sys.modules, "densepolicy.training.expert_data", module)
+    monkeypatch.setattr(expert_data, "load_expert_data_config", rec.load_expert_data_config)
+    monkeypatch.setattr(expert_data, "build_expert_dataset", rec.build_expert_dataset)
     monkeypatch.setattr("densepolicy.training.train.train", rec.train)
     rec.base = _fake_model(tmp_path / "base")
     rec.out = tmp_path / "models" / "warm"
@@ -132,7 +117,7 @@ def test_a_changed_input_rebuilds(fake, change, tmp_path):
     if change.startswith("sft_overrides"):
         assert fake.trainings[1]["overrides"] == ["learning_rate=5e-5"]
     if change.startswith("expert_data.babyai"):
-        assert fake.datasets[1].counts == {"gsm8k": 3, "babyai": 7}
+        assert fake.datasets[1].wanted() == {"gsm8k": 3, "babyai": 7}
     ws.ensure_warm_start(args, log=lambda _: None)
     assert len(fake.trainings) == 2
 
