@@ -16,8 +16,9 @@ import pytest
 
 from densepolicy.config import ConfigError
 from densepolicy.serving.models import ModelError, ModelSpec
-from densepolicy.serving.server import (ServerError, ServingConfig, VLLMServer, cpu_list, find_free_port,
-                                 load_serving_config, port_in_use, wait_healthy)
+from densepolicy.serving import server as server_module
+from densepolicy.serving.server import (ServerError, ServingConfig, VLLMServer, cpu_has_native_bf16, cpu_list,
+                                        find_free_port, load_serving_config, port_in_use, wait_healthy)
 
 FAKE_VLLM = textwrap.dedent('''
     """Pretends to be `python -m vllm.entrypoints.cli.main serve ...`: answers /health on --port."""
@@ -81,6 +82,30 @@ def test_command_and_environment_for_gpu(tmp_path):
     assert argv[argv.index("--max-num-seqs") + 1] == "128"
     assert argv[-2:] == ["--max-num-batched-tokens", "4096"]
     assert not any(k.startswith("VLLM_CPU") for k in server.environment())
+
+
+AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def test_native_bf16_is_read_from_cpu_flags():
+    assert not cpu_has_native_bf16(AVX2_ONLY)
+    assert cpu_has_native_bf16(AVX512_BF16) and cpu_has_native_bf16(ARM_BF16)
+    assert not cpu_has_native_bf16("")
+
+
+@pytest.mark.parametrize("native_bf16, requested, expected", [
+    (False, "auto", "float32"),      # emulated bf16 is ~3x slower than fp32 on AVX2-only CPUs
+    (True, "auto", "auto"),          # vLLM-CPU's own choice (bf16) where the CPU computes it natively
+    (False, "bfloat16", "bfloat16"),  # an explicit dtype is never changed
+])
+def test_cpu_auto_dtype_depends_on_native_bf16(tmp_path, monkeypatch, native_bf16, requested, expected):
+    monkeypatch.setattr(server_module, "cpu_has_native_bf16", lambda: native_bf16)
+    argv = VLLMServer(model_spec(tmp_path), ServingConfig(dtype=requested), None, port=8123).command()
+    assert argv[argv.index("--dtype") + 1] == expected
+    gpu = VLLMServer(model_spec(tmp_path), ServingConfig(device="gpu", dtype=requested), None, port=8123).command()
+    assert gpu[gpu.index("--dtype") + 1] == requested
 
 
 def test_port_zero_picks_a_free_port(tmp_path):
