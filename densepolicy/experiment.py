@@ -25,7 +25,7 @@ from typing import Callable, Optional
 
 from densepolicy.config import ConfigError, describe, help_field, load_config, parse_overrides, read_yaml, to_dict
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside
-from densepolicy.paths import PROJECT_ROOT, resolve
+from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
@@ -237,7 +237,7 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
     cfg = settings.get("config", {})
     pairs = settings.get("pairs", {})
     lines = ["# TreeDPO experiment", "",
-             f"Budget {cfg.get('budget')}; models: " + ", ".join(f"{k} = `{v}`" for k, v in settings["models"].items()),
+             f"Budget {cfg.get('budget')}; models: " + ", ".join(f"{k} = `{shown(v)}`" for k, v in settings["models"].items()),
              "",
              "Prompts: base = its usual prompt (in-context examples as configured in configs/tasks/<dataset>.yaml: "
              "GSM8K 8, MATH 1, embodied 0); warm-start and warm+TreeDPO = no in-context examples. "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from densepolicy.config import load_config
-from densepolicy.paths import PROJECT_ROOT, main_python
+from densepolicy.paths import PROJECT_ROOT, main_python, shown
 
 
 class StageError(RuntimeError):
@@ -104,7 +104,7 @@ class LoopStages:
         overrides = [f"{k}={v}" for k, v in self.serving.items()]
         scfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml", overrides)
         server = VLLMServer(model, scfg, self.logs / f"server_{name}.log")
-        with self.stage(f"start vLLM server for {model}"):
+        with self.stage(f"start vLLM server for {shown(model)}"):
             server.start()
         try:
             yield server.base_url

