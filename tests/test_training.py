@@ -217,6 +217,30 @@ def test_template_mismatch_stops_training_before_it_starts(dataset_dir, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
+@pytest.mark.parametrize("config, dataset", [("cpu_tiny", "tiny_tree_dpo"), ("cpu_sft", "tiny_sft")])
+def test_records_longer_than_cutoff_len_stop_training_before_it_starts(dataset_dir, tmp_path, config, dataset):
+    """LLaMA-Factory would cut them silently (a prompt loses its end: the latest observation)."""
+    if config == "cpu_sft":
+        write_sft_dataset(dataset_dir, dataset)
+    with pytest.raises(ConfigError, match=r"records of .* are longer than cutoff_len=24 tokens \(longest \d+\)"):
+        train(config, dataset=dataset, dataset_dir=dataset_dir, output_dir=tmp_path / "out",
+              overrides=["cutoff_len=24"], progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_record_length_counts_the_longer_answer_of_a_pair():
+    from densepolicy.training.train import TemplatePair, record_length
+
+    pair = TemplatePair(embedded_model_dir(), "smollm2", "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    entry = {"formatting": "sharegpt", "ranking": True}
+    record = {"conversations": [{"from": "human", "value": "Task: add 2 and 3."}],
+              "chosen": {"from": "gpt", "value": "Answer: 5"},
+              "rejected": {"from": "gpt", "value": "Action:\n" + "print(2 + 3)\n" * 40 + "End Action"}}
+    long_first = dict(record, chosen=record["rejected"], rejected=record["chosen"])
+    assert record_length(pair, record, entry) == record_length(pair, long_first, entry) > 200
+
+
 # ------------------------------------------------------------------------------ real LLaMA-Factory
 
 

@@ -365,6 +365,46 @@ def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
             )
 
 
+def record_length(pair: TemplatePair, record: dict[str, Any], entry: dict[str, Any]) -> int:
+    """Tokens LLaMA-Factory would feed for one record: prompt + the longer answer (pairwise), or the whole
+    conversation (SFT)."""
+    messages, system = sharegpt_messages(record, entry)
+    if entry.get("ranking") or "rejected" in record:
+        rejected = dict(record[entry.get("columns", {}).get("rejected", "rejected")])
+        longest = 0
+        for answer in (messages[-1]["content"], rejected.get("value", rejected.get("content", ""))):
+            prompt_ids, answer_ids = pair.template.encode_oneturn(
+                pair.tokenizer, messages[:-1] + [{"role": "assistant", "content": answer}], system or None)
+            longest = max(longest, len(prompt_ids) + len(answer_ids))
+        return longest
+    turns = pair.template.encode_multiturn(pair.tokenizer, messages, system or None)
+    return sum(len(q) + len(a) for q, a in turns)
+
+
+def check_cutoff(args: dict[str, Any]) -> None:
+    """Refuse to train when records are longer than `cutoff_len`.
+
+    LLaMA-Factory truncates such a record without a word, and for a prompt it keeps the beginning: an agent's
+    prompt loses its latest observation, the very context the chosen and rejected steps answer. Raise
+    `cutoff_len` (padding is dynamic, so a larger value costs nothing for shorter records) or shorten the data.
+    """
+    dataset = str(args["dataset"]).split(",")[0].strip()
+    entry = registered_datasets(args["dataset_dir"])[dataset]
+    cutoff = int(args.get("cutoff_len", 2048))
+    if entry.get("formatting") != "sharegpt":
+        return
+    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
+    pair = TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
+    records = _dataset_records(dataset, args["dataset_dir"], limit=int(args.get("max_samples") or 10**9))
+    lengths = [record_length(pair, record, entry) for record in records]
+    too_long = [n for n in lengths if n > cutoff]
+    if too_long:
+        raise ConfigError(
+            f"{len(too_long)} of {len(lengths)} records of {dataset!r} are longer than cutoff_len={cutoff} "
+            f"tokens (longest {max(too_long)}); LLaMA-Factory would cut them (a prompt loses its end, the latest "
+            f"observation). Set cutoff_len={max(too_long)} or more (e.g. as an override: cutoff_len=4096).")
+
+
 # ------------------------------------------------------------------------------------ running
 
 
@@ -506,6 +546,7 @@ def train(
     check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
     if template_check:
         check_chat_template(args)
+        check_cutoff(args)
     out.mkdir(parents=True, exist_ok=True)
 
     lora = args.get("finetuning_type", "lora") == "lora"
