@@ -45,6 +45,7 @@ class ExperimentDataset:
     eval_split: Optional[str] = help_field(None, help="Held-out split (null = the codeact_agent split of the task config).")
     eval_tasks: int = help_field(50, help="Held-out tasks (x budget, at most the split size), a seeded sample.")
     evaluate: list[str] = help_field([], help="sample_tree.py key=value settings for the evaluation of every model.")
+    evaluate_base: bool = help_field(True, help="Evaluate the base model on this env too (with evaluate_base).")
 
 
 @dataclasses.dataclass
@@ -192,8 +193,9 @@ class Experiment:
         if cfg.evaluate_base:
             with st.serve(cfg.base_model, "base") as url:
                 with st.stage("evaluate the base model (usual prompt, in-context examples) on the same tasks"):
-                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", "eval_base", url,
-                                                self.eval_settings(eval_tasks, True), 5)
+                    base_settings = {name: sets for name, sets in self.eval_settings(eval_tasks, True).items()
+                                     if next(d for d in cfg.datasets if d.name == name).evaluate_base}
+                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", "eval_base", url, base_settings, 5)
         with st.stage("table, paired tests, plot"):
             report = self.report(results, eval_tasks, train_tasks, warm)
             print(report.read_text().split("## Settings")[0])
@@ -203,10 +205,10 @@ class Experiment:
     def report(self, results: dict[str, dict[str, Path]], eval_tasks: dict[str, list[str]],
                train_tasks: dict[str, list[str]], warm: str) -> Path:
         cfg = self.cfg
-        order = [m for m in (BASE, WARM, TREEDPO) if m in results]
-        tests = [t for t in ((TREEDPO, WARM), (WARM, BASE)) if t[0] in results and t[1] in results]
         comparisons = []
         for d in cfg.datasets:
+            order = [m for m in (BASE, WARM, TREEDPO) if d.name in results.get(m, {})]
+            tests = [t for t in ((TREEDPO, WARM), (WARM, BASE)) if t[0] in order and t[1] in order]
             outcomes = {m: comparison.load_outcomes(merged_csv(results[m][d.name])) for m in order}
             for m, got in outcomes.items():
                 if set(got) != set(eval_tasks[d.name]):

@@ -68,3 +68,23 @@ def test_experiment_flow_and_report(tmp_path):
     assert rows[("gsm8k", TREEDPO)]["solved"] == "5" and rows[("babyai", BASE)]["solved"] == "0"
     settings = json.loads((root / "settings.json").read_text())
     assert settings["tasks"]["evaluation"] == tasks["evaluation"] and settings["pairs"]["gsm8k"] > 0
+
+
+def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1",
+        "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]},"
+        " {name: babyai, sample_tasks: 2, eval_tasks: 4, evaluate_base: false}]"])
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=lambda model, task: model.endswith("treedpo_model"))
+    assert exp.main() == 0
+    (eval_base,) = [c for c in exp.stages.calls if c[0] == "eval_base"]
+    assert list(eval_base[2]) == ["gsm8k"]  # the base model is evaluated on gsm8k only
+    with open(root / "results.csv", newline="") as fh:
+        rows = {(r["dataset"], r["model"]) for r in csv.DictReader(fh)}
+    assert ("gsm8k", BASE) in rows and ("babyai", BASE) not in rows and ("babyai", TREEDPO) in rows
+    with open(root / "paired_tests.csv", newline="") as fh:
+        pairs = {(r["dataset"], r["model_a"], r["model_b"]) for r in csv.DictReader(fh)}
+    assert ("babyai", TREEDPO, WARM) in pairs and ("gsm8k", WARM, BASE) in pairs and ("babyai", WARM, BASE) not in pairs
