@@ -343,7 +343,7 @@ def _evaluate_on_gsm8k(model_dir, server_url, out_dir):
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "sample_tree.py"), "codeact_agent", "gsm8k", "--shard", "0",
          "--num_shards", "1", "--server_url", server_url, "--model", str(model_dir), "--output_dir", str(out_dir),
-         "max_tasks=2", "max_turn=2", "max_tokens=64", "in_context_number=1"],
+         "max_tasks=2", "max_turn=2", "max_steps=4", "max_tokens=64", "in_context_number=1"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
 
 
