@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import csv
 import fcntl
 import json
 import sys
@@ -29,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from densepolicy.paths import vllm_lock_file  # noqa: E402
 from densepolicy.serving.server import VLLMServer, cpu_has_native_bf16, load_serving_config  # noqa: E402
+from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PREFIX = " ".join(f"cell{i}=wall" for i in range(300))  # ~1,700 tokens, like a BabyAI prompt with its tool list
@@ -77,20 +77,9 @@ def main() -> int:
     first = {r["concurrent"]: r["tokens_per_s"] for r in rows if r["dtype"] == args.dtypes[0]}
     for r in rows:
         r[f"speedup_vs_{args.dtypes[0]}"] = round(r["tokens_per_s"] / first[r["concurrent"]], 2)
-    print(f"\nvLLM-CPU, {args.model}, ~1,700-token prompts, {args.max_tokens} new tokens per request; "
-          f"native bf16 on this CPU: {cpu_has_native_bf16()}")
-    cols = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "cpu_serving.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {path}")
+    print_and_write(rows, RESULTS / "cpu_serving.csv",
+                    title=f"vLLM-CPU, {args.model}, ~1,700-token prompts, {args.max_tokens} new tokens per request; "
+                          f"native bf16 on this CPU: {cpu_has_native_bf16()}")
     return 0
 
 

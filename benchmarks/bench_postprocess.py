@@ -31,6 +31,7 @@ from densepolicy.postprocess.pairs import extract_pairs_file, read_task_meta  # 
 from densepolicy.postprocess.config import Budget, MergePairsConfig  # noqa: E402
 from densepolicy.testing.synthetic_trees import random_tree  # noqa: E402
 from densepolicy.postprocess.tree_stats import PairRule  # noqa: E402
+from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.csv"
 COLUMNS = ["task_id", "dataset", "split", "method", "model", "status", "score", "runs", "nodes", "task_type",
@@ -108,18 +109,7 @@ def main() -> None:
         row["time_ratio_vs_first"] = round(row["merge_plus_extract_s"] / base["merge_plus_extract_s"], 2)
         row["cpu_ratio_vs_first"] = round(row["merge_plus_extract_cpu_s"] / base["merge_plus_extract_cpu_s"], 2)
         row["size_ratio_vs_first"] = round(row["nodes"] / base["nodes"], 2)
-    header = list(rows[0])
-    widths = [max(len(h), *(len(str(r[h])) for r in rows)) for h in header]
-    print("  ".join(h.rjust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(row[h]).rjust(w) for h, w in zip(header, widths)))
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {out}")
+    print_and_write(rows, args.output)
 
 
 if __name__ == "__main__":

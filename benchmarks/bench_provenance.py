@@ -15,7 +15,6 @@ Prints a table and writes benchmarks/results/provenance.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from densepolicy import provenance  # noqa: E402
 from densepolicy.paths import embedded_model_dir  # noqa: E402
+from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "provenance.csv"
 
@@ -88,17 +88,7 @@ def main() -> int:
                      "cached_s": "", "in_process_s": round(median_time(provenance.environment, args.repeats), 4),
                      "cold_over_cached": ""})
 
-    header = list(rows[0])
-    widths = [max(len(str(r[h])) for r in rows + [dict(zip(header, header))]) for h in header]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths)))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=header)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"wrote {RESULTS}")
+    print_and_write(rows, RESULTS)
     return 0
 
 

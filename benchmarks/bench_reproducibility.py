@@ -33,6 +33,7 @@ from densepolicy.paths import vllm_lock_file  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
 from densepolicy.sampling.worker import run_worker  # noqa: E402
 from densepolicy.serving.server import VLLMServer, load_serving_config  # noqa: E402
+from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "SmolLM2-135M-Instruct"
@@ -140,21 +141,12 @@ def main() -> int:
     base = next((r for r in results if r["mode"] == "default"), results[0])
     for r in results:
         r["slowdown_vs_default"] = round(r["s_per_node"] / max(base["s_per_node"], 1e-9), 2)
-    cols = list(results[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
-    print(f"\nReproducibility of tree sampling, {device}, {MODEL}, GSM8K train, {args.tasks} tasks, "
-          f"base {args.base}, {args.steps} steps, {args.runs} runs per task, {args.max_tokens} tokens per step; "
-          f"two runs per mode ({'one server per mode' if args.same_server else 'fresh server each'})")
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in results:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"reproducibility_{device}.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(results)
-    print(f"wrote {path} (run directories in {work})")
+    print_and_write(results, RESULTS / f"reproducibility_{device}.csv",
+                    title=f"Reproducibility of tree sampling, {device}, {MODEL}, GSM8K train, {args.tasks} tasks, "
+                          f"base {args.base}, {args.steps} steps, {args.runs} runs per task, {args.max_tokens} "
+                          f"tokens per step; two runs per mode "
+                          f"({'one server per mode' if args.same_server else 'fresh server each'})")
+    print(f"run directories in {work}")
     return 0
 
 

@@ -35,6 +35,7 @@ from densepolicy.paths import vllm_lock_file  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
 from densepolicy.sampling.worker import load_task_env, run_worker  # noqa: E402
 from tests.fakes import _unit  # noqa: E402
+from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 GOAL_RE = re.compile(r"You should perform actions to accomplish the goal: (.*)\Z", re.S)
@@ -173,22 +174,11 @@ def main() -> int:
     for r in results:
         r.update(server=args.server, env=env, setting=setting, speedup_vs_sequential=round(seq["wall_s"] / r["wall_s"], 2),
                  identical_trees=same)
-    cols = list(results[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in results)) for c in cols}
-    print(f"\nTree sampler, {setting}, env {env}, {tasks} tasks, base 3, 4 steps")
-    print("  ".join(c.ljust(widths[c]) for c in cols))
-    for r in results:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    env_tag = "scripted" if env.startswith("tests.fakes") else env
+    print_and_write(results, RESULTS / f"tree_sampler_{args.server}_{env_tag}.csv",
+                    title=f"Tree sampler, {setting}, env {env}, {tasks} tasks, base 3, 4 steps")
     print(f"\nwall-time ratio sequential/concurrent: {speedup:.1f}x; concurrent s/node {con['s_per_node']} "
           f"(original 3.6 s); saturation {con['saturation']}; identical trees: {same}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    env_tag = "scripted" if env.startswith("tests.fakes") else env
-    path = RESULTS / f"tree_sampler_{args.server}_{env_tag}.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows(results)
-    print(f"wrote {path}")
     return 0
 
 

@@ -342,17 +342,24 @@ class TemplatePair:
                 for i, message in enumerate(messages) if message["role"] == "assistant"]
 
 
-def check_chat_template(args: dict[str, Any], records: int = 3) -> None:
+def template_pair(args: dict[str, Any]) -> TemplatePair:
+    """The `TemplatePair` of a training config: its tokenizer (or model) directory, template and system."""
+    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
+    return TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
+
+
+def check_chat_template(args: dict[str, Any], records: int = 3, pair: TemplatePair | None = None) -> None:
     """Fail if LLaMA-Factory's template renders the dataset's first records differently from the model's
     own chat template (the one vLLM uses), e.g. because of a different default system prompt. Every
-    assistant turn is checked (pairwise: the prompt's turns and the chosen answer; SFT: each trained turn)."""
+    assistant turn is checked (pairwise: the prompt's turns and the chosen answer; SFT: each trained turn).
+    `pair` saves loading the tokenizer and template again when the caller already has them."""
     dataset = str(args["dataset"]).split(",")[0].strip()
     entry = registered_datasets(args["dataset_dir"])[dataset]
     if entry.get("formatting") != "sharegpt":
         log.warning("template check skipped: dataset %s is not in sharegpt format", dataset)
         return
     tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
-    pair = TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
+    pair = pair or template_pair(args)
     for record in _dataset_records(dataset, args["dataset_dir"], records):
         messages, system = sharegpt_messages(record, entry)
         if not all(turn.agree for turn in pair.compare_turns(messages, system)):
@@ -381,7 +388,7 @@ def record_length(pair: TemplatePair, record: dict[str, Any], entry: dict[str, A
     return sum(len(q) + len(a) for q, a in turns)
 
 
-def check_cutoff(args: dict[str, Any]) -> None:
+def check_cutoff(args: dict[str, Any], pair: TemplatePair | None = None) -> None:
     """Refuse to train when records are longer than `cutoff_len`.
 
     LLaMA-Factory truncates such a record without a word, and for a prompt it keeps the beginning: an agent's
@@ -393,8 +400,7 @@ def check_cutoff(args: dict[str, Any]) -> None:
     cutoff = int(args.get("cutoff_len", 2048))
     if entry.get("formatting") != "sharegpt":
         return
-    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
-    pair = TemplatePair(tokenizer_dir, args["template"], args.get("default_system"))
+    pair = pair or template_pair(args)
     records = _dataset_records(dataset, args["dataset_dir"], limit=int(args.get("max_samples") or 10**9))
     lengths = [record_length(pair, record, entry) for record in records]
     too_long = [n for n in lengths if n > cutoff]
@@ -545,8 +551,9 @@ def train(
     launch_env = distributed_env(args, source=str(config_path(config)))  # torchrun settings, {} for one process
     check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
     if template_check:
-        check_chat_template(args)
-        check_cutoff(args)
+        pair = template_pair(args)
+        check_chat_template(args, pair=pair)
+        check_cutoff(args, pair=pair)
     out.mkdir(parents=True, exist_ok=True)
 
     lora = args.get("finetuning_type", "lora") == "lora"
