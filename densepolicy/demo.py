@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from densepolicy.config import ConfigError, describe, help_field, load_config
-from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, tree_to_plot
+from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals, tree_to_plot
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
@@ -184,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    stop_on_signals()
     try:
         cfg = load_config(DemoConfig, args.config, args.overrides)
         return Demo(cfg).main()
+    except KeyboardInterrupt as exc:
+        print(f"demo: interrupted ({exc or 'SIGINT'}); workers stopped", file=sys.stderr)
+        return 130
     except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1

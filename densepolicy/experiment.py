@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from densepolicy.config import ConfigError, describe, help_field, load_config, parse_overrides, read_yaml, to_dict
-from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside
+from densepolicy.config import (ConfigError, describe, from_dict, help_field, load_config, parse_overrides, read_yaml,
+                                to_dict)
+from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
@@ -33,6 +34,7 @@ from densepolicy.training.train import TrainingError
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "experiment.yaml"
 BASE, WARM, TREEDPO = "base", "warm-start", "warm+TreeDPO"
+EVAL_DIRS = {BASE: "eval_base", WARM: "eval_warm", TREEDPO: "eval_treedpo"}  # <output_dir>/<dir>/<dataset>/
 
 
 @dataclasses.dataclass
@@ -135,7 +137,13 @@ class Experiment:
                                  proc_per_server=cfg.proc_per_server, tmux_start_id=cfg.tmux_start_id,
                                  serving=cfg.serving, sampler=cfg.sampler)
         self.warm_start = warm_start
-        self.info: dict[str, object] = {}
+        self.info: dict[str, object] = {}  # facts of this run for the report, also kept in <output_dir>/run.json
+
+    def remember(self, **facts: object) -> None:
+        """Add `facts` to the run's record (`run.json`), so `--report-only` can rebuild the report."""
+        self.info.update(facts)
+        (self.root / "run.json").write_text(json.dumps({"config": to_dict(self.cfg), **self.info}, indent=1,
+                                                       default=str) + "\n")
 
     def eval_settings(self, tasks: dict[str, list[str]], with_examples: bool) -> dict[str, list[str]]:
         out = {}
@@ -151,6 +159,7 @@ class Experiment:
         with st.stage("warm start (expert SFT; cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
             st.say(f"warm-started model: {warm}")
+        self.remember(warm_model=warm)
         train_tasks, eval_tasks = {}, {}
         for d in cfg.datasets:
             tcfg = task_config(d.name)
@@ -168,13 +177,13 @@ class Experiment:
             with st.stage("tree sampling with the warm-started model on train tasks (no in-context examples)"):
                 sample_dirs = st.run_envs(warm, "codeact_agent_tree", "sample", url, sample_settings, 0)
             with st.stage("evaluate the warm-started model on the held-out tasks"):
-                results[WARM] = st.run_envs(warm, "codeact_agent", "eval_warm", url,
+                results[WARM] = st.run_envs(warm, "codeact_agent", EVAL_DIRS[WARM], url,
                                             self.eval_settings(eval_tasks, False), 5)
         merged_pairs = self.root / "merged_all_pairs.csv"
         with st.stage("preference pairs from sibling steps"):
             pairs = st.pairs(sample_dirs, merged_pairs)
             st.say("pairs per env: " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
-        self.info["pairs"] = pairs
+        self.remember(pairs=pairs)
         trained = self.root / "treedpo_model"
         n_pairs = sum(pairs.values())
         if n_pairs == 0:
@@ -182,24 +191,59 @@ class Experiment:
             st.stage_no += 3
         else:
             steps = dpo_steps(cfg, n_pairs)
-            self.info["dpo_steps"] = steps
+            self.remember(dpo_steps=steps)
             with st.stage(f"LLaMA-Factory dataset ({n_pairs} pairs) + DPO ({cfg.train_config}, {steps} steps)"):
                 st.prepare_dataset(merged_pairs, cfg.dataset_name, warm)
                 st.train(cfg.train_config, cfg.dataset_name, warm, trained, [*cfg.train_overrides, f"max_steps={steps}"])
             with st.serve(str(trained), "treedpo") as url:
                 with st.stage("evaluate the warm-started + TreeDPO model on the same tasks"):
-                    results[TREEDPO] = st.run_envs(str(trained), "codeact_agent", "eval_treedpo", url,
+                    results[TREEDPO] = st.run_envs(str(trained), "codeact_agent", EVAL_DIRS[TREEDPO], url,
                                                    self.eval_settings(eval_tasks, False), 5)
         if cfg.evaluate_base:
             with st.serve(cfg.base_model, "base") as url:
                 with st.stage("evaluate the base model (usual prompt, in-context examples) on the same tasks"):
                     base_settings = {name: sets for name, sets in self.eval_settings(eval_tasks, True).items()
                                      if next(d for d in cfg.datasets if d.name == name).evaluate_base}
-                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", "eval_base", url, base_settings, 5)
+                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", EVAL_DIRS[BASE], url,
+                                                base_settings, 5)
         with st.stage("table, paired tests, plot"):
             report = self.report(results, eval_tasks, train_tasks, warm)
             print(report.read_text().split("## Settings")[0])
         print(f"[experiment] finished in {st.elapsed():.0f} s; report: {report}")
+        return 0
+
+    def report_only(self) -> int:
+        """Rebuild the report from what an earlier, possibly interrupted, run left in `output_dir`: every
+        evaluation that finished (its merged CSV exists) is compared; one that did not is named in the report."""
+        tasks_file = self.root / "tasks.json"
+        if not tasks_file.exists():
+            raise StageError(f"--report-only: {shown(tasks_file)} not found (the experiment did not get that far)")
+        tasks = json.loads(tasks_file.read_text())
+        run_file = self.root / "run.json"
+        run = json.loads(run_file.read_text()) if run_file.exists() else {}
+        if "config" in run:  # describe the run with the settings it had, not today's configs/experiment.yaml
+            self.cfg = from_dict(ExperimentConfig, {**run.pop("config"), "output_dir": self.cfg.output_dir},
+                                 source=shown(run_file))
+        self.info.update(run)
+        warm = str(run.get("warm_model") or self.cfg.warm_model or "unknown")
+        if self.stages.timings_file.exists():
+            self.stages.timings = [(t["stage"] if t["status"] == "done" else f"{t['stage']} ({t['status']})",
+                                    t["seconds"]) for t in json.loads(self.stages.timings_file.read_text())]
+        results: dict[str, dict[str, Path]] = {}
+        unfinished = []
+        for model, kind in EVAL_DIRS.items():
+            for d in self.cfg.datasets:
+                out = self.root / kind / d.name
+                if list(out.glob("*.None.csv")):
+                    results.setdefault(model, {})[d.name] = out
+                elif out.exists():
+                    unfinished.append(f"{model} on {d.name}")
+        if unfinished:
+            self.info["unfinished evaluations (left out)"] = unfinished
+            print("[experiment] unfinished evaluations, left out of the report: " + ", ".join(unfinished))
+        report = self.report(results, tasks["evaluation"], tasks["train"], warm)
+        print(report.read_text().split("## Settings")[0])
+        print(f"[experiment] report rebuilt from {shown(self.root)}: {report}")
         return 0
 
     def report(self, results: dict[str, dict[str, Path]], eval_tasks: dict[str, list[str]],
@@ -208,6 +252,8 @@ class Experiment:
         comparisons = []
         for d in cfg.datasets:
             order = [m for m in (BASE, WARM, TREEDPO) if d.name in results.get(m, {})]
+            if not order:
+                continue
             tests = [t for t in ((TREEDPO, WARM), (WARM, BASE)) if t[0] in order and t[1] in order]
             outcomes = {m: comparison.load_outcomes(merged_csv(results[m][d.name])) for m in order}
             for m, got in outcomes.items():
@@ -269,11 +315,20 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="settings (configs/experiment.yaml, override as key=value):\n" + describe(ExperimentConfig))
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment config YAML")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild report.md, the CSVs and the plot from the evaluations an earlier (possibly "
+                             "interrupted) run finished in output_dir; runs nothing else")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
+    stop_on_signals()
     try:
         cfg = load_config(ExperimentConfig, args.config, args.overrides)
-        return Experiment(cfg).main()
+        experiment = Experiment(cfg)
+        return experiment.report_only() if args.report_only else experiment.main()
+    except KeyboardInterrupt as exc:
+        print(f"experiment: interrupted ({exc or 'SIGINT'}); workers stopped. What finished stays in output_dir; "
+              f"`make experiment ARGS=--report-only` writes its report.", file=sys.stderr)
+        return 130
     except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"experiment: error: {exc}", file=sys.stderr)
         return 1

@@ -14,7 +14,9 @@ import collections
 import concurrent.futures
 import contextlib
 import csv
+import json
 import shlex
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -48,7 +50,8 @@ class LoopStages:
     # -- plumbing -----------------------------------------------------------------------------
     @contextlib.contextmanager
     def stage(self, title: str) -> Iterator[None]:
-        """Print `[tag k/n] title ...` and, at the end, `done in Xs` (or FAILED); record the timing."""
+        """Print `[tag k/n] title ...` and, at the end, `done in Xs` (or FAILED); record the timing, also in
+        `<root>/timings.json` (so a report can be rebuilt after an interrupted run)."""
         self.stage_no += 1
         start = time.monotonic()
         print(f"[{self.tag} {self.stage_no}/{self.n_stages}] {title} ...", flush=True)
@@ -59,8 +62,16 @@ class LoopStages:
         finally:
             took = time.monotonic() - start
             self.timings.append((title, took))
+            if self.root.is_dir():
+                done = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else []
+                done.append({"stage": title, "status": status, "seconds": round(took, 1)})
+                self.timings_file.write_text(json.dumps(done, indent=1) + "\n")
             print(f"[{self.tag} {self.stage_no}/{self.n_stages}] {title}: {status} in {took:.0f}s "
                   f"(total {self.elapsed():.0f}s)", flush=True)
+
+    @property
+    def timings_file(self) -> Path:
+        return self.root / "timings.json"
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -178,6 +189,15 @@ class LoopStages:
                 tmux_id = self.tmux_start_id + offset + 10 * i
                 self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_leftovers",
                          check=False)
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and `kill` stop the run the same way (KeyboardInterrupt: the stages stop their workers). Python
+    leaves SIGINT ignored when it starts ignored, as in a job started with `&` from a script."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def move_aside(root: Path, tag: str) -> None:

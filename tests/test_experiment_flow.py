@@ -3,10 +3,15 @@ model, DPO from the warm start on the pairs found, and the report. Launcher and 
 synthetic result files (tests/loop_fakes.py); pairs and the report run through the real code."""
 import csv
 import json
+import signal
+import subprocess
+import sys
+
+import pytest
 
 from densepolicy.config import load_config
 from densepolicy.experiment import BASE, TREEDPO, WARM, Experiment, ExperimentConfig
-from densepolicy.loop_stages import LoopStages
+from densepolicy.loop_stages import LoopStages, StageError
 from densepolicy.paths import PROJECT_ROOT
 from tests.loop_fakes import TREE_WITH_PAIRS, OfflineStages
 
@@ -88,3 +93,55 @@ def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_pat
     with open(root / "paired_tests.csv", newline="") as fh:
         pairs = {(r["dataset"], r["model_a"], r["model_b"]) for r in csv.DictReader(fh)}
     assert ("babyai", TREEDPO, WARM) in pairs and ("gsm8k", WARM, BASE) in pairs and ("babyai", WARM, BASE) not in pairs
+
+
+def test_report_only_rebuilds_the_report_of_an_interrupted_run_from_what_finished(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1",
+        "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]}]"])
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=lambda model, task: model.endswith("treedpo_model"))
+    assert exp.main() == 0
+    # as if the run had been stopped during the base model's evaluation: shards written, merge not done
+    (merged_base,) = (root / "eval_base" / "gsm8k").glob("*.None.csv")
+    merged_base.rename(merged_base.with_name("gsm8k.test.0.csv"))
+    for name in ("report.md", "results.csv", "paired_tests.csv", "settings.json"):
+        (root / name).unlink()
+
+    # today's config differs from the run's; the report must describe the run (run.json)
+    later = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                        [f"output_dir={root}", "budget=0.5", "seed=1"])
+    assert Experiment(later).report_only() == 0
+
+    with open(root / "results.csv", newline="") as fh:
+        rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(fh)}
+    assert set(rows) == {("gsm8k", WARM), ("gsm8k", TREEDPO)}
+    assert rows[("gsm8k", TREEDPO)]["solved"] == "5" and rows[("gsm8k", WARM)]["solved"] == "0"
+    settings = json.loads((root / "settings.json").read_text())
+    assert settings["config"]["budget"] == 1.0 and settings["config"]["seed"] == cfg.seed
+    assert settings["unfinished evaluations (left out)"] == [f"{BASE} on gsm8k"]
+    assert settings["models"][WARM] == str(tmp_path / "warm") and settings["pairs"]["gsm8k"] > 0
+    stages = list(settings["timings_s"])
+    assert stages[0].startswith("warm start") and len(stages) == 8  # every stage of the first run, from timings.json
+    assert f"| {TREEDPO} vs {WARM} |" in (root / "report.md").read_text()
+
+
+def test_report_only_without_a_run_names_the_missing_file(tmp_path):
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [f"output_dir={tmp_path}"])
+    with pytest.raises(StageError, match="tasks.json not found"):
+        Experiment(cfg).report_only()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_run_started_with_sigint_ignored_still_stops_on_sigint_and_sigterm(sig):
+    # `make experiment &` from a script starts Python with SIGINT ignored; stop_on_signals turns both signals
+    # into KeyboardInterrupt, which the stages answer by stopping their workers
+    code = ("import time\nfrom densepolicy.loop_stages import stop_on_signals\nstop_on_signals()\n"
+            "print('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt as exc:\n    print('stopped', exc)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(sig)
+    assert proc.communicate(timeout=20)[0].strip() == f"stopped {sig.name}"
