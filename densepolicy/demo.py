@@ -20,7 +20,7 @@ from typing import Callable
 
 from densepolicy.config import ConfigError, describe, help_field, load_config
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals, tree_to_plot
-from densepolicy.paths import PROJECT_ROOT, resolve
+from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
@@ -91,7 +91,7 @@ class Demo:
         st.release_tmux_ids(len(cfg.datasets), (0, 5))
         with st.stage("warm start (expert SFT; built once, then cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
-            st.say(f"warm-started model: {warm}")
+            st.say(f"warm-started model: {shown(warm)}")
         results: dict[str, dict[str, Path]] = {}
         with st.serve(warm, "warm") as url:
             with st.stage("tree sampling (codeact_agent_tree) with the warm-started model on the train splits"):
@@ -102,7 +102,7 @@ class Demo:
         with st.stage("preference pairs from sibling steps (+ budgeted merge)"):
             pairs = st.pairs(sample_dirs, merged_pairs)
             st.say(f"{sum(pairs.values())} pairs (" + ", ".join(f"{k} {v}" for k, v in pairs.items())
-                   + f") in {merged_pairs}")
+                   + f") in {shown(merged_pairs)}")
         trained = self.root / "trained_model"
         if sum(pairs.values()) == 0:
             print(NO_PAIRS_MESSAGE, flush=True)
@@ -160,18 +160,18 @@ class Demo:
     def summary(self, sample_dirs, merged_pairs, trained, table) -> None:
         st = self.stages
         print("\n[demo] finished in %.0f s. Artefacts:" % st.elapsed())
-        evals = ", ".join(str(p) for p in sorted(self.root.glob("eval_*")))
-        rows = [("tree samples (CSV + trees/*.jsonl)", self.root / "sample"),
-                ("pairs per env", ", ".join(str(p / "pairs") for p in sample_dirs.values())),
-                ("merged pairs", merged_pairs if merged_pairs.exists() else "none (no pairs)"),
-                ("LLaMA-Factory dataset", PROJECT_ROOT / "TreeDPO" / "data" / f"{self.cfg.dataset_name}.json"
+        evals = ", ".join(shown(p) for p in sorted(self.root.glob("eval_*")))
+        rows = [("tree samples (CSV + trees/*.jsonl)", shown(self.root / "sample")),
+                ("pairs per env", ", ".join(shown(p / "pairs") for p in sample_dirs.values())),
+                ("merged pairs", shown(merged_pairs) if merged_pairs.exists() else "none (no pairs)"),
+                ("LLaMA-Factory dataset", shown(PROJECT_ROOT / "TreeDPO" / "data" / f"{self.cfg.dataset_name}.json")
                  if trained else "skipped (no pairs)"),
-                ("trained model + loss plots", trained or "skipped (no pairs)"),
+                ("trained model + loss plots", shown(trained) if trained else "skipped (no pairs)"),
                 ("evaluation results", evals),
-                ("score tables", f"{table}*"),
-                ("comparison (success, CI, protocol)", self.root / "comparison.{md,png}"),
-                ("tree plot", self.root / "tree_plot*"),
-                ("logs", st.logs)]
+                ("score tables", f"{shown(table)}*"),
+                ("comparison (success, CI, protocol)", shown(self.root / "comparison") + ".{md,png}"),
+                ("tree plot", shown(self.root / "tree_plot") + "*"),
+                ("logs", shown(st.logs))]
         for what, where in rows:
             print(f"  {what:<36} {where}")
         print("  stage timings: " + ", ".join(f"{t}: {s:.0f}s" for t, s in st.timings))

@@ -158,7 +158,7 @@ class Experiment:
         st.release_tmux_ids(len(cfg.datasets), (0, 5))
         with st.stage("warm start (expert SFT; cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
-            st.say(f"warm-started model: {warm}")
+            st.say(f"warm-started model: {shown(warm)}")
         self.remember(warm_model=warm)
         train_tasks, eval_tasks = {}, {}
         for d in cfg.datasets:
@@ -209,7 +209,7 @@ class Experiment:
         with st.stage("table, paired tests, plot"):
             report = self.report(results, eval_tasks, train_tasks, warm)
             print(report.read_text().split("## Settings")[0])
-        print(f"[experiment] finished in {st.elapsed():.0f} s; report: {report}")
+        print(f"[experiment] finished in {st.elapsed():.0f} s; report: {shown(report)}")
         return 0
 
     def report_only(self) -> int:
@@ -243,7 +243,7 @@ class Experiment:
             print("[experiment] unfinished evaluations, left out of the report: " + ", ".join(unfinished))
         report = self.report(results, tasks["evaluation"], tasks["train"], warm)
         print(report.read_text().split("## Settings")[0])
-        print(f"[experiment] report rebuilt from {shown(self.root)}: {report}")
+        print(f"[experiment] report rebuilt from {shown(self.root)}: {shown(report)}")
         return 0
 
     def report(self, results: dict[str, dict[str, Path]], eval_tasks: dict[str, list[str]],

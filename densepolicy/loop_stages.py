@@ -205,7 +205,7 @@ def move_aside(root: Path, tag: str) -> None:
     if root.exists() and any(root.iterdir()):
         backup = root.with_name(f"{root.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
         root.rename(backup)
-        print(f"[{tag}] previous output moved to {backup}")
+        print(f"[{tag}] previous output moved to {shown(backup)}")
     root.mkdir(parents=True, exist_ok=True)
 
 

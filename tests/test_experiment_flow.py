@@ -139,7 +139,7 @@ def test_a_run_started_with_sigint_ignored_still_stops_on_sigint_and_sigterm(sig
     # `make experiment &` from a script starts Python with SIGINT ignored; stop_on_signals turns both signals
     # into KeyboardInterrupt, which the stages answer by stopping their workers
     code = ("import time\nfrom densepolicy.loop_stages import stop_on_signals\nstop_on_signals()\n"
-            "print('ready', flush=True)\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt as exc:\n    print('stopped', exc)")
+            "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt as exc:\n    print('stopped', exc)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.stdout.readline() == "ready\n"
