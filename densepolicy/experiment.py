@@ -2,9 +2,17 @@
 
     warm start (expert SFT, cached) -> tree sampling with it on train tasks (no in-context examples)
     -> preference pairs -> DPO (TreeDPO/configs/<train_config>.yaml) -> evaluate base, warm-started
-    and warm-started + TreeDPO on the SAME seeded held-out task ids -> per-env table with Wilson 95 %
-    intervals, exact McNemar tests (TreeDPO vs warm start, warm start vs base), protocol-following rate,
-    a bar plot and the settings, in `output_dir` (eval_results/experiment/).
+    and warm-started + TreeDPO on the SAME seeded held-out task ids, greedy once and `eval_samples` times
+    at `eval_temperature` (sample k of every model with the same seed) -> per-env tables: greedy success
+    with Wilson 95 % intervals and exact McNemar tests; mean per-task success over the samples with a
+    task-clustered 95 % interval, the paired per-task-rate test (effect + CI, permutation and Wilcoxon
+    p-values) and the minimum detectable effect at 80 % power; protocol-following rate, pairs per 1,000
+    tree nodes, a bar plot and the settings, in `output_dir` (eval_results/experiment/).
+
+Train-task screen (per env, `screen_tasks` > 0): a seeded sample of candidate train tasks is rolled out
+`screen_samples` times by the warm-started model at `eval_temperature`; trees are grown only on the
+candidates with mixed outcomes (some solved, some not), at most `sample_tasks` of them: a tree whose
+root is always or never solved yields no pair.
 
 `budget` scales every task count and the DPO step cap (budget=0.1 is a smoke run). The base model is
 evaluated with its usual prompt (the in-context examples of configs/tasks/<dataset>.yaml: GSM8K 8,
@@ -48,6 +56,18 @@ class ExperimentDataset:
     eval_tasks: int = help_field(50, help="Held-out tasks (x budget, at most the split size), a seeded sample.")
     evaluate: list[str] = help_field([], help="sample_tree.py key=value settings for the evaluation of every model.")
     evaluate_base: bool = help_field(True, help="Evaluate the base model on this env too (with evaluate_base).")
+    eval_samples: Optional[int] = help_field(None, help="Sampled episodes per held-out task (null = the top-level "
+                                                         "eval_samples).")
+    screen_tasks: int = help_field(0, help="Candidate train tasks screened by rollouts (x budget); 0 = no screen, "
+                                           "trees on sample_tasks seeded train tasks.")
+    screen_samples: int = help_field(4, help="Rollouts per candidate (at eval_temperature); mixed outcomes = kept.")
+
+    def __post_init__(self) -> None:
+        if self.eval_samples is not None and self.eval_samples < 0:
+            raise ConfigError(f"key 'datasets.{self.name}.eval_samples' must be >= 0, got {self.eval_samples}")
+        if self.screen_tasks < 0 or self.screen_samples < 2:
+            raise ConfigError(f"keys 'datasets.{self.name}.screen_tasks' (>= 0) and 'screen_samples' (>= 2: one "
+                              f"rollout cannot be mixed) are out of range")
 
 
 @dataclasses.dataclass
@@ -61,6 +81,10 @@ class ExperimentConfig:
     evaluate_base: bool = help_field(True, help="Also evaluate the base model (with its usual in-context examples).")
     output_dir: str = help_field("eval_results/experiment", help="Output; an older one is moved to <dir>.prev-<time>.")
     seed: int = help_field(20261126, help="Seed of the train/held-out task selection.")
+    eval_samples: int = help_field(4, help="Sampled episodes per held-out task and model, besides the greedy one "
+                                           "(0 = greedy only); sample k uses sampler seed eval_seed + k for every model.")
+    eval_temperature: float = help_field(0.7, help="Temperature of the sampled evaluation episodes and screen rollouts.")
+    eval_seed: int = help_field(1000, help="Sampler seed of sample 0 (sample k: eval_seed + k; screen: eval_seed + 100 + k).")
     proc_per_server: int = help_field(2, help="Workers per dataset (PROC_PER_GPU of distributed_test.sh).")
     tmux_start_id: int = help_field(150, help="First TMUX_START_ID; each launcher run uses a block of 10 ids.")
     serving: dict[str, str | int | float | bool] = help_field({}, help="Overrides of configs/serving.yaml.")
@@ -77,6 +101,10 @@ class ExperimentConfig:
             raise ConfigError(f"key 'budget' must be > 0, got {self.budget}")
         if self.dpo_epochs <= 0 or self.dpo_max_steps < 1:
             raise ConfigError("keys 'dpo_epochs' and 'dpo_max_steps' must be positive")
+        if self.eval_samples < 0:
+            raise ConfigError(f"key 'eval_samples' must be >= 0, got {self.eval_samples}")
+        if not self.eval_temperature > 0:
+            raise ConfigError(f"key 'eval_temperature' must be > 0 (sampled episodes), got {self.eval_temperature}")
         names = [d.name for d in self.datasets]
         if len(set(names)) != len(names):
             raise ConfigError(f"key 'datasets' names a dataset twice: {names}")
@@ -84,6 +112,15 @@ class ExperimentConfig:
     def scaled(self, n: int) -> int:
         """A task count or step cap times the budget (at least 1)."""
         return max(1, round(n * self.budget))
+
+    def samples_of(self, dataset: ExperimentDataset) -> int:
+        """Sampled evaluation episodes per held-out task of `dataset`."""
+        return self.eval_samples if dataset.eval_samples is None else dataset.eval_samples
+
+    def sample_kinds(self, model_kind: str) -> list[str]:
+        """Output sub-directories of the sampled evaluations of one model: `<kind>/sample<k>`."""
+        most = max((self.samples_of(d) for d in self.datasets), default=0)
+        return [f"{model_kind}/sample{k}" for k in range(most)]
 
 
 def task_config(dataset: str) -> dict:
@@ -132,7 +169,7 @@ class Experiment:
             raise ConfigError("key 'datasets' is empty")
         self.cfg = cfg
         self.root = resolve(cfg.output_dir)
-        n_stages = 9 + (2 if cfg.evaluate_base else 0)
+        n_stages = 9 + (2 if cfg.evaluate_base else 0) + (1 if any(d.screen_tasks for d in cfg.datasets) else 0)
         self.stages = LoopStages(self.root, tag="experiment", n_stages=n_stages,
                                  proc_per_server=cfg.proc_per_server, tmux_start_id=cfg.tmux_start_id,
                                  serving=cfg.serving, sampler=cfg.sampler)
@@ -155,34 +192,43 @@ class Experiment:
     def main(self) -> int:
         cfg, st = self.cfg, self.stages
         move_aside(self.root, "experiment")
-        st.release_tmux_ids(len(cfg.datasets), (0, 5))
+        st.release_tmux_ids(self.max_parallel_runs(), (0, 5))
         with st.stage("warm start (expert SFT; cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
             st.say(f"warm-started model: {shown(warm)}")
         self.remember(warm_model=warm)
-        train_tasks, eval_tasks = {}, {}
+        train_tasks, eval_tasks, candidates = {}, {}, {}
         for d in cfg.datasets:
-            tcfg = task_config(d.name)
-            train_split = tcfg.get("codeact_agent_tree", {}).get("split", "train")
-            eval_split = d.eval_split or tcfg.get("codeact_agent", {}).get("split", "test")
-            train_tasks[d.name] = select_task_ids(d.name, train_split, cfg.scaled(d.sample_tasks), cfg.seed)
+            train_split = self.train_split(d)
+            eval_split = d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")
+            n_train = cfg.scaled(d.screen_tasks) if d.screen_tasks else cfg.scaled(d.sample_tasks)
+            train_tasks[d.name] = select_task_ids(d.name, train_split, n_train, cfg.seed)
+            if d.screen_tasks:
+                candidates[d.name] = train_tasks[d.name]
             eval_tasks[d.name] = select_task_ids(d.name, eval_split, cfg.scaled(d.eval_tasks), cfg.seed)
-            st.say(f"{d.name}: {len(train_tasks[d.name])} train tasks ({train_split}), "
-                   f"{len(eval_tasks[d.name])} held-out tasks ({eval_split})")
-        (self.root / "tasks.json").write_text(json.dumps({"train": train_tasks, "evaluation": eval_tasks}, indent=1))
-        sample_settings = {d.name: [*d.sample, task_ids_setting(train_tasks[d.name]), "in_context_number=0"]
-                           for d in cfg.datasets}
+            st.say(f"{d.name}: {len(train_tasks[d.name])} {'candidate ' if d.screen_tasks else ''}train tasks "
+                   f"({train_split}), {len(eval_tasks[d.name])} held-out tasks ({eval_split})")
         results: dict[str, dict[str, Path]] = {}
+        samples: dict[str, dict[str, list[Path]]] = {}
         with st.serve(warm, "warm") as url:
+            if candidates:
+                with st.stage("screen candidate train tasks by rollouts of the warm-started model"):
+                    train_tasks.update(self.screen(warm, url, candidates))
+            (self.root / "tasks.json").write_text(json.dumps({"train": train_tasks, "evaluation": eval_tasks},
+                                                             indent=1))
+            sample_settings = {d.name: [*d.sample, task_ids_setting(train_tasks[d.name]), "in_context_number=0"]
+                               for d in cfg.datasets if train_tasks[d.name]}
             with st.stage("tree sampling with the warm-started model on train tasks (no in-context examples)"):
                 sample_dirs = st.run_envs(warm, "codeact_agent_tree", "sample", url, sample_settings, 0)
-            with st.stage("evaluate the warm-started model on the held-out tasks"):
-                results[WARM] = st.run_envs(warm, "codeact_agent", EVAL_DIRS[WARM], url,
-                                            self.eval_settings(eval_tasks, False), 5)
+            self.remember(tree_nodes=tree_nodes(sample_dirs))
+            with st.stage(f"evaluate the warm-started model on the held-out tasks ({self.episodes_note()})"):
+                results[WARM], samples[WARM] = self.evaluate(warm, url, WARM, eval_tasks, with_examples=False)
         merged_pairs = self.root / "merged_all_pairs.csv"
         with st.stage("preference pairs from sibling steps"):
             pairs = st.pairs(sample_dirs, merged_pairs)
-            st.say("pairs per env: " + ", ".join(f"{k} {v}" for k, v in pairs.items()))
+            st.say("pairs per env: " + ", ".join(
+                f"{k} {v} ({per_thousand(v, self.info['tree_nodes'].get(k, 0))} per 1,000 nodes)"
+                for k, v in pairs.items()))
         self.remember(pairs=pairs)
         trained = self.root / "treedpo_model"
         n_pairs = sum(pairs.values())
@@ -196,21 +242,89 @@ class Experiment:
                 st.prepare_dataset(merged_pairs, cfg.dataset_name, warm)
                 st.train(cfg.train_config, cfg.dataset_name, warm, trained, [*cfg.train_overrides, f"max_steps={steps}"])
             with st.serve(str(trained), "treedpo") as url:
-                with st.stage("evaluate the warm-started + TreeDPO model on the same tasks"):
-                    results[TREEDPO] = st.run_envs(str(trained), "codeact_agent", EVAL_DIRS[TREEDPO], url,
-                                                   self.eval_settings(eval_tasks, False), 5)
+                with st.stage(f"evaluate the warm-started + TreeDPO model on the same tasks ({self.episodes_note()})"):
+                    results[TREEDPO], samples[TREEDPO] = self.evaluate(str(trained), url, TREEDPO, eval_tasks,
+                                                                       with_examples=False)
         if cfg.evaluate_base:
             with st.serve(cfg.base_model, "base") as url:
                 with st.stage("evaluate the base model (usual prompt, in-context examples) on the same tasks"):
-                    base_settings = {name: sets for name, sets in self.eval_settings(eval_tasks, True).items()
-                                     if next(d for d in cfg.datasets if d.name == name).evaluate_base}
-                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", EVAL_DIRS[BASE], url,
-                                                base_settings, 5)
+                    base_sets = [d.name for d in cfg.datasets if d.evaluate_base]
+                    results[BASE], samples[BASE] = self.evaluate(cfg.base_model, url, BASE, eval_tasks,
+                                                                 with_examples=True, datasets=base_sets)
         with st.stage("table, paired tests, plot"):
-            report = self.report(results, eval_tasks, train_tasks, warm)
+            report = self.report(results, samples, eval_tasks, train_tasks, warm)
             print(report.read_text().split("## Settings")[0])
         print(f"[experiment] finished in {st.elapsed():.0f} s; report: {shown(report)}")
         return 0
+
+    # -- pieces of main ------------------------------------------------------------------------
+    def train_split(self, d: ExperimentDataset) -> str:
+        return task_config(d.name).get("codeact_agent_tree", {}).get("split", "train")
+
+    def max_parallel_runs(self) -> int:
+        """Most launcher runs in flight at once (each uses a block of 10 TMUX_START_IDs)."""
+        cfg = self.cfg
+        evals = (1 + max((cfg.samples_of(d) for d in cfg.datasets), default=0)) * len(cfg.datasets)
+        screens = max((d.screen_samples for d in cfg.datasets if d.screen_tasks), default=0) * len(cfg.datasets)
+        return max(len(cfg.datasets), evals, screens)
+
+    def episodes_note(self) -> str:
+        n = max((self.cfg.samples_of(d) for d in self.cfg.datasets), default=0)
+        return f"greedy + {n} sampled episodes per task" if n else "greedy"
+
+    def procs_per_run(self, runs_per_dataset: int) -> int:
+        """Workers per launcher run when several runs share the server (about proc_per_server per dataset)."""
+        return max(1, math.ceil(self.cfg.proc_per_server / max(1, runs_per_dataset)))
+
+    def evaluate(self, model: str, url: str, name: str, tasks: dict[str, list[str]], with_examples: bool,
+                 datasets: Optional[list[str]] = None) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+        """The greedy run and the sampled runs of one model on the held-out tasks, all at once against `url`.
+
+        Returns (dataset -> greedy run dir, dataset -> [sampled run dirs]); sample k ran with sampler seed
+        eval_seed + k at eval_temperature, the same for every model.
+        """
+        cfg = self.cfg
+        greedy = {k: v for k, v in self.eval_settings(tasks, with_examples).items()
+                  if datasets is None or k in datasets}
+        by_name = {d.name: d for d in cfg.datasets}
+        kind = EVAL_DIRS[name]
+        jobs: dict[str, dict[str, list[str]]] = {kind: greedy}
+        for k, sample_kind in enumerate(cfg.sample_kinds(kind)):
+            sampled = {ds: [*sets, f"temperature={cfg.eval_temperature}", f"seed={cfg.eval_seed + k}"]
+                       for ds, sets in greedy.items() if k < cfg.samples_of(by_name[ds])}
+            if sampled:
+                jobs[sample_kind] = sampled
+        out = self.stages.run_jobs(model, "codeact_agent", url, jobs, 5, self.procs_per_run(len(jobs)))
+        sample_dirs = {ds: [out[j][ds] for j in jobs if j != kind and ds in out[j]] for ds in greedy}
+        return out[kind], {ds: dirs for ds, dirs in sample_dirs.items() if dirs}
+
+    def screen(self, model: str, url: str, candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+        """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks)."""
+        cfg = self.cfg
+        screened = [d for d in cfg.datasets if d.name in candidates]
+        jobs: dict[str, dict[str, list[str]]] = {}
+        for k in range(max(d.screen_samples for d in screened)):
+            jobs[f"screen/sample{k}"] = {
+                d.name: [*d.evaluate, task_ids_setting(candidates[d.name]), "in_context_number=0",
+                         f"split={self.train_split(d)}", f"temperature={cfg.eval_temperature}",
+                         f"seed={cfg.eval_seed + 100 + k}"]
+                for d in screened if k < d.screen_samples}
+        out = self.stages.run_jobs(model, "codeact_agent", url, jobs, 5, self.procs_per_run(len(jobs)))
+        chosen, record = {}, {}
+        for d in screened:
+            runs = [comparison.load_outcomes(merged_csv(out[j][d.name])) for j in jobs if d.name in out[j]]
+            solved = {t: sum(run[t].solved for run in runs if t in run) for t in candidates[d.name]}
+            mixed = [t for t in candidates[d.name] if 0 < solved[t] < len(runs)]
+            chosen[d.name] = mixed[:cfg.scaled(d.sample_tasks)]
+            record[d.name] = {"candidates": len(solved), "rollouts_per_task": len(runs),
+                              "always_solved": sum(v == len(runs) for v in solved.values()),
+                              "never_solved": sum(v == 0 for v in solved.values()), "mixed": len(mixed),
+                              "trees": len(chosen[d.name])}
+            self.stages.say(f"{d.name}: {len(mixed)} of {len(solved)} candidates mixed over {len(runs)} rollouts "
+                            f"({record[d.name]['always_solved']} always, {record[d.name]['never_solved']} never "
+                            f"solved); trees on {len(chosen[d.name])}")
+        self.remember(screen=record)
+        return chosen
 
     def report_only(self) -> int:
         """Rebuild the report from what an earlier, possibly interrupted, run left in `output_dir`: every
@@ -230,24 +344,29 @@ class Experiment:
             self.stages.timings = [(t["stage"] if t["status"] == "done" else f"{t['stage']} ({t['status']})",
                                     t["seconds"]) for t in json.loads(self.stages.timings_file.read_text())]
         results: dict[str, dict[str, Path]] = {}
+        samples: dict[str, dict[str, list[Path]]] = {}
         unfinished = []
         for model, kind in EVAL_DIRS.items():
             for d in self.cfg.datasets:
                 out = self.root / kind / d.name
-                if list(out.glob("*.None.csv")):
+                sampled = [self.root / sk / d.name for sk in self.cfg.sample_kinds(kind)[:self.cfg.samples_of(d)]]
+                done = [run for run in [out, *sampled] if list(run.glob("*.None.csv"))]
+                if len(done) == 1 + len(sampled):
                     results.setdefault(model, {})[d.name] = out
-                elif out.exists():
-                    unfinished.append(f"{model} on {d.name}")
+                    if sampled:
+                        samples.setdefault(model, {})[d.name] = sampled
+                elif any(run.exists() for run in [out, *sampled]):
+                    unfinished.append(f"{model} on {d.name} ({len(done)} of {1 + len(sampled)} runs merged)")
         if unfinished:
             self.info["unfinished evaluations (left out)"] = unfinished
             print("[experiment] unfinished evaluations, left out of the report: " + ", ".join(unfinished))
-        report = self.report(results, tasks["evaluation"], tasks["train"], warm)
+        report = self.report(results, samples, tasks["evaluation"], tasks["train"], warm)
         print(report.read_text().split("## Settings")[0])
         print(f"[experiment] report rebuilt from {shown(self.root)}: {shown(report)}")
         return 0
 
-    def report(self, results: dict[str, dict[str, Path]], eval_tasks: dict[str, list[str]],
-               train_tasks: dict[str, list[str]], warm: str) -> Path:
+    def report(self, results: dict[str, dict[str, Path]], samples: dict[str, dict[str, list[Path]]],
+               eval_tasks: dict[str, list[str]], train_tasks: dict[str, list[str]], warm: str) -> Path:
         cfg = self.cfg
         comparisons = []
         for d in cfg.datasets:
@@ -255,12 +374,16 @@ class Experiment:
             if not order:
                 continue
             tests = [t for t in ((TREEDPO, WARM), (WARM, BASE)) if t[0] in order and t[1] in order]
-            outcomes = {m: comparison.load_outcomes(merged_csv(results[m][d.name])) for m in order}
-            for m, got in outcomes.items():
-                if set(got) != set(eval_tasks[d.name]):
-                    raise StageError(f"{d.name}: {m} results cover {len(got)} of the "
-                                     f"{len(eval_tasks[d.name])} held-out tasks ({merged_csv(results[m][d.name])})")
-            comparisons.append(comparison.compare(d.name, outcomes, tests))
+            outcomes = {m: self.held_out_outcomes(merged_csv(results[m][d.name]), m, d.name, eval_tasks)
+                        for m in order}
+            sampled = {m: [self.held_out_outcomes(merged_csv(run), m, d.name, eval_tasks)
+                           for run in samples[m][d.name]]
+                       for m in order if d.name in samples.get(m, {})}
+            if sampled and len({len(v) for v in sampled.values()}) != 1:
+                raise StageError(f"{d.name}: the models have different numbers of sampled episodes "
+                                 f"({ {m: len(v) for m, v in sampled.items()} })")
+            comparisons.append(comparison.compare(d.name, outcomes, tests, samples=sampled or None,
+                                                  temperature=cfg.eval_temperature if sampled else None))
         settings = {"config": to_dict(cfg), "models": {BASE: cfg.base_model, WARM: warm,
                                                        TREEDPO: str(self.root / "treedpo_model")},
                     "tasks": {"train": train_tasks, "evaluation": eval_tasks}, **self.info,
@@ -269,17 +392,45 @@ class Experiment:
         return write_report(self.root, comparisons, settings)
 
 
+    @staticmethod
+    def held_out_outcomes(path: Path, model: str, dataset: str, eval_tasks: dict[str, list[str]]) -> dict:
+        got = comparison.load_outcomes(path)
+        if set(got) != set(eval_tasks[dataset]):
+            raise StageError(f"{dataset}: {model} results cover {len(got)} of the "
+                             f"{len(eval_tasks[dataset])} held-out tasks ({path})")
+        return got
+
+
+def tree_nodes(sample_dirs: dict[str, Path]) -> dict[str, int]:
+    """Tree nodes grown per dataset (the `nodes` column of each merged tree-sampling CSV)."""
+    from densepolicy.postprocess.results_io import iter_csv
+    counts = {}
+    for name, out in sample_dirs.items():
+        counts[name] = sum(int(float(row.get("nodes") or 0)) for _, row in iter_csv(merged_csv(out)))
+    return counts
+
+
+def per_thousand(pairs: int, nodes: int) -> str:
+    """Selected pairs per 1,000 tree nodes, as text ('–' without nodes)."""
+    return f"{1000 * pairs / nodes:.1f}" if nodes else "–"
+
+
 def git_commit() -> str:
     proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def write_report(root: Path, comparisons: list[comparison.EnvComparison], settings: dict) -> Path:
-    """report.md, results.csv, paired_tests.csv, per_task.csv, success.png and settings.json in `root`."""
+    """report.md, results.csv, paired_tests.csv, per_task.csv, success.png and settings.json in `root` (with sampled
+    episodes also sampled_results.csv, paired_rate_tests.csv and per_task_sampled.csv)."""
     root.mkdir(parents=True, exist_ok=True)
     comparison.write_csv(root / "results.csv", comparison.results_rows(comparisons))
     comparison.write_csv(root / "paired_tests.csv", comparison.paired_rows(comparisons))
     comparison.write_csv(root / "per_task.csv", comparison.task_rows(comparisons))
+    if any(c.sampled for c in comparisons):
+        comparison.write_csv(root / "sampled_results.csv", comparison.sampled_rows(comparisons))
+        comparison.write_csv(root / "paired_rate_tests.csv", comparison.rate_test_rows(comparisons))
+        comparison.write_csv(root / "per_task_sampled.csv", comparison.sampled_task_rows(comparisons))
     comparison.plot(comparisons, root / "success.png")
     (root / "settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
     cfg = settings.get("config", {})
@@ -290,10 +441,23 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
              "Prompts: base = its usual prompt (in-context examples as configured in configs/tasks/<dataset>.yaml: "
              "GSM8K 8, MATH 1, embodied 0); warm-start and warm+TreeDPO = no in-context examples. "
              "Math: accuracy@1 (first answer correct); embodied: success. Protocol = share of the model's own "
-             "steps that parse as a valid `Action:` or `Answer:`. Paired tests: exact McNemar on the tasks "
-             "solved by exactly one of the two models.", ""]
+             "steps that parse as a valid `Action:` or `Answer:`. Greedy paired tests: exact McNemar on the tasks "
+             "solved by exactly one of the two models. Sampled episodes: per-task success rates; the paired test "
+             "compares per-task rates (effect = mean difference in points with a paired-t 95 % CI; two-sided "
+             "sign-flip permutation and Wilcoxon signed-rank p-values); MDE = the smallest true effect this many "
+             "tasks and samples detect with 80 % power at p < 0.05 (from the observed spread of the differences; "
+             "'design': from the second model's per-task rates, binomial noise only).", ""]
+    screen = settings.get("screen", {})
+    if screen:
+        lines += ["Train-task screen (rollouts of the warm-started model; trees only on mixed outcomes): " + "; ".join(
+            f"{k}: {v['mixed']} of {v['candidates']} candidates mixed over {v['rollouts_per_task']} rollouts "
+            f"({v['always_solved']} always, {v['never_solved']} never solved), trees on {v['trees']}"
+            for k, v in screen.items()), ""]
+    nodes = settings.get("tree_nodes", {})
     if pairs:
-        lines += ["Preference pairs from tree sampling: " + ", ".join(f"{k} {v}" for k, v in pairs.items())
+        lines += ["Preference pairs from tree sampling: " + ", ".join(
+            f"{k} {v}" + (f" from {nodes[k]} nodes ({per_thousand(v, nodes[k])} per 1,000 nodes)" if k in nodes else "")
+            for k, v in pairs.items())
                   + (f"; DPO steps: {settings['dpo_steps']}" if "dpo_steps" in settings else
                      " (no pairs: DPO skipped)"), ""]
     lines += [comparison.markdown_tables(comparisons), "![success](success.png)", "", "## Settings", "",

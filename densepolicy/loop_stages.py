@@ -99,12 +99,13 @@ class LoopStages:
         return [str(main_python()), str(PROJECT_ROOT / script), *args]
 
     def launcher(self, model: str, dataset: str, method: str, tmux_id: int, out: Path,
-                 server_url: str, settings: Sequence[str]) -> list[str]:
-        """`./distributed_test.sh` against an already running server, blocking until the workers end."""
+                 server_url: str, settings: Sequence[str], procs: int | None = None) -> list[str]:
+        """`./distributed_test.sh` against an already running server, blocking until the workers end
+        (`procs` workers, default proc_per_server)."""
         sampler = [f"sampler.{kv}" for kv in settings]
         sampler += [f"sampler.{k}={v}" for k, v in self.sampler.items()]
         return [str(PROJECT_ROOT / "distributed_test.sh"), model, dataset, method,
-                str(self.proc_per_server), str(tmux_id), "server=external", f"server_url={server_url}",
+                str(procs or self.proc_per_server), str(tmux_id), "server=external", f"server_url={server_url}",
                 "wait=true", "gpus=none", f"output_dir={out}", *sampler]
 
     # -- stages -------------------------------------------------------------------------------
@@ -128,16 +129,29 @@ class LoopStages:
 
         Output: `<root>/<kind>/<dataset>/`; dataset i uses TMUX_START_ID tmux_start_id + id_offset + 10 i.
         """
+        return self.run_jobs(model, method, server_url, {kind: settings}, id_offset)[kind]
+
+    def run_jobs(self, model: str, method: str, server_url: str,
+                 jobs: Mapping[str, Mapping[str, Sequence[str]]], id_offset: int,
+                 proc_per_job: int | None = None) -> dict[str, dict[str, Path]]:
+        """Several launcher runs of METHOD against one server at once, e.g. the sampled evaluation episodes.
+
+        `jobs`: kind -> (dataset -> sampler key=value); output `<root>/<kind>/<dataset>/`, each merged. Run j
+        (over all kinds and datasets, in order) uses TMUX_START_ID tmux_start_id + id_offset + 10 j and
+        `proc_per_job` workers (default proc_per_server); the server batches the requests of all of them.
+        """
         self.logs.mkdir(parents=True, exist_ok=True)
-        outs = {name: self.root / kind / name for name in settings}
-        tmux_ids = [self.tmux_start_id + id_offset + 10 * i for i in range(len(settings))]
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(settings))) as pool:
-            jobs = {}
-            for tmux_id, (name, sets) in zip(tmux_ids, settings.items()):
-                args = self.launcher(model, name, method, tmux_id, outs[name], server_url, sets)
-                jobs[name] = pool.submit(self.run, args, f"{kind}_{name}")
+        runs = [(kind, name, sets) for kind, settings in jobs.items() for name, sets in settings.items()]
+        outs = {(kind, name): self.root / kind / name for kind, name, _ in runs}
+        tmux_ids = [self.tmux_start_id + id_offset + 10 * j for j in range(len(runs))]
+        procs = proc_per_job or self.proc_per_server
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(runs))) as pool:
+            futures = []
+            for tmux_id, (kind, name, sets) in zip(tmux_ids, runs):
+                args = self.launcher(model, name, method, tmux_id, outs[kind, name], server_url, sets, procs)
+                futures.append(pool.submit(self.run, args, f"{kind.replace('/', '_')}_{name}"))
             try:
-                for job in jobs.values():
+                for job in futures:
                     job.result()
             except BaseException:
                 # Ctrl-C or a failed env: stop every worker, else the pool waits for the other launchers
@@ -145,10 +159,13 @@ class LoopStages:
                     self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_workers",
                              check=False)
                 raise
-        for name, out in outs.items():
+        result: dict[str, dict[str, Path]] = {kind: {} for kind in jobs}
+        for (kind, name), out in outs.items():
             self.run(self.py("post_process_test_result.py", "--merge_distributed_result", "--data_dir", str(out),
-                             "--dataset_file_name_list", shard_template(out)), f"merge_{kind}_{name}")
-        return outs
+                             "--dataset_file_name_list", shard_template(out)),
+                     f"merge_{kind.replace('/', '_')}_{name}")
+            result[kind][name] = out
+        return result
 
     def pairs(self, sample_dirs: Mapping[str, Path], merged: Path) -> dict[str, int]:
         """Preference pairs per env (`--process_result`) and all selected ones merged into `merged`.
@@ -182,10 +199,11 @@ class LoopStages:
         self.run(self.py("TreeDPO/train.py", config, "--dataset", dataset, "--model", model,
                          "--output-dir", str(out), *overrides), "train")
 
-    def release_tmux_ids(self, n_datasets: int, offsets: Sequence[int]) -> None:
-        """Stop leftovers of an earlier, interrupted run that used the same TMUX_START_IDs."""
+    def release_tmux_ids(self, n_runs: int, offsets: Sequence[int]) -> None:
+        """Stop leftovers of an earlier, interrupted run that used the same TMUX_START_IDs (`n_runs` blocks of
+        10 ids from each offset)."""
         for offset in offsets:
-            for i in range(n_datasets):
+            for i in range(n_runs):
                 tmux_id = self.tmux_start_id + offset + 10 * i
                 self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_leftovers",
                          check=False)

@@ -63,15 +63,19 @@ def write_failing_tree_run(run_dir: Path, dataset: str, task_ids: Sequence[str],
 class OfflineStages:
     """Mix-in for `LoopStages`: no server, no launcher; `run_envs` writes what launcher + merge would write.
 
-    Trees use `tree_spec`; evaluation outcomes come from `solved(model, task_id)`. Calls are recorded.
+    Trees use `tree_spec`; evaluation outcomes come from `solved(model, task_id, seed)` (seed = the run's
+    `seed=` setting, None for greedy runs); a two-argument `solved(model, task_id)` is used for every run.
+    Calls are recorded.
     """
 
     tree_spec: Mapping = FAILING_TREE
 
-    def __init__(self, *args, solved=lambda model, task: False, **kwargs):
+    def __init__(self, *args, solved=lambda model, task, seed=None: False, **kwargs):
         super().__init__(*args, **kwargs)
         self.calls: list[tuple] = []
-        self.solved = solved
+        import inspect
+        self.solved = solved if len(inspect.signature(solved).parameters) >= 3 else (
+            lambda model, task, seed: solved(model, task))
 
     def serve(self, model, name):
         import contextlib
@@ -87,17 +91,20 @@ class OfflineStages:
                 return json.loads(s.split("=", 1)[1])
         return TASKS[name]
 
-    def run_envs(self, model, method, kind, server_url, settings, id_offset):
-        self.calls.append((kind, model, {k: list(v) for k, v in settings.items()}))
-        outs = {}
-        for name, sets in settings.items():
-            outs[name] = self.root / kind / name
-            ids = self.task_ids(name, sets)
-            if method == "codeact_agent_tree":
-                write_failing_tree_run(outs[name], name, ids, self.tree_spec)
-            else:
-                write_eval_run(outs[name], name, {t: self.solved(model, t) for t in ids})
-        return outs
+    def run_jobs(self, model, method, server_url, jobs, id_offset, proc_per_job=None):
+        out = {}
+        for kind, settings in jobs.items():
+            self.calls.append((kind, model, {k: list(v) for k, v in settings.items()}))
+            out[kind] = {}
+            for name, sets in settings.items():
+                out[kind][name] = self.root / kind / name
+                ids = self.task_ids(name, sets)
+                if method == "codeact_agent_tree":
+                    write_failing_tree_run(out[kind][name], name, ids, self.tree_spec)
+                else:
+                    seed = next((int(s.split("=", 1)[1]) for s in sets if s.startswith("seed=")), None)
+                    write_eval_run(out[kind][name], name, {t: self.solved(model, t, seed) for t in ids})
+        return out
 
 
 TASKS = {"gsm8k": ["0", "1", "2"], "babyai": ["BabyAI-GoToRedBall-v0:0", "BabyAI-GoToRedBall-v0:1"]}

@@ -48,15 +48,21 @@ def test_experiment_flow_and_report(tmp_path):
     assert list(tmp_path.glob("exp.prev-*/old.txt")), "the older experiment is moved aside, not overwritten"
     calls = exp.stages.calls
     runs = {c[0]: c for c in calls if c[0] not in ("serve", "prepare_dataset", "train")}
-    assert list(runs) == ["sample", "eval_warm", "eval_treedpo", "eval_base"]
+    sampled = [f"{kind}/sample{k}" for kind in ("eval_warm", "eval_treedpo", "eval_base") for k in range(4)]
+    assert list(runs) == ["sample", "eval_warm", *sampled[:4], "eval_treedpo", *sampled[4:8], "eval_base",
+                          *sampled[8:]]
+    for k in range(4):  # sample k: the same seed and temperature for every model, a different seed per sample
+        sets = [runs[f"{kind}/sample{k}"][2]["babyai"] for kind in ("eval_warm", "eval_treedpo", "eval_base")]
+        assert all(f"seed={cfg.eval_seed + k}" in s and f"temperature={cfg.eval_temperature}" in s for s in sets)
+    assert not any(s.startswith(("seed=", "temperature=")) for s in runs["eval_warm"][2]["babyai"])  # greedy
     tasks = json.loads((root / "tasks.json").read_text())
     assert len(tasks["evaluation"]["gsm8k"]) == 5 and len(tasks["evaluation"]["babyai"]) == 4
     assert len(tasks["train"]["gsm8k"]) == 3
     assert not set(tasks["train"]["babyai"]) & set(tasks["evaluation"]["babyai"])
-    for kind in ("eval_warm", "eval_treedpo", "eval_base"):
+    for kind in ("eval_warm", "eval_treedpo", "eval_base", *sampled):
         for name, sets in runs[kind][2].items():
             assert f"task_ids={json.dumps(tasks['evaluation'][name])}" in sets  # the same ids for every model
-            assert ("in_context_number=0" in sets) == (kind != "eval_base")  # base keeps its usual prompt
+            assert ("in_context_number=0" in sets) == (not kind.startswith("eval_base"))  # base: usual prompt
     assert all("in_context_number=0" in s for s in runs["sample"][2].values())
     assert runs["eval_base"][1] == cfg.base_model and runs["eval_warm"][1] == warm_dir
     (_, model, n_pairs), = [c for c in calls if c[0] == "prepare_dataset"]
@@ -73,6 +79,80 @@ def test_experiment_flow_and_report(tmp_path):
     assert rows[("gsm8k", TREEDPO)]["solved"] == "5" and rows[("babyai", BASE)]["solved"] == "0"
     settings = json.loads((root / "settings.json").read_text())
     assert settings["tasks"]["evaluation"] == tasks["evaluation"] and settings["pairs"]["gsm8k"] > 0
+    assert settings["tree_nodes"] == {"gsm8k": 15, "babyai": 10}  # 5 nodes per tree in the fake run
+    assert "per 1,000 nodes" in report
+    with open(root / "sampled_results.csv", newline="") as fh:
+        sampled_rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(fh)}
+    assert sampled_rows[("gsm8k", TREEDPO)]["episodes"] == "20" and sampled_rows[("gsm8k", TREEDPO)]["mean"] == "1.0"
+    assert (root / "paired_rate_tests.csv").exists() and (root / "per_task_sampled.csv").exists()
+
+
+def test_sampled_episodes_give_per_task_rates_and_a_paired_rate_test(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=4",
+        "datasets=[{name: babyai, sample_tasks: 2, eval_tasks: 40, eval_samples: 4}]"])
+    warm_dir = str(tmp_path / "warm")
+
+    def solved(model, task, seed):
+        # greedy: nobody solves; sampled: the warm start solves task i in sample k iff (i + k) % 4 == 0 (25 %),
+        # TreeDPO in two of the four samples (50 %), on every task
+        i = sum(map(ord, task))
+        if seed is None:
+            return False
+        k = seed - cfg.eval_seed
+        return (i + k) % 4 == 0 if model == warm_dir else (i + k) % 2 == 0
+
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=9, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=solved)
+    assert exp.main() == 0
+    with open(root / "paired_rate_tests.csv", newline="") as fh:
+        (test,) = list(csv.DictReader(fh))
+    assert (test["model_a"], test["model_b"], test["tasks"], test["samples_per_task"]) == (TREEDPO, WARM, "40", "4")
+    assert float(test["effect"]) == pytest.approx(0.25)  # 50 % - 25 % on every task
+    assert float(test["permutation_p"]) < 1e-6 and float(test["wilcoxon_p"]) < 1e-6
+    assert test["tasks_a_better"] == "40"
+    with open(root / "paired_tests.csv", newline="") as fh:
+        (greedy,) = list(csv.DictReader(fh))
+    assert greedy["p_value"] == "1.0"  # the greedy run alone sees nothing
+    report = (root / "report.md").read_text()
+    assert "| warm+TreeDPO vs warm-start | 40 | +25.0 |" in report
+
+
+def test_screen_grows_trees_only_on_train_tasks_with_mixed_rollouts(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0",
+        "datasets=[{name: babyai, sample_tasks: 3, screen_tasks: 12, screen_samples: 3, eval_tasks: 4}]"])
+    warm_dir = str(tmp_path / "warm")
+    kinds = {}
+
+    def solved(model, task, seed):
+        # train task j: always solved if j % 3 == 0, never if j % 3 == 1, in one of three rollouts if j % 3 == 2
+        if model != warm_dir or seed is None or seed < cfg.eval_seed + 100:
+            return False
+        j = kinds.setdefault(task, len(kinds))
+        return j % 3 == 0 or (j % 3 == 2 and seed == cfg.eval_seed + 100)
+
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=10, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=solved)
+    assert exp.main() == 0
+    screens = [c for c in exp.stages.calls if c[0].startswith("screen/")]
+    assert [c[0] for c in screens] == ["screen/sample0", "screen/sample1", "screen/sample2"]
+    (ids,) = [s for s in screens[0][2]["babyai"] if s.startswith("task_ids=")]
+    candidates = json.loads(ids.split("=", 1)[1])
+    assert len(candidates) == 12 and all("split=train" in c[2]["babyai"] for c in screens)
+    mixed = [t for t in candidates if kinds[t] % 3 == 2]
+    tasks = json.loads((root / "tasks.json").read_text())
+    assert tasks["train"]["babyai"] == mixed[:3]  # the first sample_tasks mixed candidates, in candidate order
+    (sample,) = [c for c in exp.stages.calls if c[0] == "sample"]
+    assert f"task_ids={json.dumps(mixed[:3])}" in sample[2]["babyai"]
+    settings = json.loads((root / "settings.json").read_text())
+    assert settings["screen"]["babyai"] == {"candidates": 12, "rollouts_per_task": 3, "always_solved": 4,
+                                            "never_solved": 4, "mixed": 4, "trees": 3}
+    assert "4 of 12 candidates mixed" in (root / "report.md").read_text()
 
 
 def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_path):
@@ -121,7 +201,7 @@ def test_report_only_rebuilds_the_report_of_an_interrupted_run_from_what_finishe
     assert rows[("gsm8k", TREEDPO)]["solved"] == "5" and rows[("gsm8k", WARM)]["solved"] == "0"
     settings = json.loads((root / "settings.json").read_text())
     assert settings["config"]["budget"] == 1.0 and settings["config"]["seed"] == cfg.seed
-    assert settings["unfinished evaluations (left out)"] == [f"{BASE} on gsm8k"]
+    assert settings["unfinished evaluations (left out)"] == [f"{BASE} on gsm8k (4 of 5 runs merged)"]
     assert settings["models"][WARM] == str(tmp_path / "warm") and settings["pairs"]["gsm8k"] > 0
     stages = list(settings["timings_s"])
     assert stages[0].startswith("warm start") and len(stages) == 8  # every stage of the first run, from timings.json

@@ -106,3 +106,27 @@ def test_config_and_budget(tmp_path):
     assert dpo_steps(cfg, 1) == 1
     with pytest.raises(ConfigError, match="budget"):
         load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", ["budget=0"])
+
+
+def test_sampled_episodes_are_scored_per_task_and_refused_when_unpaired(tmp_path):
+    warm = outcomes_from(tmp_path, "warm", {"0"})
+    runs_warm = [outcomes_from(tmp_path, f"w{k}", {str(i) for i in range(k, 20, 4)}) for k in range(4)]  # 25 %
+    runs_dpo = [outcomes_from(tmp_path, f"d{k}", {str(i) for i in range(20) if (i + k) % 2}) for k in range(4)]
+    c = comparison.compare("gsm8k", {"warm": warm, "dpo": warm}, [("dpo", "warm")],
+                           samples={"warm": runs_warm, "dpo": runs_dpo}, temperature=0.7)
+    means = {s.model: s.mean for s in c.sampled}
+    assert means["warm"].mean == pytest.approx(0.25) and means["dpo"].mean == pytest.approx(0.5)
+    assert means["warm"].samples == 80 and means["warm"].tasks == 20
+    (_, _, r), = c.rate_tests
+    assert r.effect == pytest.approx(0.25) and r.a_better == 20 and r.permutation_p < 1e-5
+    text = comparison.markdown_tables([c])
+    assert "4 episodes per task at temperature 0.7" in text and "| dpo vs warm | 20 | +25.0 |" in text
+    rows = comparison.sampled_task_rows([c])
+    assert len(rows) == 20 * 2 * 4 and {r["sample"] for r in rows} == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="same number of sampled episodes"):
+        comparison.compare("gsm8k", {"warm": warm, "dpo": warm}, [], samples={"warm": runs_warm, "dpo": runs_dpo[:3]})
+    shifted = dict(runs_dpo[0])
+    shifted["99"] = shifted.pop("0")
+    with pytest.raises(ValueError, match="sample 0 of 'dpo'"):
+        comparison.compare("gsm8k", {"warm": warm, "dpo": warm}, [],
+                           samples={"warm": runs_warm[:1], "dpo": [shifted]})

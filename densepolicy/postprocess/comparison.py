@@ -6,6 +6,11 @@ how many of the model's own steps parsed as a valid `Action:` or `Answer:` (prot
 dataset and model: success rate with a 95 % Wilson interval and the protocol rate; between two models:
 the exact McNemar test on the tasks only one of them solved. Every model must have been run on exactly
 the same task ids, otherwise the comparison is refused.
+
+With several sampled episodes per task (`samples`: one merged CSV per sample, the same seeds for every
+model), each model also gets its mean per-task success rate with a 95 % interval clustered by task, and
+each test pair a paired comparison of per-task rates (effect and its interval, sign-flip permutation and
+Wilcoxon p-values, minimum detectable effect at 80 % power): `significance.compare_rates`.
 """
 from __future__ import annotations
 
@@ -17,7 +22,8 @@ from typing import Mapping, Sequence
 
 from agents.parser import parse_generation
 from densepolicy.postprocess.results_io import iter_csv
-from densepolicy.postprocess.significance import PairedComparison, paired_comparison, wilson_interval
+from densepolicy.postprocess.significance import (ClusteredMean, PairedComparison, RateComparison, clustered_mean,
+                                                  compare_rates, paired_comparison, wilson_interval)
 
 MATH_DATASETS = ("gsm8k", "math")
 
@@ -89,6 +95,21 @@ class ModelScore:
 
 
 @dataclass
+class SampledScore:
+    """One model on one dataset over `samples` sampled episodes per task."""
+
+    model: str
+    samples: int
+    mean: ClusteredMean
+    steps: int
+    valid_steps: int
+
+    @property
+    def protocol_rate(self) -> float:
+        return self.valid_steps / self.steps if self.steps else float("nan")
+
+
+@dataclass
 class EnvComparison:
     """All models on one dataset, over the same task ids, with the requested paired tests."""
 
@@ -97,14 +118,27 @@ class EnvComparison:
     scores: list[ModelScore]
     tests: list[tuple[str, str, PairedComparison]] = field(default_factory=list)
     outcomes: dict[str, dict[str, TaskOutcome]] = field(default_factory=dict)
+    sampled: list[SampledScore] = field(default_factory=list)
+    rate_tests: list[tuple[str, str, RateComparison]] = field(default_factory=list)
+    samples: dict[str, list[dict[str, TaskOutcome]]] = field(default_factory=dict)
+    temperature: float | None = None
+
+    def task_rates(self, model: str) -> dict[str, float]:
+        """Per-task success rate of `model` over its sampled episodes."""
+        runs = self.samples[model]
+        return {t: sum(run[t].solved for run in runs) / len(runs) for t in self.task_ids}
 
 
 def compare(dataset: str, outcomes: Mapping[str, Mapping[str, TaskOutcome]],
-            tests: Sequence[tuple[str, str]] = ()) -> EnvComparison:
+            tests: Sequence[tuple[str, str]] = (),
+            samples: Mapping[str, Sequence[Mapping[str, TaskOutcome]]] | None = None,
+            temperature: float | None = None) -> EnvComparison:
     """Score every model (in the given order) and run `tests` = [(model A, model B), ...] (exact McNemar).
 
-    Raises ValueError when the models were not run on the same task ids, or a test names a model
-    that is not there.
+    `samples` (optional): per model, one outcome map per sampled episode (sample k of every model used the
+    same seeds, at `temperature`); they add the per-task-rate scores and tests. Raises ValueError when the
+    models (or any sample) were not run on the same task ids, when models have different numbers of
+    samples, or a test names a model that is not there.
     """
     models = list(outcomes)
     if not models:
@@ -129,8 +163,37 @@ def compare(dataset: str, outcomes: Mapping[str, Mapping[str, TaskOutcome]],
         solved_a = {t: o.solved for t, o in outcomes[a].items()}
         solved_b = {t: o.solved for t, o in outcomes[b].items()}
         done.append((a, b, paired_comparison(solved_a, solved_b)))
-    return EnvComparison(dataset=dataset, task_ids=sorted(reference, key=_task_sort_key), scores=scores,
-                         tests=done, outcomes={m: dict(outcomes[m]) for m in models})
+    result = EnvComparison(dataset=dataset, task_ids=sorted(reference, key=_task_sort_key), scores=scores,
+                           tests=done, outcomes={m: dict(outcomes[m]) for m in models}, temperature=temperature)
+    if samples:
+        _add_samples(result, samples, tests)
+    return result
+
+
+def _add_samples(result: EnvComparison, samples: Mapping[str, Sequence[Mapping[str, TaskOutcome]]],
+                 tests: Sequence[tuple[str, str]]) -> None:
+    reference = set(result.task_ids)
+    counts = {m: len(runs) for m, runs in samples.items()}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise ValueError(f"{result.dataset}: every model needs the same number of sampled episodes, got {counts}")
+    for model, runs in samples.items():
+        for k, run in enumerate(runs):
+            if set(run) != reference:
+                missing, extra = sorted(reference - set(run)), sorted(set(run) - reference)
+                raise ValueError(f"{result.dataset}: sample {k} of {model!r} was not run on the held-out task ids: "
+                                 f"{len(missing)} missing ({missing[:5]}), {len(extra)} extra ({extra[:5]})")
+        result.samples[model] = [dict(run) for run in runs]
+    n = next(iter(counts.values()))
+    for model in samples:
+        rates = result.task_rates(model)
+        runs = result.samples[model]
+        result.sampled.append(SampledScore(
+            model=model, samples=n, mean=clustered_mean([rates[t] for t in result.task_ids], samples=n * len(rates)),
+            steps=sum(o.steps for run in runs for o in run.values()),
+            valid_steps=sum(o.valid_steps for run in runs for o in run.values())))
+    for a, b in tests:
+        if a in samples and b in samples:
+            result.rate_tests.append((a, b, compare_rates(result.task_rates(a), result.task_rates(b), n)))
 
 
 def _task_sort_key(task: str) -> tuple:
@@ -163,8 +226,34 @@ def markdown_tables(comparisons: Sequence[EnvComparison]) -> str:
             out.append("|---|---:|---:|---:|---:|")
             for a, b, t in c.tests:
                 out.append(f"| {a} vs {b} | {t.n} | {t.a_only} | {t.b_only} | {_p(t.p_value)} |")
+        if c.sampled:
+            n = c.sampled[0].samples
+            temp = "" if c.temperature is None else f" at temperature {c.temperature:g}"
+            out.append("")
+            out.append(f"Sampled: {n} episodes per task{temp}, the same seeds for every model; the task is the unit "
+                       f"(95 % CI clustered by task).")
+            out.append("")
+            out.append(f"| model | tasks | episodes | mean {metric} (%) | 95 % CI (clustered) | protocol (%) |")
+            out.append("|---|---:|---:|---:|---|---:|")
+            for s in c.sampled:
+                m = s.mean
+                ci = "–" if m.ci[0] != m.ci[0] else f"{_pct(m.ci[0])} – {_pct(m.ci[1])}"
+                out.append(f"| {s.model} | {m.tasks} | {m.samples} | {_pct(m.mean)} | {ci} | {_pct(s.protocol_rate)} |")
+        if c.rate_tests:
+            out.append("")
+            out.append("| paired test on per-task rates | tasks | effect (points) | 95 % CI | tasks better: first / "
+                       "second | permutation p | Wilcoxon p | MDE at 80 % power (points) |")
+            out.append("|---|---:|---:|---|---|---:|---:|---:|")
+            for a, b, r in c.rate_tests:
+                ci = "–" if r.effect_ci[0] != r.effect_ci[0] else f"{_signed(r.effect_ci[0])} – {_signed(r.effect_ci[1])}"
+                out.append(f"| {a} vs {b} | {r.tasks} | {_signed(r.effect)} | {ci} | {r.a_better} / {r.b_better} "
+                           f"| {_p(r.permutation_p)} | {_p(r.wilcoxon_p)} | {_pct(r.mde)} (design {_pct(r.mde_design)}) |")
         out.append("")
     return "\n".join(out)
+
+
+def _signed(x: float) -> str:
+    return "–" if x != x else f"{100 * x:+.1f}"
 
 
 def results_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
@@ -184,6 +273,33 @@ def paired_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]
     return [{"dataset": c.dataset, "model_a": a, "model_b": b, "tasks": t.n, "a_only": t.a_only,
              "b_only": t.b_only, "p_value": _round(t.p_value, 6), "test": "exact McNemar (two-sided)"}
             for c in comparisons for a, b, t in c.tests]
+
+
+def sampled_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """sampled_results.csv rows: one per (dataset, model) over the sampled episodes."""
+    return [{"dataset": c.dataset, "model": s.model, "metric": metric_name(c.dataset), "tasks": s.mean.tasks,
+             "samples_per_task": s.samples, "temperature": c.temperature, "episodes": s.mean.samples,
+             "mean": _round(s.mean.mean), "se_clustered": _round(s.mean.se), "ci_low": _round(s.mean.ci[0]),
+             "ci_high": _round(s.mean.ci[1]), "protocol_rate": _round(s.protocol_rate)}
+            for c in comparisons for s in c.sampled]
+
+
+def rate_test_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """paired_rate_tests.csv rows: one per (dataset, model A, model B) over per-task rates."""
+    return [{"dataset": c.dataset, "model_a": a, "model_b": b, "tasks": r.tasks, "samples_per_task": r.samples,
+             "mean_a": _round(r.mean_a), "mean_b": _round(r.mean_b), "effect": _round(r.effect),
+             "effect_ci_low": _round(r.effect_ci[0]), "effect_ci_high": _round(r.effect_ci[1]),
+             "tasks_a_better": r.a_better, "tasks_b_better": r.b_better,
+             "permutation_p": _round(r.permutation_p, 6), "wilcoxon_p": _round(r.wilcoxon_p, 6),
+             "mde_80": _round(r.mde), "mde_80_design": _round(r.mde_design)}
+            for c in comparisons for a, b, r in c.rate_tests]
+
+
+def sampled_task_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
+    """per_task_sampled.csv rows: one per (dataset, task, model, sample), for re-analysis."""
+    return [{"dataset": c.dataset, "task_id": t, "model": m, "sample": k, "solved": int(run[t].solved),
+             "steps": run[t].steps, "valid_steps": run[t].valid_steps}
+            for c in comparisons for t in c.task_ids for m, runs in c.samples.items() for k, run in enumerate(runs)]
 
 
 def task_rows(comparisons: Sequence[EnvComparison]) -> list[dict[str, object]]:
@@ -208,7 +324,8 @@ def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
 
 
 def plot(comparisons: Sequence[EnvComparison], path: Path, title: str = "") -> Path:
-    """Grouped bars (one group per dataset, one bar per model) with 95 % Wilson error bars."""
+    """Grouped bars (one group per dataset, one bar per model) with 95 % error bars: the mean over sampled
+    episodes with its task-clustered interval where there are samples, else the greedy rate (Wilson)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -219,19 +336,26 @@ def plot(comparisons: Sequence[EnvComparison], path: Path, title: str = "") -> P
     for j, model in enumerate(models):
         xs, ys, lo, hi = [], [], [], []
         for i, c in enumerate(comparisons):
+            sampled = next((s.mean for s in c.sampled if s.model == model and s.mean.tasks > 1), None)
             s = next((s for s in c.scores if s.model == model and s.n), None)
-            if s is None:
+            if sampled is not None:     # several episodes per task: their mean, task-clustered interval
+                rate, ci = sampled.mean, sampled.ci
+            elif s is not None:
+                rate, ci = s.rate, s.ci
+            else:
                 continue
             xs.append(i - 0.4 + width * (j + 0.5))
-            ys.append(100 * s.rate)
-            lo.append(100 * (s.rate - s.ci[0]))
-            hi.append(100 * (s.ci[1] - s.rate))
+            ys.append(100 * rate)
+            lo.append(100 * (rate - ci[0]))
+            hi.append(100 * (ci[1] - rate))
         ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=3, label=model)
     ax.set_xticks(range(len(comparisons)))
     ax.set_xticklabels([f"{c.dataset}\n(n={len(c.task_ids)})" for c in comparisons])
     ax.set_ylabel("success / accuracy@1 (%)")
     ax.set_ylim(0, 100)
-    ax.set_title(title or "held-out tasks, 95 % Wilson intervals")
+    any_sampled = any(c.sampled for c in comparisons)
+    ax.set_title(title or ("held-out tasks: mean over sampled episodes, 95 % CI clustered by task" if any_sampled
+                           else "held-out tasks, 95 % Wilson intervals"))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
