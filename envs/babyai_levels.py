@@ -19,7 +19,12 @@ LEVELS: tuple[str, ...] = (
 )
 """Item i of the original's 40 test tasks is LEVELS[i] with seed 0."""
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "valid", "test")
+VALID_FIRST_SEED = 1000
+"""`valid` = seeds VALID_FIRST_SEED .. VALID_FIRST_SEED + VALID_SEEDS_PER_LEVEL - 1 of each level: disjoint from
+`train` (seeds 1..train_seeds_per_level, which must stay below VALID_FIRST_SEED) and from `test` (seed 0), for
+choosing settings without touching the test split."""
+VALID_SEEDS_PER_LEVEL = 5
 
 
 def parse_task_id(task_id: str) -> tuple[str, int]:
@@ -37,9 +42,16 @@ def parse_task_id(task_id: str) -> tuple[str, int]:
 
 
 def split_task_ids(split: str, train_seeds_per_level: int = 25) -> list[str]:
-    """`test`: seed 0 of the 40 levels; `train`: seeds 1..train_seeds_per_level of each level."""
+    """`test`: seed 0 of the 40 levels; `train`: seeds 1..train_seeds_per_level of each level; `valid`: seeds
+    VALID_FIRST_SEED.. (VALID_SEEDS_PER_LEVEL per level, 200 tasks), disjoint from both."""
     if split == "test":
         return [f"{level}:0" for level in LEVELS]
     if split == "train":
+        if not 1 <= train_seeds_per_level < VALID_FIRST_SEED:
+            raise EnvError(f"train_seeds_per_level must be 1..{VALID_FIRST_SEED - 1} (seeds from {VALID_FIRST_SEED} "
+                           f"are the valid split), got {train_seeds_per_level}")
         return [f"{level}:{seed}" for seed in range(1, train_seeds_per_level + 1) for level in LEVELS]
+    if split == "valid":
+        return [f"{level}:{seed}" for seed in range(VALID_FIRST_SEED, VALID_FIRST_SEED + VALID_SEEDS_PER_LEVEL)
+                for level in LEVELS]
     raise EnvError(f"unknown babyai split {split!r}; expected one of {list(SPLITS)}")

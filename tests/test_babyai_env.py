@@ -55,8 +55,14 @@ def test_splits_and_task_ids(env):
     train = load_env("babyai", split="train", train_seeds_per_level=25).task_ids()
     assert len(train) == 1000 and not set(train) & set(ids)
     assert env.task_info("BabyAI-KeyInBox-v0:0") == {"task_type": "BabyAI-KeyInBox-v0"}
-    with pytest.raises(EnvError, match=r"unknown babyai split 'valid'; expected one of \['train', 'test'\]"):
-        load_env("babyai", split="valid")
+    valid = load_env("babyai", split="valid").task_ids()  # for choosing settings: disjoint from train and test
+    assert len(valid) == 200 and not set(valid) & (set(train) | set(ids))
+    big_train = load_env("babyai", split="train", train_seeds_per_level=999).task_ids()
+    assert not set(valid) & set(big_train)
+    with pytest.raises(EnvError, match="train_seeds_per_level must be 1..999"):
+        load_env("babyai", split="train", train_seeds_per_level=1000)
+    with pytest.raises(EnvError, match=r"unknown babyai split 'dev'; expected one of \['train', 'valid', 'test'\]"):
+        load_env("babyai", split="dev")
     with pytest.raises(EnvError, match="unknown babyai level 'BabyAI-GoToObjS6-v0'"):
         env.start("BabyAI-GoToObjS6-v0:0")
     with pytest.raises(EnvError, match="expected '<level>:<seed>'"):

@@ -14,7 +14,7 @@ EVALUATION_SPLITS: dict[str, tuple[str, ...]] = {
     "gsm8k": ("test",),
     "math": ("test", "test5000"),  # test5000: only its MATH-500 rows are evaluation tasks
     "alfworld": ("valid_seen", "valid_unseen"),
-    "babyai": ("test",),
+    "babyai": ("test", "valid"),
 }
 TRAIN_SPLIT = {"gsm8k": "train", "math": "train", "alfworld": "train", "babyai": "train"}
 
