@@ -22,6 +22,7 @@ The stages are those of the demo (densepolicy/loop_stages.py); settings in confi
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import math
@@ -94,6 +95,10 @@ class ExperimentConfig:
     dpo_epochs: float = help_field(1.0, help="Passes over the pairs; DPO steps = ceil(epochs * pairs / batch) ...")
     dpo_max_steps: int = help_field(60, help="... capped at this (x budget).")
     dataset_name: str = help_field("tree_dpo_experiment", help="DPO dataset name in TreeDPO/data/dataset_info.json.")
+    dpo_heldout_tasks: float = help_field(0.2, help="Share of the tasks with pairs whose pairs are held out of DPO and "
+                                                    "scored after it (reward accuracy on unseen trees); 0 = none.")
+    rounds: int = help_field(1, help="Sample -> DPO rounds; round r > 1 samples new train tasks with the newest "
+                                     "model and trains it further (its own reference).")
     datasets: list[ExperimentDataset] = help_field([], help="The environments and their budgets.")
 
     def __post_init__(self) -> None:
@@ -101,6 +106,10 @@ class ExperimentConfig:
             raise ConfigError(f"key 'budget' must be > 0, got {self.budget}")
         if self.dpo_epochs <= 0 or self.dpo_max_steps < 1:
             raise ConfigError("keys 'dpo_epochs' and 'dpo_max_steps' must be positive")
+        if not 0 <= self.dpo_heldout_tasks < 1:
+            raise ConfigError(f"key 'dpo_heldout_tasks' must be in [0, 1), got {self.dpo_heldout_tasks}")
+        if self.rounds < 1:
+            raise ConfigError(f"key 'rounds' must be >= 1, got {self.rounds}")
         if self.eval_samples < 0:
             raise ConfigError(f"key 'eval_samples' must be >= 0, got {self.eval_samples}")
         if not self.eval_temperature > 0:
@@ -169,7 +178,9 @@ class Experiment:
             raise ConfigError("key 'datasets' is empty")
         self.cfg = cfg
         self.root = resolve(cfg.output_dir)
-        n_stages = 9 + (2 if cfg.evaluate_base else 0) + (1 if any(d.screen_tasks for d in cfg.datasets) else 0)
+        screened = any(d.screen_tasks for d in cfg.datasets)
+        n_stages = 9 + (2 if cfg.evaluate_base else 0) + (1 if screened else 0) + (cfg.rounds - 1) * (
+            5 + (1 if screened else 0))
         self.stages = LoopStages(self.root, tag="experiment", n_stages=n_stages,
                                  proc_per_server=cfg.proc_per_server, tmux_start_id=cfg.tmux_start_id,
                                  serving=cfg.serving, sampler=cfg.sampler)
@@ -197,53 +208,60 @@ class Experiment:
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
             st.say(f"warm-started model: {shown(warm)}")
         self.remember(warm_model=warm)
-        train_tasks, eval_tasks, candidates = {}, {}, {}
+        eval_tasks = {}
         for d in cfg.datasets:
-            train_split = self.train_split(d)
             eval_split = d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")
-            n_train = cfg.scaled(d.screen_tasks) if d.screen_tasks else cfg.scaled(d.sample_tasks)
-            train_tasks[d.name] = select_task_ids(d.name, train_split, n_train, cfg.seed)
-            if d.screen_tasks:
-                candidates[d.name] = train_tasks[d.name]
             eval_tasks[d.name] = select_task_ids(d.name, eval_split, cfg.scaled(d.eval_tasks), cfg.seed)
-            st.say(f"{d.name}: {len(train_tasks[d.name])} {'candidate ' if d.screen_tasks else ''}train tasks "
-                   f"({train_split}), {len(eval_tasks[d.name])} held-out tasks ({eval_split})")
+            st.say(f"{d.name}: {len(eval_tasks[d.name])} held-out tasks ({eval_split})")
         results: dict[str, dict[str, Path]] = {}
         samples: dict[str, dict[str, list[Path]]] = {}
-        with st.serve(warm, "warm") as url:
-            if candidates:
-                with st.stage("screen candidate train tasks by rollouts of the warm-started model"):
-                    train_tasks.update(self.screen(warm, url, candidates))
-            (self.root / "tasks.json").write_text(json.dumps({"train": train_tasks, "evaluation": eval_tasks},
-                                                             indent=1))
-            sample_settings = {d.name: [*d.sample, task_ids_setting(train_tasks[d.name]), "in_context_number=0"]
-                               for d in cfg.datasets if train_tasks[d.name]}
-            with st.stage("tree sampling with the warm-started model on train tasks (no in-context examples)"):
-                sample_dirs = st.run_envs(warm, "codeact_agent_tree", "sample", url, sample_settings, 0)
-            self.remember(tree_nodes=tree_nodes(sample_dirs))
-            with st.stage(f"evaluate the warm-started model on the held-out tasks ({self.episodes_note()})"):
-                results[WARM], samples[WARM] = self.evaluate(warm, url, WARM, eval_tasks, with_examples=False)
-        merged_pairs = self.root / "merged_all_pairs.csv"
-        with st.stage("preference pairs from sibling steps"):
-            pairs = st.pairs(sample_dirs, merged_pairs)
-            st.say("pairs per env: " + ", ".join(
-                f"{k} {v} ({per_thousand(v, self.info['tree_nodes'].get(k, 0))} per 1,000 nodes)"
-                for k, v in pairs.items()))
-        self.remember(pairs=pairs)
-        trained = self.root / "treedpo_model"
-        n_pairs = sum(pairs.values())
-        if n_pairs == 0:
-            print("[experiment] no preference pairs were found: DPO training and the TreeDPO evaluation are skipped")
-            st.stage_no += 3
+        train_by_round: list[dict[str, list[str]]] = []
+        rounds: list[dict[str, object]] = []
+        policy = warm
+        for r in range(1, cfg.rounds + 1):
+            prefix = "" if r == 1 else f"round{r}/"
+            name = "the warm-started model" if r == 1 else f"the round-{r - 1} TreeDPO model"
+            train_tasks, candidates = self.train_candidates(r)
+            with st.serve(policy, "warm" if r == 1 else f"round{r}") as url:
+                if candidates:
+                    with st.stage(f"screen candidate train tasks by rollouts of {name}"):
+                        train_tasks.update(self.screen(policy, url, candidates, prefix))
+                train_by_round.append(train_tasks)
+                self.write_tasks(train_by_round, eval_tasks)
+                sample_settings = {d.name: [*d.sample, task_ids_setting(train_tasks[d.name]), "in_context_number=0"]
+                                   for d in cfg.datasets if train_tasks[d.name]}
+                with st.stage(f"tree sampling with {name} on train tasks (no in-context examples)"):
+                    sample_dirs = st.run_envs(policy, "codeact_agent_tree", f"{prefix}sample", url, sample_settings, 0)
+                nodes = tree_nodes(sample_dirs)
+                if r == 1:
+                    self.remember(tree_nodes=nodes)
+                    with st.stage(f"evaluate the warm-started model on the held-out tasks ({self.episodes_note()})"):
+                        results[WARM], samples[WARM] = self.evaluate(warm, url, WARM, eval_tasks, with_examples=False)
+            merged_pairs = self.root / f"{prefix}merged_all_pairs.csv"
+            with st.stage("preference pairs from sibling steps"):
+                pairs = st.pairs(sample_dirs, merged_pairs)
+                st.say("pairs per env: " + ", ".join(
+                    f"{k} {v} ({per_thousand(v, nodes.get(k, 0))} per 1,000 nodes)" for k, v in pairs.items()))
+            record: dict[str, object] = {"round": r, "policy": policy, "pairs": pairs, "tree_nodes": nodes}
+            rounds.append(record)
+            if r == 1:
+                self.remember(pairs=pairs)
+            if sum(pairs.values()) == 0:
+                print(f"[experiment] round {r}: no preference pairs were found: no DPO in this round")
+                self.remember(rounds=rounds)
+                break
+            trained = self.root / f"{prefix}treedpo_model" if cfg.rounds == 1 else self.root / f"round{r}" / "treedpo_model"
+            record.update(self.train_round(policy, merged_pairs, trained, r))
+            self.remember(rounds=rounds, treedpo_model=str(trained))
+            if r == 1:
+                self.remember(dpo_steps=record["dpo_steps"])
+            policy = str(trained)
+        if policy == warm:
+            print("[experiment] no TreeDPO model was trained: its evaluation is skipped")
         else:
-            steps = dpo_steps(cfg, n_pairs)
-            self.remember(dpo_steps=steps)
-            with st.stage(f"LLaMA-Factory dataset ({n_pairs} pairs) + DPO ({cfg.train_config}, {steps} steps)"):
-                st.prepare_dataset(merged_pairs, cfg.dataset_name, warm)
-                st.train(cfg.train_config, cfg.dataset_name, warm, trained, [*cfg.train_overrides, f"max_steps={steps}"])
-            with st.serve(str(trained), "treedpo") as url:
+            with st.serve(policy, "treedpo") as url:
                 with st.stage(f"evaluate the warm-started + TreeDPO model on the same tasks ({self.episodes_note()})"):
-                    results[TREEDPO], samples[TREEDPO] = self.evaluate(str(trained), url, TREEDPO, eval_tasks,
+                    results[TREEDPO], samples[TREEDPO] = self.evaluate(policy, url, TREEDPO, eval_tasks,
                                                                        with_examples=False)
         if cfg.evaluate_base:
             with st.serve(cfg.base_model, "base") as url:
@@ -252,10 +270,54 @@ class Experiment:
                     results[BASE], samples[BASE] = self.evaluate(cfg.base_model, url, BASE, eval_tasks,
                                                                  with_examples=True, datasets=base_sets)
         with st.stage("table, paired tests, plot"):
-            report = self.report(results, samples, eval_tasks, train_tasks, warm)
+            report = self.report(results, samples, eval_tasks, train_by_round[0], warm)
             print(report.read_text().split("## Settings")[0])
         print(f"[experiment] finished in {st.elapsed():.0f} s; report: {shown(report)}")
         return 0
+
+    def train_candidates(self, round_no: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Train tasks of a round (a seeded sample, a new one per round) and, for screened envs, the candidates."""
+        cfg = self.cfg
+        train_tasks, candidates = {}, {}
+        for d in cfg.datasets:
+            n = cfg.scaled(d.screen_tasks) if d.screen_tasks else cfg.scaled(d.sample_tasks)
+            seed = cfg.seed if round_no == 1 else cfg.seed + round_no - 1
+            train_tasks[d.name] = select_task_ids(d.name, self.train_split(d), n, seed)
+            if d.screen_tasks:
+                candidates[d.name] = train_tasks[d.name]
+            self.stages.say(f"{d.name}: {len(train_tasks[d.name])} {'candidate ' if d.screen_tasks else ''}train "
+                            f"tasks ({self.train_split(d)}){'' if round_no == 1 else f', round {round_no}'}")
+        return train_tasks, candidates
+
+    def write_tasks(self, train_by_round: list[dict[str, list[str]]], eval_tasks: dict[str, list[str]]) -> None:
+        data: dict[str, object] = {"train": train_by_round[0], "evaluation": eval_tasks}
+        if len(train_by_round) > 1:
+            data["train_by_round"] = train_by_round
+        (self.root / "tasks.json").write_text(json.dumps(data, indent=1))
+
+    def train_round(self, policy: str, merged_pairs: Path, trained: Path, round_no: int) -> dict[str, object]:
+        """DPO from `policy` on this round's pairs; pairs of `dpo_heldout_tasks` of the tasks are held out and
+        scored by the trained model (LLaMA-Factory's eval: reward accuracy and margin on unseen trees)."""
+        cfg, st = self.cfg, self.stages
+        train_csv, heldout_csv, split = split_pairs_by_task(merged_pairs, cfg.dpo_heldout_tasks,
+                                                            f"{cfg.seed}:{round_no}")
+        steps = dpo_steps(cfg, split["train_pairs"])
+        heldout = []
+        if split["heldout_pairs"]:
+            heldout = [f"eval_dataset={cfg.dataset_name}_heldout", "do_eval=true", "per_device_eval_batch_size=1"]
+        with st.stage(f"LLaMA-Factory dataset ({split['train_pairs']} pairs, {split['heldout_pairs']} held out) "
+                      f"+ DPO ({cfg.train_config}, {steps} steps)"):
+            st.prepare_dataset(train_csv, cfg.dataset_name, policy)
+            if heldout:
+                st.prepare_dataset(heldout_csv, f"{cfg.dataset_name}_heldout", policy)
+            st.train(cfg.train_config, cfg.dataset_name, policy, trained,
+                     [*cfg.train_overrides, f"max_steps={steps}", *heldout])
+        metrics = train_metrics(trained)
+        held = {k.removeprefix("eval_"): v for k, v in metrics.items()
+                if k in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss")}
+        if held:
+            st.say("held-out pairs: " + ", ".join(f"{k} {v:.3f}" for k, v in held.items()))
+        return {"dpo_steps": steps, **split, "heldout_metrics": held, "train_loss": metrics.get("train_loss")}
 
     # -- pieces of main ------------------------------------------------------------------------
     def train_split(self, d: ExperimentDataset) -> str:
@@ -298,13 +360,13 @@ class Experiment:
         sample_dirs = {ds: [out[j][ds] for j in jobs if j != kind and ds in out[j]] for ds in greedy}
         return out[kind], {ds: dirs for ds, dirs in sample_dirs.items() if dirs}
 
-    def screen(self, model: str, url: str, candidates: dict[str, list[str]]) -> dict[str, list[str]]:
+    def screen(self, model: str, url: str, candidates: dict[str, list[str]], prefix: str = "") -> dict[str, list[str]]:
         """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks)."""
         cfg = self.cfg
         screened = [d for d in cfg.datasets if d.name in candidates]
         jobs: dict[str, dict[str, list[str]]] = {}
         for k in range(max(d.screen_samples for d in screened)):
-            jobs[f"screen/sample{k}"] = {
+            jobs[f"{prefix}screen/sample{k}"] = {
                 d.name: [*d.evaluate, task_ids_setting(candidates[d.name]), "in_context_number=0",
                          f"split={self.train_split(d)}", f"temperature={cfg.eval_temperature}",
                          f"seed={cfg.eval_seed + 100 + k}"]
@@ -323,7 +385,10 @@ class Experiment:
             self.stages.say(f"{d.name}: {len(mixed)} of {len(solved)} candidates mixed over {len(runs)} rollouts "
                             f"({record[d.name]['always_solved']} always, {record[d.name]['never_solved']} never "
                             f"solved); trees on {len(chosen[d.name])}")
-        self.remember(screen=record)
+        if not prefix:
+            self.remember(screen=record)
+        else:
+            self.remember(**{f"screen_{prefix.rstrip('/')}": record})
         return chosen
 
     def report_only(self) -> int:
@@ -384,8 +449,8 @@ class Experiment:
                                  f"({ {m: len(v) for m, v in sampled.items()} })")
             comparisons.append(comparison.compare(d.name, outcomes, tests, samples=sampled or None,
                                                   temperature=cfg.eval_temperature if sampled else None))
-        settings = {"config": to_dict(cfg), "models": {BASE: cfg.base_model, WARM: warm,
-                                                       TREEDPO: str(self.root / "treedpo_model")},
+        treedpo = str(self.info.get("treedpo_model") or self.root / "treedpo_model")
+        settings = {"config": to_dict(cfg), "models": {BASE: cfg.base_model, WARM: warm, TREEDPO: treedpo},
                     "tasks": {"train": train_tasks, "evaluation": eval_tasks}, **self.info,
                     "timings_s": {t: round(s, 1) for t, s in self.stages.timings},
                     "git_commit": git_commit()}
@@ -399,6 +464,37 @@ class Experiment:
             raise StageError(f"{dataset}: {model} results cover {len(got)} of the "
                              f"{len(eval_tasks[dataset])} held-out tasks ({path})")
         return got
+
+
+def split_pairs_by_task(merged: Path, fraction: float, seed: str) -> tuple[Path, Path, dict[str, object]]:
+    """Split a merged pairs CSV by (dataset, task): the pairs of a seeded `fraction` of the tasks (at least one
+    when two or more tasks have pairs and fraction > 0) go to `<stem>.heldout.csv`, the rest to `<stem>.train.csv`."""
+    with open(merged, newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields, rows = reader.fieldnames or [], list(reader)
+    tasks = sorted({(r["dataset"], r["task_id"]) for r in rows})
+    n_held = 0 if fraction <= 0 or len(tasks) < 2 else max(1, round(fraction * len(tasks)))
+    held = set(random.Random(seed).sample(tasks, n_held))
+    out = {}
+    for part, keep in (("train", lambda r: (r["dataset"], r["task_id"]) not in held),
+                       ("heldout", lambda r: (r["dataset"], r["task_id"]) in held)):
+        path = merged.with_name(f"{merged.stem}.{part}.csv")
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(r for r in rows if keep(r))
+        out[part] = path
+    n_held_pairs = sum(1 for r in rows if (r["dataset"], r["task_id"]) in held)
+    return out["train"], out["heldout"], {"train_pairs": len(rows) - n_held_pairs, "heldout_pairs": n_held_pairs,
+                                          "heldout_tasks": [f"{d}:{t}" for d, t in sorted(held)]}
+
+
+def train_metrics(model_dir: Path) -> dict[str, float]:
+    """LLaMA-Factory's final metrics of a trained model directory (densepolicy_train.json), {} if absent."""
+    record = model_dir / "densepolicy_train.json"
+    if not record.is_file():
+        return {}
+    return {k: v for k, v in json.loads(record.read_text()).get("metrics", {}).items() if isinstance(v, (int, float))}
 
 
 def tree_nodes(sample_dirs: dict[str, Path]) -> dict[str, int]:
@@ -460,6 +556,21 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
             for k, v in pairs.items())
                   + (f"; DPO steps: {settings['dpo_steps']}" if "dpo_steps" in settings else
                      " (no pairs: DPO skipped)"), ""]
+    rounds = settings.get("rounds", [])
+    if rounds:
+        lines += ["| round | trained from | pairs (train / held out) | tree nodes | pairs per 1,000 nodes | DPO steps "
+                  "| held-out pairs: reward accuracy | margin |", "|---:|---|---|---:|---:|---:|---:|---:|"]
+        for r in rounds:
+            n_pairs, n_nodes = sum(r.get("pairs", {}).values()), sum(r.get("tree_nodes", {}).values())
+            held = r.get("heldout_metrics", {})
+            acc, margin = held.get("rewards/accuracies"), held.get("rewards/margins")
+            lines.append(f"| {r['round']} | `{shown(r['policy'])}` | {r.get('train_pairs', n_pairs)} / "
+                         f"{r.get('heldout_pairs', 0)} | {n_nodes} | {per_thousand(n_pairs, n_nodes)} "
+                         f"| {r.get('dpo_steps', '–')} | {'–' if acc is None else f'{acc:.3f}'} "
+                         f"| {'–' if margin is None else f'{margin:.3f}'} |")
+        lines += ["", "Held-out pairs: the pairs of a seeded share of the tasks (`dpo_heldout_tasks`), left out of "
+                  "DPO and scored by the trained model (reward accuracy = share of pairs whose chosen step gets the "
+                  "higher implicit reward; 0.5 = chance).", ""]
     lines += [comparison.markdown_tables(comparisons), "![success](success.png)", "", "## Settings", "",
               "Full settings, task ids and stage timings: `settings.json`; per-task outcomes: `per_task.csv`.", ""]
     if settings.get("timings_s"):

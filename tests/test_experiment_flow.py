@@ -65,10 +65,13 @@ def test_experiment_flow_and_report(tmp_path):
             assert ("in_context_number=0" in sets) == (not kind.startswith("eval_base"))  # base: usual prompt
     assert all("in_context_number=0" in s for s in runs["sample"][2].values())
     assert runs["eval_base"][1] == cfg.base_model and runs["eval_warm"][1] == warm_dir
-    (_, model, n_pairs), = [c for c in calls if c[0] == "prepare_dataset"]
+    (_, model, n_pairs), (_, held_model, n_held) = [c for c in calls if c[0] == "prepare_dataset"]
     (_, train_model, config, overrides), = [c for c in calls if c[0] == "train"]
-    assert model == train_model == warm_dir and config == "cpu_dpo" and n_pairs > 0
-    assert overrides[-1] == f"max_steps={min(30, -(-2 * n_pairs // 4))}"
+    assert model == held_model == train_model == warm_dir and config == "cpu_dpo" and n_pairs > 0
+    # one of the 5 tasks with pairs (dpo_heldout_tasks 0.2) is held out of DPO and scored after it
+    assert n_held == (n_pairs + n_held) // 5 and n_held > 0
+    assert f"max_steps={min(30, -(-2 * n_pairs // 4))}" in overrides
+    assert f"eval_dataset={cfg.dataset_name}_heldout" in overrides and "do_eval=true" in overrides
 
     report = (root / "report.md").read_text()
     for model in (BASE, WARM, TREEDPO):
@@ -85,6 +88,34 @@ def test_experiment_flow_and_report(tmp_path):
         sampled_rows = {(r["dataset"], r["model"]): r for r in csv.DictReader(fh)}
     assert sampled_rows[("gsm8k", TREEDPO)]["episodes"] == "20" and sampled_rows[("gsm8k", TREEDPO)]["mean"] == "1.0"
     assert (root / "paired_rate_tests.csv").exists() and (root / "per_task_sampled.csv").exists()
+
+
+def test_two_rounds_sample_with_the_newest_model_and_train_it_further(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=1", "rounds=2",
+        "datasets=[{name: babyai, sample_tasks: 3, eval_tasks: 4}]"])
+    warm_dir = str(tmp_path / "warm")
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=14, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=lambda model, task: False)
+    assert exp.main() == 0
+    calls = exp.stages.calls
+    served = [c[1] for c in calls if c[0] == "serve"]
+    round1, round2 = root / "round1" / "treedpo_model", root / "round2" / "treedpo_model"
+    assert served == [warm_dir, str(round1), str(round2)]       # round 2 samples with the round-1 model
+    trains = [(c[1], c[2]) for c in calls if c[0] == "train"]
+    assert trains == [(warm_dir, "cpu_dpo"), (str(round1), "cpu_dpo")]
+    samples = [c for c in calls if c[0] in ("sample", "round2/sample")]
+    assert [c[0] for c in samples] == ["sample", "round2/sample"]
+    ids = [json.loads(next(s for s in c[2]["babyai"] if s.startswith("task_ids=")).split("=", 1)[1]) for c in samples]
+    assert ids[0] != ids[1]                                      # new train tasks in the new round
+    evals = [c[1] for c in calls if c[0] == "eval_treedpo"]
+    assert evals == [str(round2)]                                # the last model is the one evaluated
+    settings = json.loads((root / "settings.json").read_text())
+    assert [r["round"] for r in settings["rounds"]] == [1, 2] and settings["models"][TREEDPO] == str(round2)
+    assert json.loads((root / "tasks.json").read_text())["train_by_round"][1]["babyai"] == ids[1]
+    assert "| 2 | `" in (root / "report.md").read_text()
 
 
 def test_sampled_episodes_give_per_task_rates_and_a_paired_rate_test(tmp_path):
