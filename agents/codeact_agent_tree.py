@@ -375,7 +375,8 @@ class TreeTask:
     # -- outputs ---------------------------------------------------------------------------------
     def _row(self, search: TreeSearch, wall_time: float) -> dict[str, Any]:
         stop_reason = ("pairs" if search.pair_count >= self.rules.max_sample_number else
-                       "max_runs" if len(search.rows) >= self.rules.max_runs else "empty_iterations")
+                       "max_runs" if len(search.rows) >= self.rules.max_runs else
+                       "uniform" if search.uniform() else "empty_iterations")
         runs = [{"full_index": node_key(r.full_index), "run_index": node_key(r.run_index),
                  "outcome": r.outcome, "status": r.status} for r in search.rows]
         return {"status": "done", "score": search.coverage, "turns": "",
@@ -413,7 +414,8 @@ def tree_rules(cfg: Any) -> TreeRules:
         thre_value=cfg.thre_value, thre_max=cfg.thre_max, gap_weight=cfg.gap_weight, gap_power=cfg.gap_power,
         depth_weight=cfg.depth_weight, explore_weight=cfg.explore_weight, visit_counting=cfg.visit_counting,
         gap_refresh=cfg.gap_refresh, select_leaves=cfg.select_leaves, dedup=cfg.dedup,
-        update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure)
+        update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure,
+        stop_if_uniform_after=cfg.stop_if_uniform_after)
 
 
 async def _gather_all(coros: list) -> list:

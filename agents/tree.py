@@ -76,6 +76,9 @@ class TreeRules:
     """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
     len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row.
     Without that failure the tail is exactly the new rows (a window records at most len(queue) runs)."""
+    stop_if_uniform_after: int = 0
+    """> 0: stop a task once this many runs have finished and all of them had the same outcome (all solved or
+    all failed: such a tree has no sibling pair to offer, so its budget goes to other tasks). 0 = never (original)."""
     overflow_counts_as_failure: bool = False
     """True (original): a run cut by the context limit is a failed leaf of the value tree; False: not counted."""
 
@@ -330,10 +333,16 @@ class TreeSearch:
         return self._pairs
 
     def should_stop(self) -> bool:
-        """Enough pairs, the run cap, or the empty-iteration cap (spec §3.7)."""
+        """Enough pairs, the run cap, or the empty-iteration cap (spec §3.7); or, with stop_if_uniform_after,
+        that many runs all with the same outcome."""
         r = self.rules
         return (self._pairs >= r.max_sample_number or len(self.rows) >= r.max_runs
-                or self.empty_iterations >= r.max_empty_iterations)
+                or self.empty_iterations >= r.max_empty_iterations or self.uniform())
+
+    def uniform(self) -> bool:
+        """stop_if_uniform_after runs (or more) have finished and every one had the same outcome."""
+        n = self.rules.stop_if_uniform_after
+        return bool(n) and len(self.rows) >= n and len({r.outcome for r in self.rows}) == 1
 
     @property
     def coverage(self) -> float:

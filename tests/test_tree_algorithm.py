@@ -139,6 +139,18 @@ def test_stop_rules():
     assert len(by_empty.rows) == 1 and by_empty.empty_iterations == 5
 
 
+def test_a_tree_whose_runs_all_agree_stops_after_stop_if_uniform_after_runs():
+    never = lambda n: None  # noqa: E731  (every run fails at max depth)
+    rules = dict(base=3, max_steps=3, window_size=4, max_sample_number=10 ** 6, max_runs=200)
+    uniform = _simulate(TreeRules(**rules, stop_if_uniform_after=6), never)
+    assert 6 <= len(uniform.rows) < 6 + 4 and uniform.uniform()
+    assert len(_simulate(TreeRules(**rules), never).rows) > 20  # off (0, the original): the run cap decides
+    # one success among the runs: the tree is mixed and keeps its budget
+    mixed = _simulate(TreeRules(**{**rules, "max_runs": 40}, stop_if_uniform_after=6),
+                      lambda n: 1.0 if n[:2] == (1, 1) else None)
+    assert not mixed.uniform() and len(mixed.rows) > 10
+
+
 def test_same_seed_same_search():
     outcome = lambda n: 1.0 if sum(n) % 4 == 3 else None  # noqa: E731
     rules = TreeRules(base=4, max_steps=4, window_size=3, max_sample_number=6, max_runs=60)

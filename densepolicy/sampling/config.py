@@ -88,6 +88,9 @@ class SamplerConfig:
                       "len(queue) rows, which ends the task with an error after a duplicate run (as the original crashed).")
     overflow_counts_as_failure: bool = help_field(
         False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
+    stop_if_uniform_after: int = help_field(
+        0, help="> 0: stop a tree once this many runs finished all with the same outcome (all solved or all "
+                "failed: no sibling pair possible), so its budget goes to other tasks; 0 = never (the original).")
     # -- execution ---------------------------------------------------------------------------------
     execution: Literal["concurrent", "sequential"] = help_field(
         "concurrent", help="concurrent: leaves of a window and several tasks in flight, forked episodes; "
@@ -147,7 +150,7 @@ RANGES: dict[str, tuple[float, float | None, bool]] = {
     "depth_weight": (0, None, False), "explore_weight": (0, None, False), "task_concurrency": (1, None, False),
     "max_live_episodes": (1, None, False), "env_threads": (1, None, False), "max_concurrency": (1, None, False),
     "request_timeout_s": (0, None, True), "max_retries": (0, None, False), "backoff_s": (0, None, False),
-    "retry_window_s": (0, None, False), "lock_stale_s": (0, None, True),
+    "retry_window_s": (0, None, False), "lock_stale_s": (0, None, True), "stop_if_uniform_after": (0, None, False),
 }
 
 
