@@ -30,7 +30,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, load_config, parse_overrides, read_yaml,
                                 to_dict)
@@ -54,6 +54,8 @@ class ExperimentDataset:
     sample_tasks: int = help_field(20, help="Train tasks for tree sampling (x budget), a seeded sample of the train split.")
     sample: list[str] = help_field([], help="sample_tree.py key=value settings for tree sampling.")
     eval_split: Optional[str] = help_field(None, help="Held-out split (null = the codeact_agent split of the task config).")
+    valid_split: Optional[str] = help_field(None, help="Validation split, train- and test-disjoint (used with "
+                                                       "heldout=valid; null = this env has none and is left out).")
     eval_tasks: int = help_field(50, help="Held-out tasks (x budget, at most the split size), a seeded sample.")
     evaluate: list[str] = help_field([], help="sample_tree.py key=value settings for the evaluation of every model.")
     evaluate_base: bool = help_field(True, help="Evaluate the base model on this env too (with evaluate_base).")
@@ -82,6 +84,9 @@ class ExperimentConfig:
     evaluate_base: bool = help_field(True, help="Also evaluate the base model (with its usual in-context examples).")
     output_dir: str = help_field("eval_results/experiment", help="Output; an older one is moved to <dir>.prev-<time>.")
     seed: int = help_field(20261126, help="Seed of the train/held-out task selection.")
+    heldout: Literal["test", "valid"] = help_field(
+        "test", help="test: evaluate on each env's test split (run once per reported configuration); valid: on its "
+                     "valid_split, for choosing settings (envs without one are left out).")
     eval_samples: int = help_field(4, help="Sampled episodes per held-out task and model, besides the greedy one "
                                            "(0 = greedy only); sample k uses sampler seed eval_seed + k for every model.")
     eval_temperature: float = help_field(0.7, help="Temperature of the sampled evaluation episodes and screen rollouts.")
@@ -174,8 +179,15 @@ class Experiment:
     """The stages in order; `warm_start` is injectable for tests."""
 
     def __init__(self, cfg: ExperimentConfig, warm_start: Callable[[list[str], Callable], Path] = default_warm_start):
+        if cfg.heldout == "valid":
+            left_out = [d.name for d in cfg.datasets if not d.valid_split]
+            if left_out:
+                print(f"[experiment] heldout=valid: {', '.join(left_out)} without a valid_split, left out")
+            cfg = dataclasses.replace(cfg, datasets=[dataclasses.replace(d, eval_split=d.valid_split)
+                                                     for d in cfg.datasets if d.valid_split])
         if not cfg.datasets:
-            raise ConfigError("key 'datasets' is empty")
+            raise ConfigError("key 'datasets' is empty" + (" (no dataset has a valid_split)" if cfg.heldout == "valid"
+                                                           else ""))
         self.cfg = cfg
         self.root = resolve(cfg.output_dir)
         screened = any(d.screen_tasks for d in cfg.datasets)

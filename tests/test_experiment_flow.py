@@ -256,3 +256,22 @@ def test_a_run_started_with_sigint_ignored_still_stops_on_sigint_and_sigterm(sig
     assert proc.stdout.readline() == "ready\n"
     proc.send_signal(sig)
     assert proc.communicate(timeout=20)[0].strip() == f"stopped {sig.name}"
+
+
+def test_heldout_valid_evaluates_on_the_validation_split_and_leaves_out_envs_without_one(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0", "heldout=valid",
+        "datasets=[{name: gsm8k, sample_tasks: 2, eval_tasks: 5},"
+        " {name: babyai, sample_tasks: 2, eval_tasks: 6, valid_split: valid}]"])
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(root, tag="experiment", n_stages=9, proc_per_server=1, tmux_start_id=0, serving={},
+                        sampler={}, solved=lambda model, task: False)
+    assert exp.main() == 0
+    tasks = json.loads((root / "tasks.json").read_text())
+    assert list(tasks["evaluation"]) == ["babyai"] and len(tasks["evaluation"]["babyai"]) == 6
+    seeds = {int(t.rsplit(":", 1)[1]) for t in tasks["evaluation"]["babyai"]}
+    assert min(seeds) >= 1000  # the valid seeds, not the test split's seed 0 nor train seeds 1..25
+    with pytest.raises(Exception, match="no dataset has a valid_split"):
+        Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+            f"output_dir={root}", "heldout=valid", "datasets=[{name: gsm8k}]"]))
