@@ -146,7 +146,8 @@ class WorkerContext:
     def opening(self, episode: Episode, task_id: str) -> tuple[list[dict], list[dict]]:
         """(messages with in-context examples, training prompt without them) for a fresh episode."""
         kwargs = dict(goal=episode.goal, observation=episode.observation, tools=self.env.tools,
-                      requires_answer=self.env.requires_answer, answer_type=self.env.answer_type)
+                      requires_answer=self.env.requires_answer, answer_type=self.env.answer_type,
+                      style=self.cfg.prompt_style)
         return (initial_messages(examples=self.task_examples(task_id), **kwargs), initial_messages(**kwargs))
 
     def completion_budget(self, prompt_tokens: int) -> int:

@@ -28,6 +28,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "dedup": "faithful",                   # only successful runs block their extensions (§3.6)
             "update_rows": "faithful",             # last len(queue) rows: the task fails after a duplicate
             "overflow_counts_as_failure": True,    # a context-overflow run is a failed leaf (§3.2)
+            "prompt_style": "original",            # the original's instruction, tool list and observations (§2.2)
         },
     },
     "postprocess": {

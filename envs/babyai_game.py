@@ -7,6 +7,11 @@ it carries, followed by `Available actions: [...]`. Objects are named `<color> <
 High-level actions (go to, pickup, go through, toggle and go through) plan over the seen cells
 (`envs.babyai_planner`) and run as primitive minigrid steps, stopping early when a step has no effect.
 
+With `style="compact"` the same information is rendered in fewer tokens: `red ball 1 (2 ahead, 1 right)`
+instead of `There is a red ball 1, 2 steps in front of you and 1 step to your right.`, and the available actions
+as the tool calls that run them, grouped by tool, `any seen` where every seen object the tool takes is possible
+(`render_actions`, supplied by `envs.babyai_env`).
+
 Runs in the trusted worker process; `copy.deepcopy` of a game is an independent fork.
 """
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass
-
+from typing import Callable, Optional
 
 from envs.babyai_planner import DIR_TO_VEC, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, is_walkable, plan_path
 
@@ -48,10 +53,27 @@ def relative_position(front: int, right: int) -> str:
     return side or "where you are"
 
 
-class BabyAIGame:
-    """Game state + text interface. `act(action, target)` is the only way to change it."""
+def compact_position(front: int, right: int) -> str:
+    """`relative_position` in few words: (2, -1) -> "2 ahead, 1 left"; (0, 0) -> "here"."""
+    parts = ([f"{front} ahead"] if front > 0 else [f"{-front} behind"] if front < 0 else []) + (
+        [f"{right} right"] if right > 0 else [f"{-right} left"] if right < 0 else [])
+    return ", ".join(parts) or "here"
 
-    def __init__(self, level: str, seed: int):
+
+class BabyAIGame:
+    """Game state + text interface. `act(action, target)` is the only way to change it.
+
+    `style`: "original" (the original's wording) or "compact" (shorter text, same information); compact
+    needs `render_actions(available, unavailable)`, which turns the action texts possible now and those that
+    are not (the keys of `_plans()`) into the line shown."""
+
+    def __init__(self, level: str, seed: int, style: str = "original",
+                 render_actions: Optional[Callable[[list[str], list[str]], str]] = None):
+        if style not in ("original", "compact"):
+            raise ValueError(f"unknown BabyAI observation style {style!r}; expected 'original' or 'compact'")
+        if style == "compact" and render_actions is None:
+            raise ValueError("the compact BabyAI observation style needs `render_actions`")
+        self.style, self._render_actions = style, render_actions
         import gymnasium
         import minigrid  # noqa: F401  (registers the levels)
         from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
@@ -137,6 +159,8 @@ class BabyAIGame:
     # ---- text ------------------------------------------------------------------------------------
     def description(self) -> str:
         """What the agent sees, remembers and carries (no action list)."""
+        if self.style == "compact":
+            return self._compact_description()
         objects = self.objects()
         visible = [o for o in objects if o.visible]
         parts = []
@@ -156,6 +180,20 @@ class BabyAIGame:
                      else "You are not carrying anything.")
         return " ".join(parts)
 
+    def _compact_description(self) -> str:
+        objects = self.objects()
+        seen = [f"{o.name} ({compact_position(*self._offset(o.pos))})" for o in objects if o.visible]
+        parts = ["You see: " + "; ".join(seen) + "." if seen else "You see no objects."]
+        wall = self._wall_ahead()
+        if wall:
+            parts.append(f"Wall {wall} ahead.")
+        hidden = [f"{o.name} ({compact_position(*self._offset(o.pos))})" for o in objects if not o.visible]
+        if hidden:
+            parts.append("Remembered: " + "; ".join(hidden) + ".")
+        carrying = self._carrying()
+        parts.append(f"Carrying: {carrying.color} {carrying.type}." if carrying else "Carrying: nothing.")
+        return " ".join(parts)
+
     def _wall_ahead(self) -> int | None:
         (x, y), d = self._pose()
         for k in range(1, self._env.unwrapped.agent_view_size):
@@ -170,6 +208,9 @@ class BabyAIGame:
 
     def observation(self) -> str:
         """Description + the list of actions that can be taken now."""
+        if self.style == "compact":
+            plans, errors = self._plans()
+            return f"{self.description()}\n{self._render_actions(list(plans), list(errors))}"
         actions = ", ".join(f'"{a}"' for a in self.available_actions())
         return f"{self.description()}\nAvailable actions: [{actions}]"
 

@@ -22,13 +22,21 @@ class EnvError(ValueError):
     """Bad env name, split, task id or data: the message names the thing and the expected values."""
 
 
+PROMPT_STYLES = ("compact", "original")
+"""Text styles of the prompt and of the observations an env renders: `original` = the wording of the
+original pipeline (spec §2.2, §4.3; `preset=paper`), `compact` = the same information in fewer tokens
+(docs/deviations.md)."""
+
+
 @dataclass(frozen=True)
 class Tool:
-    """A tool the model may call from its code: name, one-line description, Python signature."""
+    """A tool the model may call from its code: name, one-line description, Python signature, and a
+    short description for the compact prompt style ('' = the first sentence of `description`)."""
 
     name: str
     description: str
     signature: str
+    brief: str = ""
 
 
 @dataclass
@@ -82,6 +90,7 @@ class Env(abc.ABC):
     split: str
     tools: list[Tool] = []
     requires_answer: bool = False  # math: True (Answer: ...); ALFWorld/BabyAI: False
+    prompt_style: str = "original"  # PROMPT_STYLES; only envs with style-dependent observations (BabyAI) read it
     answer_type: str | None = None  # "number" for GSM8K, "text" for MATH
 
     @abc.abstractmethod

@@ -95,6 +95,36 @@ def test_bot_solution_through_primitive_tools_wins(env, bot_runs, task_id):
         assert "The task is completed." in result.observation
 
 
+@pytest.fixture(scope="module")
+def compact_env():
+    environment = load_env("babyai", split="test", prompt_style="compact")
+    yield environment
+    environment.close()
+
+
+@pytest.mark.parametrize("task_id", BOT_TASKS)
+def test_bot_and_planner_solve_under_compact_observations(compact_env, bot_runs, task_id):
+    """The compact observation style changes only the text: the bot's primitive actions still win, with the
+    compact observations along the way, and so does the expert's high-level plan where it finds one."""
+    from densepolicy.training.expert.babyai_plan import high_level_plan, tool_call
+    from envs.babyai_levels import parse_task_id
+
+    with compact_env.start(task_id) as ep:
+        for action in [a for a in bot_runs[task_id]["actions"] if a != "done"]:
+            result = ep.act(PRIMITIVE_TOOL[action])
+            assert not REFUSAL.match(result.observation), (action, result.observation)
+            assert "Available actions" not in result.observation
+            if result.done:
+                break
+            assert result.observation.splitlines()[-1].startswith("Actions: ")
+        assert result.done and result.success and "The task is completed." in result.observation
+    plan = high_level_plan(*parse_task_id(task_id), budget=200)
+    if plan is not None:
+        with compact_env.start(task_id) as ep:
+            results = [ep.act(tool_call(a)) for a in plan]
+            assert results[-1].done and results[-1].success and not any(r.done for r in results[:-1])
+
+
 def test_high_level_tools_solve_goto_and_door_levels(env):
     with env.start("BabyAI-GoToRedBallGrey-v0:0") as ep:
         assert ep.goal == "go to the red ball"

@@ -73,6 +73,26 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.wanted() == {"gsm8k": 300, "babyai": 5} and cfg.name == "expert_sft"
 
 
+@pytest.mark.parametrize("style", ["original", "compact"])
+def test_expert_replay_uses_the_env_prompt_style(style):
+    """The expert's BabyAI messages replayed on an env of each style give that style's prompt and observations
+    (the warm start sees what the sampler with the same `prompt_style` will show it)."""
+    from densepolicy.training.expert.babyai_plan import high_level_plan
+    from densepolicy.training.expert.replay import action_message
+    from agents.prompts import initial_messages
+
+    env = load_env("babyai", split="train", prompt_style=style)
+    plan = high_level_plan("BabyAI-OpenDoorLoc-v0", 2, budget=200)
+    trajectory = replay(env, "BabyAI-OpenDoorLoc-v0:2", [action_message(tool_call(a)) for a in plan])
+    assert trajectory.success and len(plan) >= 2
+    with env.start("BabyAI-OpenDoorLoc-v0:2") as episode:
+        expected = initial_messages(episode.goal, episode.observation, env.tools, False, None, style=style)
+    assert trajectory.messages[0] == expected[0]
+    observations = [m["content"] for m in trajectory.messages[2::2]]
+    marker = "Available actions: [" if style == "original" else "Actions: "
+    assert observations and all(marker in o for o in observations)
+
+
 def test_refuses_to_overwrite_an_existing_dataset(tmp_path):
     (tmp_path / "expert_sft.json").write_text("[]")
     with pytest.raises(OutputExistsError, match="already exists"):
@@ -169,6 +189,14 @@ def test_small_build_counts_summary_and_registration(small_build):
         assert "Here are examples" not in turns[0]["value"]  # no in-context examples in the prompt
     gsm8k = [r for r in records if r["env"] == "gsm8k"]
     assert all(r["conversations"][-1]["value"].startswith("Answer: ") for r in gsm8k)
+    # rendered in the configured style, the sampler's default (compact): its instruction, tool lines, observations
+    assert load_expert_data_config(SMALL).prompt_style == "compact"
+    babyai = [r for r in records if r["env"] == "babyai"]
+    for record in babyai:
+        turns = record["conversations"]
+        assert turns[0]["value"].startswith("Tools:\n- turn_left(): ") and "Signature:" not in turns[0]["value"]
+        assert all(t["value"].splitlines()[-1].startswith("Actions: ") for t in turns[2:-1:2])
+        assert not any("Available actions" in t["value"] for t in turns)
 
 
 @pytest.mark.integration
@@ -179,7 +207,8 @@ def test_every_kept_trajectory_replays_to_success(small_build):
     envs = {}
     try:
         for record in records:
-            env = envs.get(record["env"]) or envs.setdefault(record["env"], load_env(record["env"], split="train"))
+            env = envs.get(record["env"]) or envs.setdefault(record["env"], load_env(
+                record["env"], split="train", prompt_style=load_expert_data_config(SMALL).prompt_style))
             turns = record["conversations"]
             again = replay(env, record["task_id"], [t["value"] for t in turns[1::2]])
             assert again.success, (record["task_id"], again.error)

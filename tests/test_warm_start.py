@@ -96,7 +96,8 @@ def test_first_call_builds_second_call_returns_the_cache(fake):
 
 
 @pytest.mark.parametrize("change", ["sft_overrides.learning_rate=5e-5", "expert_data.seed=3",
-                                    "expert_data.babyai=7", "base_model", "sft_config"])
+                                    "expert_data.babyai=7", "expert_data.prompt_style=original", "base_model",
+                                    "sft_config"])
 def test_a_changed_input_rebuilds(fake, change, tmp_path):
     ws.ensure_warm_start(fake.args, log=lambda _: None)
     args = list(fake.args)
@@ -118,6 +119,8 @@ def test_a_changed_input_rebuilds(fake, change, tmp_path):
         assert fake.trainings[1]["overrides"] == ["learning_rate=5e-5"]
     if change.startswith("expert_data.babyai"):
         assert fake.datasets[1].wanted() == {"gsm8k": 3, "babyai": 7}
+    if change.startswith("expert_data.prompt_style"):  # the trajectories are rendered in the sampler's style
+        assert (fake.datasets[0].prompt_style, fake.datasets[1].prompt_style) == ("compact", "original")
     ws.ensure_warm_start(args, log=lambda _: None)
     assert len(fake.trainings) == 2
 

@@ -41,6 +41,10 @@ class SamplerConfig:
     seed: int = help_field(62471893, help="Seed of everything: per-task RNGs and per-request seeds derive from it.")
     # -- agent (spec §2) ---------------------------------------------------------------------------
     in_context_number: int = help_field(0, help="In-context examples in the prompt (GSM8K 8, MATH 1, else 0).")
+    prompt_style: Literal["compact", "original"] = help_field(
+        "compact", help="compact: a short instruction, one line per tool, BabyAI observations in fewer tokens "
+                        "(same information); original: the original's wording (preset=paper; docs/deviations.md). "
+                        "The warm start's expert data must use the same style (configs/expert_data.yaml).")
     max_steps: Optional[int] = help_field(
         None, help="Agent: step limit (ALFWorld/BabyAI 30). Tree: the tree depth (required).")
     max_turn: Optional[int] = help_field(None, help="Agent: answer-attempt limit (math 10); the tree ignores it.")

@@ -30,6 +30,9 @@ RUNTIME_ONLY_KEYS = {"progress", "task_concurrency", "env_threads", "max_concurr
                      "max_retries", "backoff_s", "retry_window_s", "lock_stale_s", "on_task_error",
                      "max_live_episodes", "execution"}
 SETTINGS_SUFFIX = ".settings.json"
+# Settings added with a default that differs from what shards made before them did: a record without the key
+# was made with this value, not with today's default.
+FORMER_VALUES = {"prompt_style": "original"}
 
 
 def settings_path(csv_path: str | os.PathLike) -> Path:
@@ -59,8 +62,9 @@ def _defaults() -> dict[str, Any]:
 
 def settings_diffs(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every result-shaping key that differs (runtime-only keys are ignored).
-    A key the older record lacks (a setting added since) counts as its default value."""
-    defaults = _defaults()
+    A key the older record lacks (a setting added since) counts as its default value (or its former
+    behaviour, `FORMER_VALUES`)."""
+    defaults = {**_defaults(), **FORMER_VALUES}
     keys = sorted((set(previous) | set(current)) - RUNTIME_ONLY_KEYS)
     old = {k: previous[k] if k in previous else defaults.get(k) for k in keys}
     new = {k: current[k] if k in current else defaults.get(k) for k in keys}

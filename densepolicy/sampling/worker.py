@@ -41,8 +41,9 @@ def shard_slice(items: Sequence[str], shard: int, num_shards: int) -> list[str]:
 
 
 def load_task_env(cfg: SamplerConfig) -> Any:
-    """The env of `cfg.env`: a registry name (envs.load_env) or 'module:Factory' (custom envs, tests).
-    A missing data directory or data file is a `ConfigError` naming it."""
+    """The env of `cfg.env`: a registry name (envs.load_env) or 'module:Factory' (custom envs, tests),
+    rendering observations in `cfg.prompt_style`. A missing data directory or data file is a `ConfigError`
+    naming it."""
     from densepolicy.paths import data_dir
     from envs.base import EnvError
     kwargs = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
@@ -51,12 +52,14 @@ def load_task_env(cfg: SamplerConfig) -> Any:
     if ":" in cfg.env:
         module, factory = cfg.env.split(":", 1)
         try:
-            return getattr(importlib.import_module(module), factory)(split=cfg.split, **kwargs)
+            env = getattr(importlib.import_module(module), factory)(split=cfg.split, **kwargs)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"key 'env': cannot load custom env {cfg.env!r}: {exc}") from None
+        env.prompt_style = cfg.prompt_style
+        return env
     from envs import load_env
     try:
-        return load_env(cfg.env, split=cfg.split, **kwargs)
+        return load_env(cfg.env, split=cfg.split, prompt_style=cfg.prompt_style, **kwargs)
     except EnvError as exc:
         raise ConfigError(f"env {cfg.env!r} ({cfg.split}): {exc}") from None
 

@@ -5,7 +5,8 @@
 
 For each env, the train tasks (minus any whose content is an evaluation task, see
 `expert.splits`) are tried in a seeded order; the env's expert proposes messages, they are replayed
-through `envs` with the agent's own prompt and step function (`expert.replay`), and the trajectory is
+through `envs` with the agent's own prompt and step function (`expert.replay`; prompt and observations in
+`cfg.prompt_style`, the sampler's style), and the trajectory is
 kept if it ends in success and fits `max_tokens`, until `cfg.<env>` are kept. The output is a
 LLaMA-Factory ShareGPT dataset (human/gpt turns, ending with the last assistant turn; assistant turns
 are trained, the rest masked by `train_on_prompt: false`) registered in `dataset_info.json`.
@@ -20,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
@@ -50,6 +51,10 @@ class ExpertDataConfig:
     alfworld: int = help_field(100, help="ALFWorld trajectories wanted.")
     math: int = help_field(0, help="MATH trajectories wanted.")
     max_tokens: int = help_field(2048, help="Drop trajectories longer than this many tokens (chat template).")
+    prompt_style: Literal["compact", "original"] = help_field(
+        "compact", help="Prompt and observation wording of the trajectories: the `prompt_style` the sampler uses "
+                        "with the warm-started model (configs/sampler.yaml), so that it sees the prompts it was "
+                        "trained on.")
     model: str = help_field("", help="Tokenizer (configs/models.yaml name or directory); '' = the embedded model.")
     env_threads: int = help_field(2, help="Tasks replayed in parallel.")
     data_dir: Optional[str] = help_field(None, help="Offline data directory (null = densepolicy.paths.data_dir()).")
@@ -189,7 +194,7 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
                 summary: ExpertDataSummary, log=print) -> list[dict[str, Any]]:
     """Kept records of one env (first `wanted` successes in the seeded task order)."""
     started = time.monotonic()
-    env = load_env(env_name, split=TRAIN_SPLIT[env_name], **_env_kwargs(cfg, env_name))
+    env = load_env(env_name, split=TRAIN_SPLIT[env_name], prompt_style=cfg.prompt_style, **_env_kwargs(cfg, env_name))
     records: list[dict[str, Any]] = []
     tried = long = errors = 0
     tokens: list[int] = []

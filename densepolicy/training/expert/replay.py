@@ -1,7 +1,7 @@
 """Replay an expert's assistant messages through `envs` exactly as the agent runs them.
 
 The prompt is the agent's training prompt (`agents.prompts.initial_messages` without in-context
-examples); every observation comes from `agents.runtime.execute_generation` on a fresh episode, the
+examples, in the env's `prompt_style`); every observation comes from `agents.runtime.execute_generation` on a fresh episode, the
 function the sampling and evaluation agents call for each step. Nothing is typed by hand.
 """
 from __future__ import annotations
@@ -43,9 +43,11 @@ class Replay:
 
 
 def opening_messages(env: Env, episode) -> list[dict]:
-    """The agent's prompt for a fresh episode, without in-context examples (as `WorkerContext.opening`)."""
+    """The agent's prompt for a fresh episode, without in-context examples (as `WorkerContext.opening`), in
+    the env's `prompt_style` (the style its observations are rendered in)."""
     return initial_messages(goal=episode.goal, observation=episode.observation, tools=env.tools,
-                            requires_answer=env.requires_answer, answer_type=env.answer_type)
+                            requires_answer=env.requires_answer, answer_type=env.answer_type,
+                            style=env.prompt_style)
 
 
 def replay(env: Env, task_id: str, assistant_messages: Sequence[str]) -> Replay:
