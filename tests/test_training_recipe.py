@@ -130,7 +130,8 @@ def test_train_passes_the_launch_settings_to_llamafactory(config, visible, expec
     clean_launch_env.setenv("PYTHONPATH", str(tmp_path / "site"))
     with pytest.raises(TrainingError, match="exit 3"):
         train(config, dataset="tiny_tree_dpo", model=embedded_model_dir(), dataset_dir=dataset_dir,
-              output_dir=tmp_path / "out", overrides=["template=smollm2"], template_check=False, progress=False)
+              output_dir=tmp_path / "out", template_check=False, progress=False,
+              overrides=["template=smollm2", "densepolicy_fast=false"])  # the plugin's launch: tests/test_lf_fast.py
     launch = json.loads((tmp_path / "launch.json").read_text())
     assert launch["argv"] == ["train", str(tmp_path / "out" / "train_config.yaml")]
     env = launch["env"]

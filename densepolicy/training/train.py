@@ -43,6 +43,7 @@ from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
 from densepolicy.provenance import record_trained_model
 from densepolicy.training.launch import check_launchable, distributed_env, venv_path
+from densepolicy.training import lf_fast
 from densepolicy.training.lf_args import (
     coerce_args,
     llamafactory_fields,
@@ -210,7 +211,7 @@ def build_train_args(
     """
     path = config_path(config)
     args = _numbers(read_yaml(path))
-    known = llamafactory_keys() if known_keys is None else known_keys
+    known = (llamafactory_keys() if known_keys is None else set(known_keys)) | {lf_fast.KEY}
     fields = _llamafactory_fields() if known_keys is None else {}
     check_keys(args, str(path), known)
     args = coerce_args(args, fields, str(path))
@@ -243,6 +244,10 @@ def build_train_args(
             args[key] = str(resolve(args[key]))
     if args.get("deepspeed") and not Path(args["deepspeed"]).is_file():
         raise ConfigError(f"{path}: deepspeed config {args['deepspeed']} does not exist")
+    if lf_fast.check_args(args, str(path)):
+        args[lf_fast.KEY] = list(lf_fast.levers(args[lf_fast.KEY]))
+    else:
+        args.pop(lf_fast.KEY, None)  # llamafactory-cli would refuse the key
     return args
 
 
@@ -506,6 +511,20 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
 
 
+def train_command(args: dict[str, Any], train_yaml: Path, launch_env: dict[str, str]) -> list[str]:
+    """The training command: ``llamafactory-cli train <yaml>``, or, when the config turns on
+    ``densepolicy_fast`` (`lf_fast`), LLaMA-Factory run in one process through the DensePolicy plugin.
+
+    Raises `ConfigError` for the plugin in a distributed launch (it is single-process only).
+    """
+    if not args.get(lf_fast.KEY):
+        return [str(llamafactory_cli()), "train", str(train_yaml)]
+    if launch_env:
+        raise ConfigError(f"key {lf_fast.KEY!r} (the LLaMA-Factory plugin densepolicy.training.lf_fast) runs one "
+                          f"process only; this launch is distributed (torchrun / DeepSpeed): set {lf_fast.KEY}=false")
+    return [str(main_python()), "-m", lf_fast.__name__, "train", str(train_yaml)]
+
+
 def export_args(train_args: dict[str, Any], adapter_dir: Path, export_dir: Path) -> dict[str, Any]:
     """`llamafactory-cli export` arguments that merge the LoRA adapter into the base model."""
     args = {
@@ -550,6 +569,7 @@ def train(
                           f"(or --resume to continue from its last checkpoint)")
     launch_env = distributed_env(args, source=str(config_path(config)))  # torchrun settings, {} for one process
     check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
+    command = train_command(args, out / "train_config.yaml", launch_env)
     if template_check:
         pair = template_pair(args)
         check_chat_template(args, pair=pair)
@@ -569,8 +589,7 @@ def train(
     try:
         if launch_env:
             log.info("distributed launch: %s", " ".join(f"{k}={v}" for k, v in launch_env.items()))
-        train_seconds = run_logged([str(llamafactory_cli()), "train", str(train_yaml)], log_path, on_poll=bar,
-                                   extra_env=launch_env)
+        train_seconds = run_logged(command, log_path, on_poll=bar, extra_env=launch_env)
     finally:
         if bar:
             bar.close()
@@ -592,6 +611,7 @@ def train(
         "base_model": args["model_name_or_path"],
         "finetuning_type": args.get("finetuning_type"),
         "template": args.get("template"),
+        "fast_levers": args.get(lf_fast.KEY, []),
         "train_seconds": round(train_seconds, 1),
         "export_seconds": round(export_seconds, 1),
         "metrics": metrics,
