@@ -29,6 +29,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "update_rows": "faithful",             # last len(queue) rows: the task fails after a duplicate
             "overflow_counts_as_failure": True,    # a context-overflow run is a failed leaf (§3.2)
             "prompt_style": "original",            # the original's instruction, tool list and observations (§2.2)
+            "stop_if_uniform_after": 0,            # every tree runs to its caps, however uniform its runs
         },
     },
     "postprocess": {

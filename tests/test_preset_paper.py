@@ -21,7 +21,8 @@ from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["base=2", "max_steps=3", "window_size=8", "max_sample_number=100"]
 PAPER_SAMPLER = {"visit_counting": "faithful", "gap_refresh": "faithful", "select_leaves": True, "dedup": "faithful",
-                 "update_rows": "faithful", "overflow_counts_as_failure": True, "prompt_style": "original"}
+                 "update_rows": "faithful", "overflow_counts_as_failure": True, "prompt_style": "original",
+                 "stop_if_uniform_after": 0}
 
 # The hand-checked tree (base 2, depth 3). S = success, F = fail, X = cut by the context limit.
 #   0 ─┬─ 0-0 ─┬─ 0-0-0 F          1 ─┬─ 1-0 ─┬─ 1-0-0 F
@@ -53,10 +54,12 @@ def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
     default, paper = _sampler(), _sampler("preset=paper")
     assert {k: getattr(default, k) for k in PAPER_SAMPLER} == {
         "visit_counting": "fixed", "gap_refresh": "fixed", "select_leaves": False, "dedup": "fixed",
-        "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact"}
+        "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact",
+        "stop_if_uniform_after": 0}
     assert {k: getattr(paper, k) for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]
     # an explicit key given together with the preset wins (the others keep the preset's value)
     mixed = _sampler("preset=paper", "update_rows=fixed")
+    assert _sampler("stop_if_uniform_after=8", "preset=paper").stop_if_uniform_after == 8  # explicit wins
     assert mixed.update_rows == "fixed" and mixed.visit_counting == "faithful" and mixed.preset == "paper"
     assert _sampler("update_rows=fixed", "preset=paper").update_rows == "fixed"   # order does not matter
     with pytest.raises(ConfigError, match="preset"):
