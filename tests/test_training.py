@@ -280,6 +280,20 @@ def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(trained_full):
 
 
 @pytest.mark.integration
+def test_held_out_pairs_are_scored_after_training(tmp_path):
+    # what `make experiment` does with the pairs of held-out tasks: LLaMA-Factory's evaluation through the plugin
+    data = tmp_path / "data"
+    write_dataset(data, "tiny_train", n=4, seed=0)
+    write_dataset(data, "tiny_heldout", n=3, seed=1)
+    result = train("cpu_tiny", dataset="tiny_train", dataset_dir=data, output_dir=tmp_path / "model",
+                   overrides=["max_steps=1", "eval_dataset=tiny_heldout", "do_eval=true",
+                              "per_device_eval_batch_size=1"], progress=False)
+    metrics = result.metrics
+    assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0 and "eval_rewards/margins" in metrics
+    assert metrics["eval_loss"] > 0
+
+
+@pytest.mark.integration
 def test_cpu_tiny_lora_is_merged_into_a_servable_model(tmp_path, dataset_dir):
     result = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir, output_dir=tmp_path / "lora",
                    overrides=["finetuning_type=lora", "lora_target=all", "lora_rank=4", "max_steps=1",
