@@ -92,6 +92,7 @@ class Demo:
         with st.stage("warm start (expert SFT; built once, then cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
             st.say(f"warm-started model: {shown(warm)}")
+        st.check_prompt_style(warm, self.settings("sample"))
         results: dict[str, dict[str, Path]] = {}
         with st.serve(warm, "warm") as url:
             with st.stage("tree sampling (codeact_agent_tree) with the warm-started model on the train splits"):

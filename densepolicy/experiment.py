@@ -220,6 +220,7 @@ class Experiment:
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
             st.say(f"warm-started model: {shown(warm)}")
         self.remember(warm_model=warm)
+        st.check_prompt_style(warm, {d.name: d.sample for d in cfg.datasets})
         eval_tasks = {}
         for d in cfg.datasets:
             eval_split = d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")

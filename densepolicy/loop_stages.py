@@ -199,6 +199,29 @@ class LoopStages:
         self.run(self.py("TreeDPO/train.py", config, "--dataset", dataset, "--model", model,
                          "--output-dir", str(out), *overrides), "train")
 
+    def check_prompt_style(self, model: str, settings: Mapping[str, Sequence[str]]) -> None:
+        """Refuse to sample with a warm-started `model` in another prompt style than it was trained in.
+
+        The style the model was trained in is `expert_data.prompt_style` of its `warm_start.json` (models that are
+        not warm starts have none: nothing to check); the style of a run is the sampler's `prompt_style` after
+        configs/sampler.yaml, the task config, `sampler` and the run's own `settings` (dataset -> key=value).
+        """
+        from densepolicy.sampling.config import resolve_sampler_config
+        record = Path(model) / "warm_start.json"
+        if not record.is_file():
+            return
+        trained = json.loads(record.read_text()).get("inputs", {}).get("expert_data", {}).get("prompt_style")
+        if trained is None:
+            return
+        for dataset, sets in settings.items():
+            keys = [kv for kv in sets if kv.split("=", 1)[0] not in ("task_ids",)]
+            keys += [f"{k}={v}" for k, v in self.sampler.items()]
+            style = resolve_sampler_config("codeact_agent_tree", dataset, keys).prompt_style
+            if style != trained:
+                raise StageError(f"{dataset}: the sampler's prompt_style is {style!r} but {shown(model)} was trained "
+                                 f"on {trained!r} prompts (its warm_start.json); set sampler.prompt_style={trained} "
+                                 f"or rebuild the warm start with expert_data.prompt_style={style}")
+
     def release_tmux_ids(self, n_runs: int, offsets: Sequence[int]) -> None:
         """Stop leftovers of an earlier, interrupted run that used the same TMUX_START_IDs (`n_runs` blocks of
         10 ids from each offset)."""

@@ -32,7 +32,7 @@ def test_experiment_flow_and_report(tmp_path):
     (root / "old.txt").parent.mkdir(parents=True)
     (root / "old.txt").write_text("an older experiment")
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
-        f"output_dir={root}", "budget=1",
+        f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]},"
         " {name: babyai, sample_tasks: 2, eval_tasks: 4}]"])
     warm_dir = str(tmp_path / "warm")
@@ -189,7 +189,7 @@ def test_screen_grows_trees_only_on_train_tasks_with_mixed_rollouts(tmp_path):
 def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_path):
     root = tmp_path / "exp"
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
-        f"output_dir={root}", "budget=1",
+        f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]},"
         " {name: babyai, sample_tasks: 2, eval_tasks: 4, evaluate_base: false}]"])
     exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
@@ -209,7 +209,7 @@ def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_pat
 def test_report_only_rebuilds_the_report_of_an_interrupted_run_from_what_finished(tmp_path):
     root = tmp_path / "exp"
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
-        f"output_dir={root}", "budget=1",
+        f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]}]"])
     exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
     exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
@@ -275,3 +275,16 @@ def test_heldout_valid_evaluates_on_the_validation_split_and_leaves_out_envs_wit
     with pytest.raises(Exception, match="no dataset has a valid_split"):
         Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
             f"output_dir={root}", "heldout=valid", "datasets=[{name: gsm8k}]"]))
+
+
+def test_a_warm_start_trained_in_another_prompt_style_is_refused_before_sampling(tmp_path):
+    warm = tmp_path / "warm"
+    warm.mkdir()
+    (warm / "warm_start.json").write_text(json.dumps({"inputs": {"expert_data": {"prompt_style": "compact"}}}))
+    stages = LoopStages(tmp_path / "exp", tag="experiment", n_stages=1, proc_per_server=1, tmux_start_id=0,
+                        serving={}, sampler={"prompt_style": "original"})
+    with pytest.raises(StageError, match="prompt_style is 'original' but .* trained on 'compact'"):
+        stages.check_prompt_style(str(warm), {"babyai": ["max_steps=8", 'task_ids=["x"]']})
+    stages.sampler = {}
+    stages.check_prompt_style(str(warm), {"babyai": ["max_steps=8"]})              # the default style: compact
+    stages.check_prompt_style(str(tmp_path), {"babyai": ["prompt_style=original"]})  # not a warm start: no check
