@@ -157,3 +157,10 @@ def test_the_minimum_detectable_effect_is_detected_about_80_percent_of_the_time(
         diffs = [rate(min(1.0, p + mde)) - rate(p) for p in base]
         detected += sign_flip_permutation_p(diffs) < 0.05
     assert 0.65 < detected / reps < 0.95
+
+
+def test_identical_models_give_no_effect_and_no_observed_mde():
+    rates = {f"t{i}": (i % 5) / 4 for i in range(40)}
+    r = compare_rates(rates, dict(rates), samples=4)
+    assert r.effect == 0 and r.permutation_p == 1.0 and r.wilcoxon_p == 1.0
+    assert r.mde != r.mde and 0 < r.mde_design < 0.3  # observed: nothing to estimate from; design: binomial noise

@@ -264,7 +264,8 @@ class RateComparison:
     wilcoxon_p: float                   # Wilcoxon signed-rank test
     a_better: int                       # tasks where A's rate is higher
     b_better: int
-    mde: float                          # minimum detectable effect at 80 % power for these tasks (observed sd)
+    mde: float                          # minimum detectable effect at 80 % power for these tasks (observed sd;
+                                        # nan when every difference is equal, e.g. two identical models)
     mde_design: float                   # the same from B's per-task rates and `samples` (no-effect variance)
 
 
@@ -290,5 +291,6 @@ def compare_rates(a: dict[str, float], b: dict[str, float], samples: int) -> Rat
         tasks=t, samples=samples, mean_a=mean_a, mean_b=mean_b, effect=effect, effect_ci=ci,
         permutation_p=sign_flip_permutation_p(diffs), wilcoxon_p=wilcoxon_signed_rank_p(diffs),
         a_better=sum(d > 0 for d in diffs), b_better=sum(d < 0 for d in diffs),
-        mde=minimum_detectable_effect(sd, t), mde_design=minimum_detectable_effect(
+        mde=minimum_detectable_effect(sd, t) if sd > 0 else float("nan"),  # no spread observed: nothing to say
+        mde_design=minimum_detectable_effect(
             expected_sd_diff(list(b.values()), samples), t))
