@@ -82,7 +82,7 @@ def test_first_call_builds_second_call_returns_the_cache(fake):
     assert len(fake.trainings) == 1 and len(fake.datasets) == 1
     assert fake.trainings[0]["config"] == "cpu_sft" and fake.trainings[0]["dataset"] == "expert_sft"
     assert fake.trainings[0]["model"] == str(fake.base)
-    assert "building" in logs[0] and "(absent)" in logs[0] and "about 30 min" in logs[0]
+    assert "building" in logs[0] and "(absent)" in logs[0] and "about 15 min" in logs[0]
     assert logs[-1].startswith(f"[warm-start] built {fake.out} in ")
     info = json.loads((first / "warm_start.json").read_text())
     assert info["expert_data"]["counts"] == {"gsm8k": 3, "babyai": 2}
