@@ -30,7 +30,6 @@ only where the longer original prompt hits the context limit first (`context_ove
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import fcntl
 import json
@@ -196,28 +195,19 @@ def tree_token_stats(records: list[dict], roots: dict[str, list[dict]], tokenize
             "mean_depth": statistics.mean(depths) if depths else 0, "nodes": n}
 
 
-async def _metrics(url: str) -> dict[str, float]:
-    from densepolicy.serving.llm_client import LLMClient
-    client = LLMClient(url, "metrics")
-    try:
-        return await client.metrics()
-    finally:
-        await client.aclose()
-
-
 def run_style(env_name: str, style: str, overrides: list[str], model: str, url: str, out: Path,
               tokenizer: Any, policy: str) -> dict[str, Any]:
     """One tree-sampling run of `env_name` in `style`; its per-node costs."""
-    from densepolicy.serving.llm_client import LLMClient
+    from densepolicy.serving.llm_client import LLMClient, read_metrics
 
     cfg = resolve_sampler_config("codeact_agent_tree", env_name, [*overrides, f"prompt_style={style}"])
     client = None
     if policy == "scripted":
         client = ScriptedActions(LLMClient(url, model, max_concurrency=cfg.max_concurrency,
                                            timeout_s=cfg.request_timeout_s), tokenizer)
-    before = asyncio.run(_metrics(url))
+    before = read_metrics(url)
     summary = run_worker(cfg, model, url, 0, 1, out, client=client)
-    after = asyncio.run(_metrics(url))
+    after = read_metrics(url)
     stem = shard_file_stem(cfg, 0)
     with (out / f"{stem}.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))

@@ -17,7 +17,6 @@ Writes benchmarks/results/tree_sampler_<server>.csv.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import fcntl
 import json
@@ -34,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from densepolicy.paths import vllm_lock_file  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
 from densepolicy.sampling.worker import load_task_env, run_worker  # noqa: E402
+from densepolicy.serving.llm_client import read_metrics  # noqa: E402
 from tests.fakes import _unit  # noqa: E402
 from benchmarks.results_table import print_and_write  # noqa: E402
 
@@ -73,22 +73,13 @@ def task_targets(cfg, n: int) -> dict[str, str]:
         env.close()
 
 
-async def _metrics(url: str) -> dict[str, float]:
-    from densepolicy.serving.llm_client import LLMClient
-    client = LLMClient(url, "metrics")
-    try:
-        return await client.metrics()
-    finally:
-        await client.aclose()
-
-
 def run_mode(mode: str, overrides: list[str], model: str, url: str, out: Path, prefix_metrics: bool) -> dict:
     cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", overrides + [f"execution={mode}"])
-    before = asyncio.run(_metrics(url)) if prefix_metrics else {}
+    before = read_metrics(url) if prefix_metrics else {}
     started = time.monotonic()
     summary = run_worker(cfg, model, url, 0, 1, out / mode)
     wall = time.monotonic() - started
-    after = asyncio.run(_metrics(url)) if prefix_metrics else {}
+    after = read_metrics(url) if prefix_metrics else {}
     with (out / mode / "gsm8k.train.0.csv").open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     nodes = sum(int(r["nodes"]) for r in rows)

@@ -21,7 +21,6 @@ failed, 2 usage error, 3 no GPU (without --cpu). The report is also written to <
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -207,23 +206,16 @@ class GpuCheck:
         try:
             from densepolicy.sampling.config import resolve_sampler_config
             from densepolicy.sampling.worker import run_worker
-            from densepolicy.serving.llm_client import LLMClient
+            from densepolicy.serving.llm_client import read_metrics
         except ImportError as exc:
             raise Skip(f"sampling stack not importable in {sys.executable}: {exc} (make setup)") from None
         if not (data_dir() / "gsm8k").is_dir():
             raise Skip(f"no GSM8K data under {data_dir()} (set DENSEPOLICY_DATA_DIR)")
 
-        async def metrics() -> dict[str, float]:
-            client = LLMClient(self.server.base_url, self.server.served_name)
-            try:
-                return await client.metrics()
-            finally:
-                await client.aclose()
-
         cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", TREE_SETTINGS)
-        before = asyncio.run(metrics())
+        before = read_metrics(self.server.base_url)
         summary = run_worker(cfg, self.server.served_name, self.server.base_url, 0, 1, self.work / "tree")
-        after = asyncio.run(metrics())
+        after = read_metrics(self.server.base_url)
         hits = after.get("vllm:prefix_cache_hits_total", 0) - before.get("vllm:prefix_cache_hits_total", 0)
         queries = after.get("vllm:prefix_cache_queries_total", 0) - before.get("vllm:prefix_cache_queries_total", 0)
         if not summary.get("nodes"):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, parse_prometheus
+from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, parse_prometheus, read_metrics
 
 USER = [{"role": "user", "content": "What is 2 + 3?"}]
 
@@ -165,6 +165,7 @@ def test_metrics_are_parsed_from_the_server_root(fake_server):
     metrics = run(go())
     assert metrics["vllm:generation_tokens_total"] == 2.0
     assert metrics["vllm:num_requests_running"] == 0.0
+    assert read_metrics(server.base_url) == metrics  # the synchronous one-call form the benchmarks use
 
 
 def test_parse_prometheus_sums_label_sets_and_skips_comments():

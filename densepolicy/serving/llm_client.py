@@ -363,3 +363,14 @@ def parse_prometheus(text: str) -> dict[str, float]:
             continue
         values[match.group(1)] = values.get(match.group(1), 0.0) + value
     return values
+
+
+def read_metrics(base_url: str) -> dict[str, float]:
+    """`LLMClient.metrics` of the server at `base_url`, from synchronous code (opens and closes its own client)."""
+    async def read() -> dict[str, float]:
+        client = LLMClient(base_url, "metrics")
+        try:
+            return await client.metrics()
+        finally:
+            await client.aclose()
+    return asyncio.run(read())
