@@ -27,6 +27,15 @@ class Stages(OfflineStages, LoopStages):
         out.mkdir(parents=True)
 
 
+def run_offline(cfg, tmp_path, solved):
+    """`make experiment` with `cfg` on the offline stages (warm start = tmp_path/warm); asserts it exits 0."""
+    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
+    exp.stages = Stages(exp.root, tag="experiment", n_stages=exp.stages.n_stages, proc_per_server=1,
+                        tmux_start_id=0, serving={}, sampler={}, solved=solved)
+    assert exp.main() == 0
+    return exp
+
+
 def test_experiment_flow_and_report(tmp_path):
     root = tmp_path / "exp"
     (root / "old.txt").parent.mkdir(parents=True)
@@ -40,10 +49,7 @@ def test_experiment_flow_and_report(tmp_path):
     def solved(model, task):  # TreeDPO solves everything, the warm start half, the base nothing
         return model.endswith("treedpo_model") or (model == warm_dir and sum(map(ord, task)) % 2 == 0)
 
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=solved)
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, solved)
 
     assert list(tmp_path.glob("exp.prev-*/old.txt")), "the older experiment is moved aside, not overwritten"
     calls = exp.stages.calls
@@ -96,10 +102,7 @@ def test_two_rounds_sample_with_the_newest_model_and_train_it_further(tmp_path):
         f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=1", "rounds=2",
         "datasets=[{name: babyai, sample_tasks: 3, eval_tasks: 4}]"])
     warm_dir = str(tmp_path / "warm")
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=14, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=lambda model, task: False)
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, lambda model, task: False)
     calls = exp.stages.calls
     served = [c[1] for c in calls if c[0] == "serve"]
     round1, round2 = root / "round1" / "treedpo_model", root / "round2" / "treedpo_model"
@@ -134,10 +137,7 @@ def test_sampled_episodes_give_per_task_rates_and_a_paired_rate_test(tmp_path):
         k = seed - cfg.eval_seed
         return (i + k) % 4 == 0 if model == warm_dir else (i + k) % 2 == 0
 
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=9, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=solved)
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, solved)
     with open(root / "paired_rate_tests.csv", newline="") as fh:
         (test,) = list(csv.DictReader(fh))
     assert (test["model_a"], test["model_b"], test["tasks"], test["samples_per_task"]) == (TREEDPO, WARM, "40", "4")
@@ -166,10 +166,7 @@ def test_screen_grows_trees_only_on_train_tasks_with_mixed_rollouts(tmp_path):
         j = kinds.setdefault(task, len(kinds))
         return j % 3 == 0 or (j % 3 == 2 and seed == cfg.eval_seed + 100)
 
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=10, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=solved)
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, solved)
     screens = [c for c in exp.stages.calls if c[0].startswith("screen/")]
     assert [c[0] for c in screens] == ["screen/sample0", "screen/sample1", "screen/sample2"]
     (ids,) = [s for s in screens[0][2]["babyai"] if s.startswith("task_ids=")]
@@ -192,10 +189,7 @@ def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_pat
         f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]},"
         " {name: babyai, sample_tasks: 2, eval_tasks: 4, evaluate_base: false}]"])
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=lambda model, task: model.endswith("treedpo_model"))
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, lambda model, task: model.endswith("treedpo_model"))
     (eval_base,) = [c for c in exp.stages.calls if c[0] == "eval_base"]
     assert list(eval_base[2]) == ["gsm8k"]  # the base model is evaluated on gsm8k only
     with open(root / "results.csv", newline="") as fh:
@@ -211,10 +205,7 @@ def test_report_only_rebuilds_the_report_of_an_interrupted_run_from_what_finishe
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
         f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]}]"])
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=11, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=lambda model, task: model.endswith("treedpo_model"))
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, lambda model, task: model.endswith("treedpo_model"))
     # as if the run had been stopped during the base model's evaluation: shards written, merge not done
     (merged_base,) = (root / "eval_base" / "gsm8k").glob("*.None.csv")
     merged_base.rename(merged_base.with_name("gsm8k.test.0.csv"))
@@ -264,10 +255,7 @@ def test_heldout_valid_evaluates_on_the_validation_split_and_leaves_out_envs_wit
         f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0", "heldout=valid",
         "datasets=[{name: gsm8k, sample_tasks: 2, eval_tasks: 5},"
         " {name: babyai, sample_tasks: 2, eval_tasks: 6, valid_split: valid}]"])
-    exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
-    exp.stages = Stages(root, tag="experiment", n_stages=9, proc_per_server=1, tmux_start_id=0, serving={},
-                        sampler={}, solved=lambda model, task: False)
-    assert exp.main() == 0
+    exp = run_offline(cfg, tmp_path, lambda model, task: False)
     tasks = json.loads((root / "tasks.json").read_text())
     assert list(tasks["evaluation"]) == ["babyai"] and len(tasks["evaluation"]["babyai"]) == 6
     seeds = {int(t.rsplit(":", 1)[1]) for t in tasks["evaluation"]["babyai"]}
