@@ -37,6 +37,7 @@ from densepolicy.config import (ConfigError, describe, from_dict, help_field, lo
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
+from densepolicy.postprocess.results_io import iter_csv
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
 from densepolicy.training.train import TrainingError
@@ -263,7 +264,8 @@ class Experiment:
                 print(f"[experiment] round {r}: no preference pairs were found: no DPO in this round")
                 self.remember(rounds=rounds)
                 break
-            trained = self.root / f"{prefix}treedpo_model" if cfg.rounds == 1 else self.root / f"round{r}" / "treedpo_model"
+            # one round: <output_dir>/treedpo_model; several: <output_dir>/round<r>/treedpo_model (round 1 included)
+            trained = (self.root / f"round{r}" if cfg.rounds > 1 else self.root) / "treedpo_model"
             record.update(self.train_round(policy, merged_pairs, trained, r))
             self.remember(rounds=rounds, treedpo_model=str(trained))
             if r == 1:
@@ -512,7 +514,6 @@ def train_metrics(model_dir: Path) -> dict[str, float]:
 
 def tree_nodes(sample_dirs: dict[str, Path]) -> dict[str, int]:
     """Tree nodes grown per dataset (the `nodes` column of each merged tree-sampling CSV)."""
-    from densepolicy.postprocess.results_io import iter_csv
     counts = {}
     for name, out in sample_dirs.items():
         counts[name] = sum(int(float(row.get("nodes") or 0)) for _, row in iter_csv(merged_csv(out)))
