@@ -124,5 +124,6 @@ def test_babyai_task_ids_and_splits():
     for bad in ["BabyAI-GoToRedBall-v0", "BabyAI-GoToRedBall-v0:x", "BabyAI-Nope-v0:0", "MiniGrid-Empty-5x5-v0:0"]:
         with pytest.raises(EnvError, match="babyai"):
             parse_task_id(bad)
-    with pytest.raises(EnvError, match=r"expected one of \['train', 'test'\]"):
-        split_task_ids("valid")
+    assert len(split_task_ids("valid")) == 200 and not set(split_task_ids("valid")) & (set(train_ids) | set(test_ids))
+    with pytest.raises(EnvError, match=r"expected one of \['train', 'valid', 'test'\]"):
+        split_task_ids("dev")
