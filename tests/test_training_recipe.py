@@ -172,6 +172,15 @@ def test_warmup_ratio_one_means_every_step_of_any_run():
         translate_warmup({"warmup_ratio": 0.5, "warmup_steps": 10}, "cfg")
 
 
+def test_a_known_run_length_warms_up_for_whole_steps_and_never_spends_a_short_run_at_lr_zero():
+    # transformers would warm up ceil(0.1 * 1) = 1 step: the only step of a 1-step run at learning rate 0
+    assert translate_warmup({"warmup_ratio": 0.1, "max_steps": 1}, "cfg")["warmup_steps"] == 0
+    assert translate_warmup({"warmup_ratio": 0.1, "max_steps": 9}, "cfg")["warmup_steps"] == 0
+    assert translate_warmup({"warmup_ratio": 0.1, "max_steps": 30}, "cfg")["warmup_steps"] == 3
+    assert translate_warmup({"warmup_ratio": 1.0, "max_steps": 30}, "cfg")["warmup_steps"] == WHOLE_RUN_WARMUP
+    assert translate_warmup({"warmup_ratio": 0.1, "max_steps": -1}, "cfg")["warmup_steps"] == 0.1  # epochs
+
+
 def test_command_line_warmup_replaces_the_configs(dataset_dir):
     keys = {"warmup_steps", "warmup_ratio", "max_steps"}
     base = dict(dataset="tiny_tree_dpo", model=embedded_model_dir(), dataset_dir=dataset_dir)

@@ -284,7 +284,9 @@ def _describe(options: list[Any]) -> str:
 
 def translate_warmup(args: dict[str, Any], source: str) -> dict[str, Any]:
     """Replace the deprecated ``warmup_ratio`` (a fraction of the run, 0..1) by the ``warmup_steps`` value
-    that means the same under transformers 5: the ratio itself below 1, `WHOLE_RUN_WARMUP` for 1.
+    that means the same under transformers 5: the ratio itself below 1, `WHOLE_RUN_WARMUP` for 1; with a
+    known ``max_steps``, ``floor(ratio * max_steps)`` steps (no warm-up at all for runs under 1/ratio steps,
+    where transformers' rounding up would spend the only step at learning rate 0).
 
     ``warmup_steps`` given directly keeps transformers' meaning (>= 1: steps, < 1: ratio).
     """
@@ -298,5 +300,11 @@ def translate_warmup(args: dict[str, Any], source: str) -> dict[str, Any]:
     if args.get("warmup_steps"):
         raise ConfigError(f"{source}: keys 'warmup_ratio' and 'warmup_steps' both set; keep one")
     out = {k: v for k, v in args.items() if k != "warmup_ratio"}
-    out["warmup_steps"] = WHOLE_RUN_WARMUP if ratio >= 1 else float(ratio)
+    max_steps = args.get("max_steps")
+    if 0 < ratio < 1 and isinstance(max_steps, int) and max_steps > 0:
+        # transformers rounds ceil(ratio * steps) up, so a 1-step run warmed up for 1 step and trained at lr 0
+        # (the learning rate of warm-up step 0 is 0): a known run length gets floor(ratio * steps) steps.
+        out["warmup_steps"] = math.floor(ratio * max_steps)
+    else:
+        out["warmup_steps"] = WHOLE_RUN_WARMUP if ratio >= 1 else float(ratio)
     return out
