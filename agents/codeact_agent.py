@@ -1,9 +1,9 @@
-"""`codeact_agent`: the evaluation agent (spec §2.5), greedy by default.
+"""`codeact_agent`: the evaluation agent (docs/original.md §2.5), greedy by default.
 
 One task = one trajectory: generate, parse, execute, append [assistant, observation], until the
 episode is done, `max_steps` / `max_turn` is reached, or the context is full (its own outcome,
 `context_overflow`). `turns` counts answer attempts including the correct one, so accuracy @t for
-t = 1..10 ("Max Trial", with correctness feedback) comes from one run (spec §2.7).
+t = 1..10 ("Max Trial", with correctness feedback) comes from one run (docs/original.md §2.7).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`codeact_agent_tree`: tree sampling over the CodeAct agent (spec §3) with concurrency and forks.
+"""`codeact_agent_tree`: tree sampling over the CodeAct agent (docs/original.md §3) with concurrency and forks.
 
 Per task, `agents.tree.TreeSearch` decides which leaves (full-length label paths) to run; this
 module runs them. All leaves of an iteration are in flight together and several tasks run at once,
@@ -354,7 +354,7 @@ class TreeTask:
 
     # -- the original's cost model -----------------------------------------------------------------
     async def _run_leaf_sequential(self, full: NodeId) -> TreeNode:
-        """One leaf from a fresh episode: replay cached ancestors, generate the rest (spec §3.2)."""
+        """One leaf from a fresh episode: replay cached ancestors, generate the rest (docs/original.md §3.2)."""
         episode = await self.ctx.blocking(self.ctx.env.start, self.task_id)
         try:
             for depth in range(1, len(full) + 1):

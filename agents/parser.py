@@ -1,4 +1,4 @@
-"""Parse one assistant message into an action, an answer or an invalid generation (spec §2.3).
+"""Parse one assistant message into an action, an answer or an invalid generation (docs/original.md §2.3).
 
 Rules, in order: both "Answer:" and "Action:" -> invalid; "Answer:" -> answer; "Action:" -> action
 (cut at the first "End Action"); otherwise invalid. Extra actions/answers are ignored with a reminder.
@@ -27,7 +27,7 @@ class ParsedGeneration:
 
 
 def parse_generation(text: str) -> ParsedGeneration:
-    """Classify `text` following the original's rules (spec §2.3)."""
+    """Classify `text` following the original's rules (docs/original.md §2.3)."""
     has_answer, has_action = "Answer:" in text, "Action:" in text
     if has_answer and has_action:
         return ParsedGeneration("invalid", feedback=INVALID_BOTH)

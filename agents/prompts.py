@@ -1,4 +1,4 @@
-"""The CodeAct prompt: instruction text, in-context example layout, separator and goal line (spec §2.1-2.2).
+"""The CodeAct prompt: instruction text, in-context example layout, separator and goal line (docs/original.md §2.1-2.2).
 
 The conversation is a plain list of user/assistant messages; no system message is ever sent.
 Later stages search for `SEPARATOR_MARKER` and `GOAL_PREFIX`, so those strings are protocol.
@@ -82,7 +82,7 @@ def compact_instruction_text(tools: Sequence[Tool], requires_answer: bool, answe
 
 def instruction_text(tools: Sequence[Tool], requires_answer: bool, answer_type: str | None,
                      action_type: str = "python", style: str = "original") -> str:
-    """The task-independent instruction that opens the first user message (spec §2.2, paraphrased);
+    """The task-independent instruction that opens the first user message (docs/original.md §2.2, paraphrased);
     `style="compact"` gives `compact_instruction_text`."""
     if check_style(style) == "compact":
         return compact_instruction_text(tools, requires_answer, answer_type, action_type)
@@ -139,7 +139,7 @@ def _goal_line(messages: list[Message], goal: str) -> None:
 def initial_messages(goal: str, observation: str, tools: Sequence[Tool], requires_answer: bool,
                      answer_type: str | None, examples: Sequence[InContextExample] = (),
                      action_type: str = "python", style: str = "original") -> list[Message]:
-    """The opening chat of a task (spec §2.1): instruction (in `style`), examples as real turns, state, goal.
+    """The opening chat of a task (docs/original.md §2.1): instruction (in `style`), examples as real turns, state, goal.
 
     With `examples=()` this is also the training prompt (in-context examples removed).
     """

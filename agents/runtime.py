@@ -1,6 +1,6 @@
 """What both agents share: the worker context, one executed step, token counting and seeds.
 
-A step (spec §2.4): parse the generation, run it on the episode (in a thread: env calls block on
+A step (docs/original.md §2.4): parse the generation, run it on the episode (in a thread: env calls block on
 sandbox processes), and build the observation text that becomes the next user message.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def task_rng(seed: int, task_id: str, purpose: str) -> random.Random:
 
 
 def execute_generation(episode: Episode, text: str, requires_answer: bool) -> StepOutcome:
-    """Run one generation on `episode` (blocking) and build the observation of spec §2.4."""
+    """Run one generation on `episode` (blocking) and build the observation of docs/original.md §2.4."""
     parsed = parse_generation(text)
     reminder = REMINDER_PREFIX + parsed.reminder if parsed.reminder else ""
     if parsed.kind == "invalid":
@@ -139,7 +139,7 @@ class WorkerContext:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def task_examples(self, task_id: str) -> list[InContextExample]:
-        """`in_context_number` examples in a per-task random order (seeded; spec §2.1)."""
+        """`in_context_number` examples in a per-task random order (seeded; docs/original.md §2.1)."""
         n = min(self.cfg.in_context_number, len(self.examples))
         return task_rng(self.cfg.seed, task_id, "incontext").sample(self.examples, n) if n else []
 

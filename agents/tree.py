@@ -1,4 +1,4 @@
-"""The tree search of the original sampler as pure data structures (spec §3.1, §3.4-§3.7). No I/O.
+"""The tree search of the original sampler as pure data structures (docs/original.md §3.1, §3.4-§3.7). No I/O.
 
     search = TreeSearch(TreeRules(base=3, max_steps=4, ...), seed=1234)
     queue = search.first_queue()                     # (k, 0, ..., 0) for every label k
@@ -36,7 +36,7 @@ def parse_node_key(key: str) -> NodeId:
 def branch_temperature(label: int, method: str = "temperature",
                        cycle: Sequence[float] = (0.7, 1.0, 0.5), greedy: float = 0.0,
                        sampling_temperature: float = 1.0) -> float:
-    """Temperature of branch `label` (spec §3.1): label 0 greedy, else `cycle[label % 3]`
+    """Temperature of branch `label` (docs/original.md §3.1): label 0 greedy, else `cycle[label % 3]`
     (labels 1,4,7 -> 1.0; 2,5,8 -> 0.5; 3,6,9 -> 0.7). Method `sampling`: 1.0 for every label."""
     if method == "sampling":
         return sampling_temperature
@@ -71,7 +71,7 @@ class TreeRules:
     select_leaves: bool = False
     """True (original): selection may pick terminal or full-depth nodes, which yield no proposals."""
     dedup: Mode = "fixed"
-    """fixed: any terminal run blocks its extensions; faithful: only successful runs do (spec §3.6)."""
+    """fixed: any terminal run blocks its extensions; faithful: only successful runs do (docs/original.md §3.6)."""
     update_rows: Mode = "fixed"
     """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
     len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row.
@@ -94,7 +94,7 @@ class OriginalCrash(RuntimeError):
 
 @dataclass
 class NodeStats:
-    """Statistics of one node of the value tree (spec §3.4)."""
+    """Statistics of one node of the value tree (docs/original.md §3.4)."""
 
     visits: int = 0
     runs: int = 0
@@ -127,7 +127,7 @@ class MCValueTree:
         self.children: dict[NodeId, list[int]] = {}
 
     def update(self, run_index: NodeId, outcome: float) -> None:
-        """Add one finished run, from the leaf upward (spec §3.4)."""
+        """Add one finished run, from the leaf upward (docs/original.md §3.4)."""
         y = float(outcome)
         faithful = self.rules.visit_counting == "faithful"
         for depth in range(len(run_index), 0, -1):
@@ -189,7 +189,7 @@ class MCValueTree:
         return len(self.qualifying_pairs())
 
     def priority(self, node: NodeId) -> float:
-        """Selection score of spec §3.5 (exploration bonus from visits, plus selections when fixed)."""
+        """Selection score of docs/original.md §3.5 (exploration bonus from visits, plus selections when fixed)."""
         r, s = self.rules, self.stats[node]
         visits = s.visits if r.visit_counting == "faithful" else s.runs + s.selections
         return (r.gap_weight * self.max_gap(node) ** r.gap_power
@@ -213,7 +213,7 @@ class MCValueTree:
 
 def propose(prefix: NodeId, rules: TreeRules, rng: random.Random) -> list[NodeId]:
     """Up to N = proposals_per_window * window_size distinct full-length indices extending `prefix`,
-    from at most proposal_factor * N random draws (spec §3.6)."""
+    from at most proposal_factor * N random draws (docs/original.md §3.6)."""
     wanted = rules.proposals_per_window * rules.window_size
     length = rules.max_steps - len(prefix)
     seen: dict[NodeId, None] = {}
@@ -225,7 +225,7 @@ def propose(prefix: NodeId, rules: TreeRules, rng: random.Random) -> list[NodeId
 
 
 class RunIndex:
-    """The explored runs, indexed for the de-duplication rules of spec §3.6."""
+    """The explored runs, indexed for the de-duplication rules of docs/original.md §3.6."""
 
     def __init__(self, dedup: Mode) -> None:
         self.dedup = dedup
@@ -249,7 +249,7 @@ class RunIndex:
 
 
 class TreeSearch:
-    """The per-task main loop of spec §3.7 as a state machine; the caller runs the leaves."""
+    """The per-task main loop of docs/original.md §3.7 as a state machine; the caller runs the leaves."""
 
     def __init__(self, rules: TreeRules, seed: int) -> None:
         self.rules = rules
@@ -333,7 +333,7 @@ class TreeSearch:
         return self._pairs
 
     def should_stop(self) -> bool:
-        """Enough pairs, the run cap, or the empty-iteration cap (spec §3.7); or, with stop_if_uniform_after,
+        """Enough pairs, the run cap, or the empty-iteration cap (docs/original.md §3.7); or, with stop_if_uniform_after,
         that many runs all with the same outcome."""
         r = self.rules
         return (self._pairs >= r.max_sample_number or len(self.rows) >= r.max_runs

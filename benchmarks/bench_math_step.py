@@ -6,7 +6,7 @@
 Rows (all measured in this run, on GSM8K test task 0):
 - `act overhead`: wall time of `Episode.act(code)` minus the time the code itself ran inside the
   interpreter (`info["run_seconds"]`), median over `--steps` steps of small realistic actions.
-  Target <= 10 ms. (The original paid >= 3 s of fixed drain/read time per action, spec §10.14.)
+  Target <= 10 ms. (The original paid >= 3 s of fixed drain/read time per action, docs/original.md §10.14.)
 - `act total`: the same steps, wall time.
 - `answer (numeric)` / `answer (symbolic)`: `Episode.answer`, decided in-process vs by the grading process.
 - `start + first act`: a new episode and its first action (spawns the interpreter).

@@ -22,7 +22,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "sampler": {
         "none": {},
         "paper": {
-            "visit_counting": "faithful",          # +1 new, +2 per revisit, +1 per selection (spec §3.4-3.5)
+            "visit_counting": "faithful",          # +1 new, +2 per revisit, +1 per selection (docs/original.md §3.4-3.5)
             "gap_refresh": "faithful",             # sibling gaps refreshed on updated paths only
             "select_leaves": True,                 # selection may pick nodes that cannot expand (§10.8)
             "dedup": "faithful",                   # only successful runs block their extensions (§3.6)

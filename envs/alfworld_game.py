@@ -1,4 +1,4 @@
-"""One live ALFWorld game (TextWorld) with the original pipeline's text processing (spec §4.2).
+"""One live ALFWorld game (TextWorld) with the original pipeline's text processing (docs/original.md §4.2).
 
 This object holds TextWorld state that cannot be pickled or deep-copied, so episodes keep it in a
 forkable host process (`envs.forkable`); it never lives in the sandbox that runs model code.
@@ -10,7 +10,7 @@ import re
 
 INVALID_ACTION = ("The action is not valid and therefore takes no effect. "
                   "Please remember to satisfy the restriction of actions.")
-"""What the original says instead of TextWorld's "Nothing happens." (spec §4.2)."""
+"""What the original says instead of TextWorld's "Nothing happens." (docs/original.md §4.2)."""
 
 _ARRIVE = re.compile(r"^You arrive at loc \d+\. ")
 

@@ -29,7 +29,7 @@ TASK_TYPE_PREFIXES = {
     "look_at_obj": "examine",
     "pick_two_obj": "puttwo",
 }
-"""Task-folder prefix -> the original's task type name (spec §4.2)."""
+"""Task-folder prefix -> the original's task type name (docs/original.md §4.2)."""
 
 GAME_FILE = "game.tw-pddl"
 

@@ -1,4 +1,4 @@
-"""ALFWorld tools: what the model may call, and the TextWorld command each call sends (spec §4.2)."""
+"""ALFWorld tools: what the model may call, and the TextWorld command each call sends (docs/original.md §4.2)."""
 from __future__ import annotations
 
 from envs.base import Tool

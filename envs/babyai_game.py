@@ -1,4 +1,4 @@
-"""One live BabyAI (minigrid) episode with a text interface close to AgentGym's (spec §4.3).
+"""One live BabyAI (minigrid) episode with a text interface close to AgentGym's (docs/original.md §4.3).
 
 The observation describes the egocentric 7x7 view (objects with colours, door states, relative
 positions in steps), the nearest wall straight ahead, what the agent remembers out of view and what

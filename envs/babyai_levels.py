@@ -1,4 +1,4 @@
-"""The 40 BabyAI levels of the original (AgentGym's `all_levels`, spec §4.3) and `level:seed` task ids."""
+"""The 40 BabyAI levels of the original (AgentGym's `all_levels`, docs/original.md §4.3) and `level:seed` task ids."""
 from __future__ import annotations
 
 from envs.base import EnvError

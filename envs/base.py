@@ -24,7 +24,7 @@ class EnvError(ValueError):
 
 PROMPT_STYLES = ("compact", "original")
 """Text styles of the prompt and of the observations an env renders: `original` = the wording of the
-original pipeline (spec §2.2, §4.3; `preset=paper`), `compact` = the same information in fewer tokens
+original pipeline (docs/original.md §2.2, §4.3; `preset=paper`), `compact` = the same information in fewer tokens
 (docs/deviations.md)."""
 
 

@@ -1,6 +1,6 @@
 """Math answer checking: `math_equal(pred, ref) -> bool`, lenient like the original, without eval.
 
-The original (Eurus/ToRA `math_equal`, spec §4.1) accepts, and so does this function:
+The original (Eurus/ToRA `math_equal`, docs/original.md §4.1) accepts, and so does this function:
   * `$`, `\\$`, `%`, `\\%`, `^\\circ`, `\\text{...}` units, `\\left`/`\\right`, spacing commands;
   * thousands separators (`1,234`, `1{,}234`) and base subscripts (`101_2` -> `101`);
   * numbers equal up to rel. 1e-4, also after x100 or /100 (percentages) when both are plain numbers;

@@ -3,9 +3,9 @@
 The model's code runs in a `Sandbox` process that holds only tool *stubs*; each stub call is sent
 back to this (trusted) process, validated here, and executed on the game by a `GameHandle`.
 Neither the game object nor `done`/`success` is reachable from the sandbox: the episode's outcome
-is read from the game after every call (spec §10 item 26 fixed).
+is read from the game after every call (docs/original.md §10 item 26 fixed).
 
-Observation of one `act(code)` (spec §4.2): the text of the **last** tool call, as in the original.
+Observation of one `act(code)` (docs/original.md §4.2): the text of the **last** tool call, as in the original.
 If the code raised after its last tool call, the error line follows; if it called no tool, the
 observation is the code's own output (or a hint to call a tool).
 """

@@ -1,4 +1,4 @@
-"""CodeAct prompt layout (spec §2.1-2.2) and the parser rules (spec §2.3)."""
+"""CodeAct prompt layout (docs/original.md §2.1-2.2) and the parser rules (docs/original.md §2.3)."""
 import pytest
 
 from agents.incontext import example_pool

@@ -1,4 +1,4 @@
-"""`post_process_test_result.py --merge_distributed_result` on hand-made shards (spec §5, docs/formats.md)."""
+"""`post_process_test_result.py --merge_distributed_result` on hand-made shards (docs/original.md §5, docs/formats.md)."""
 from __future__ import annotations
 
 import csv

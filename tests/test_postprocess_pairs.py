@@ -1,4 +1,4 @@
-"""`post_process_training_data.py`: pair extraction from hand-made tree dumps and pair budgets (spec §6)."""
+"""`post_process_training_data.py`: pair extraction from hand-made tree dumps and pair budgets (docs/original.md §6)."""
 from __future__ import annotations
 
 import csv

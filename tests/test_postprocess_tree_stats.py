@@ -1,4 +1,4 @@
-"""Node values, visits and the sibling pair rule on hand-made trees (spec §3.4, §6.1)."""
+"""Node values, visits and the sibling pair rule on hand-made trees (docs/original.md §3.4, §6.1)."""
 from __future__ import annotations
 
 import pytest

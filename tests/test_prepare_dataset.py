@@ -1,4 +1,4 @@
-"""`prepare_dataset.py`: pairs CSV -> LLaMA-Factory ShareGPT pairwise dataset (spec §7, docs/formats.md)."""
+"""`prepare_dataset.py`: pairs CSV -> LLaMA-Factory ShareGPT pairwise dataset (docs/original.md §7, docs/formats.md)."""
 from __future__ import annotations
 
 import csv

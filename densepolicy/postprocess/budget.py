@@ -1,4 +1,4 @@
-"""Per-group pair budgets and density control for `--merge_all_pairs` (spec §6.2, §12.5).
+"""Per-group pair budgets and density control for `--merge_all_pairs` (docs/original.md §6.2, §12.5).
 
 For each group with a budget (pairs P, tasks N): keep the N tasks with the most selected pairs,
 then subsample every kept task by the same ratio P / (pairs of the kept tasks) so that exactly

@@ -1,4 +1,4 @@
-"""Pairs CSV -> LLaMA-Factory pairwise dataset (ShareGPT, docs/formats.md; spec §7).
+"""Pairs CSV -> LLaMA-Factory pairwise dataset (ShareGPT, docs/formats.md; docs/original.md §7).
 
     report = prepare_dataset(pairs_csv, name="tree_dpo_math", cfg=DatasetConfig())
 

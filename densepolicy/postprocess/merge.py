@@ -1,4 +1,4 @@
-"""Merge per-worker shard files into one `.None` result (spec §5, fixed as in docs/deviations.md).
+"""Merge per-worker shard files into one `.None` result (docs/original.md §5, fixed as in docs/deviations.md).
 
     report = merge_distributed(data_dir, "math.train.{}.csv")
 

@@ -1,4 +1,4 @@
-"""Pair extraction: tree dump JSONL -> pairs CSV (spec §6.1, docs/formats.md).
+"""Pair extraction: tree dump JSONL -> pairs CSV (docs/original.md §6.1, docs/formats.md).
 
     summary = extract_pairs_file(tree_path, out_csv, PairRule(), task_meta=read_task_meta(results_csv))
 

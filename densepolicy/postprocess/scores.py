@@ -1,8 +1,8 @@
-"""Score tables of evaluation results (`post_process_test_result.py --see_score`, spec §0.1, §2.7, §5).
+"""Score tables of evaluation results (`post_process_test_result.py --see_score`, docs/original.md §0.1, §2.7, §5).
 
 Math (gsm8k, math): acc(t) = mean(score == 1 and turns <= t) for t = 1…max_trial, from one run with
 max_turn attempts. t = 1 is plain accuracy; t > 1 is "with correctness feedback" (the agent is told
-whether each answer is right and may try again; spec §10.2). ALFWorld: success per task type and
+whether each answer is right and may try again; docs/original.md §10.2). ALFWorld: success per task type and
 the unweighted (macro) mean over the types; BabyAI and other datasets: success rate.
 Tree-sampling files (status `done`) hold coverage (any leaf solved), not accuracy: labelled as such.
 

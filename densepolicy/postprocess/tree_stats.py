@@ -1,4 +1,4 @@
-"""Node values, visit counts and the sibling pair rule of a sampled tree (spec §3.4, §6.1).
+"""Node values, visit counts and the sibling pair rule of a sampled tree (docs/original.md §3.4, §6.1).
 
 The functions here work on the node records of ONE task (the tree dump of docs/formats.md, or any
 mappings with the keys `node_id`, `parent_id`, `depth`, `terminal`, `success`, `status`):
@@ -53,7 +53,7 @@ class NodeStats:
     leaf_depth_sum: int = 0
 
     def visits(self, counting: VisitCounting = "runs") -> int:
-        """Visit count under the chosen counting (`original` reproduces the 2k-1 quirk of spec §3.4)."""
+        """Visit count under the chosen counting (`original` reproduces the 2k-1 quirk of docs/original.md §3.4)."""
         if counting == "original":
             return 2 * self.runs - 1 if self.runs else 0
         return self.runs
@@ -61,7 +61,7 @@ class NodeStats:
 
 @dataclass(frozen=True)
 class PairRule:
-    """Which sibling pairs are selected (spec §6.1 step 5)."""
+    """Which sibling pairs are selected (docs/original.md §6.1 step 5)."""
 
     thre_value: float = 0.5
     """Minimum value gap between the chosen and the rejected sibling."""
@@ -192,5 +192,5 @@ def qualifying_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule()
 
 def count_qualifying_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
                            texts: Mapping[str, str] | None = None) -> int:
-    """Number of selected sibling pairs (the tree sampler's stopping statistic, spec §3.7)."""
+    """Number of selected sibling pairs (the tree sampler's stopping statistic, docs/original.md §3.7)."""
     return len(qualifying_pairs(stats, rule, texts))

@@ -39,7 +39,7 @@ class SamplerConfig:
     max_tasks: Optional[int] = help_field(None, help="Use only the first N tasks of the split (before sharding).")
     task_ids: list[str] = help_field([], help="Explicit task ids (before sharding); empty = the whole split.")
     seed: int = help_field(62471893, help="Seed of everything: per-task RNGs and per-request seeds derive from it.")
-    # -- agent (spec §2) ---------------------------------------------------------------------------
+    # -- agent (docs/original.md §2) ----------------------------------------------------------
     in_context_number: int = help_field(0, help="In-context examples in the prompt (GSM8K 8, MATH 1, else 0).")
     prompt_style: Literal["compact", "original"] = help_field(
         "compact", help="compact: a short instruction, one line per tool, BabyAI observations in fewer tokens "
@@ -58,7 +58,7 @@ class SamplerConfig:
         None, help="Model context in tokens; null = read from the model's config (densepolicy.serving.models).")
     min_completion_tokens: int = help_field(
         120, help="A step whose prompt leaves fewer free context tokens ends the run as context_overflow.")
-    # -- tree (spec §3) ----------------------------------------------------------------------------
+    # -- tree (docs/original.md §3) -----------------------------------------------------------
     base: int = help_field(10, help="Branch labels per step (labels 0..base-1).")
     max_sample_number: int = help_field(512, help="Stop a task after this many qualifying sibling pairs.")
     window_size: int = help_field(8, help="Leaves run per iteration (all in flight together).")

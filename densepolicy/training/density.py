@@ -1,4 +1,4 @@
-"""Density-scaling study (spec §0.1 scaling figure): the same number of DPO pairs spread over N tasks.
+"""Density-scaling study (docs/original.md §0.1 scaling figure): the same number of DPO pairs spread over N tasks.
 
 For every N in `task_counts` (one command: ``scripts/density_study.py``):
 
