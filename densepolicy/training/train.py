@@ -42,7 +42,16 @@ import yaml
 from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
 from densepolicy.provenance import record_trained_model
-from densepolicy.training.launch import check_launchable, distributed_env, venv_path
+from densepolicy.training.launch import (
+    NodeGroup,
+    check_launchable,
+    distributed_env,
+    fingerprint_hash,
+    free_port,
+    is_multinode,
+    venv_path,
+    visible_gpus,
+)
 from densepolicy.training import lf_fast
 from densepolicy.training.lf_args import (
     coerce_args,
@@ -92,6 +101,9 @@ class TrainResult:
     export_seconds: float
     metrics: dict[str, Any]
     """LLaMA-Factory's all_results.json (train_loss, train_runtime, ...)."""
+    node_rank: int = 0
+    """This node's rank in a multi-node run; only node 0 exports, checks, plots and records the model."""
+    nnodes: int = 1
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -562,30 +574,50 @@ def train(
     """
     args = build_train_args(config, dataset, model, output_dir, overrides, dataset_dir)
     out = Path(args["output_dir"])
-    if resume and not out.is_dir():
-        raise ConfigError(f"--resume: output directory {out} does not exist")
-    if not resume and out.exists() and any(out.iterdir()):
-        raise ConfigError(f"output directory {out} exists and is not empty; choose another --output-dir "
-                          f"(or --resume to continue from its last checkpoint)")
     launch_env = distributed_env(args, source=str(config_path(config)))  # torchrun settings, {} for one process
     check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
     command = train_command(args, out / "train_config.yaml", launch_env)
-    if template_check:
-        pair = template_pair(args)
-        check_chat_template(args, pair=pair)
-        check_cutoff(args, pair=pair)
-    out.mkdir(parents=True, exist_ok=True)
-
     lora = args.get("finetuning_type", "lora") == "lora"
     train_out = out / "adapter" if lora else out
-    args["output_dir"] = str(train_out)
     train_yaml = out / "train_config.yaml"
-    _write_yaml(train_yaml, args)
-    log_path = out / "train.log"
+    fingerprint = run_fingerprint(args, config, resume, template_check, launch_env)
+    yaml_args = {**args, "output_dir": str(train_out)}
+
+    def prepare() -> dict[str, Any]:  # node 0 only: output-dir checks, chat-template checks, the effective YAML
+        if resume and not out.is_dir():
+            raise ConfigError(f"--resume: output directory {out} does not exist")
+        if not resume and out.exists() and any(out.iterdir()):
+            raise ConfigError(f"output directory {out} exists and is not empty; choose another --output-dir "
+                              f"(or --resume to continue from its last checkpoint)")
+        if template_check:
+            pair = template_pair(args)
+            check_chat_template(args, pair=pair)
+            check_cutoff(args, pair=pair)
+        out.mkdir(parents=True, exist_ok=True)
+        _write_yaml(train_yaml, yaml_args)
+        return {"train_yaml_sha256": fingerprint_hash({"yaml": train_yaml.read_text()}),
+                "torchrun_port": free_port("") if is_multinode(launch_env) else None}
+
+    node_rank, nnodes = int(launch_env.get("NODE_RANK", 0)), int(launch_env.get("NNODES", 1))
+    if nnodes > 1:  # one train.py per node: agree, node 0 prepares, then torchrun on a port node 0 picked
+        group = NodeGroup(launch_env)
+        try:
+            prepared = group.meet(fingerprint, prepare, host_gpus=visible_gpus())
+        finally:
+            group.close()
+        launch_env = {**launch_env, "MASTER_PORT": str(prepared["torchrun_port"])}
+        if node_rank and (not train_yaml.is_file() or fingerprint_hash({"yaml": train_yaml.read_text()})
+                          != prepared["train_yaml_sha256"]):
+            raise ConfigError(f"node {node_rank} does not see {train_yaml} as node 0 wrote it: the output directory "
+                              f"must be on a filesystem every node shares (choose --output-dir there)")
+    else:
+        prepare()
+    args["output_dir"] = str(train_out)
+    log_path = out / ("train.log" if node_rank == 0 else f"train.node{node_rank}.log")
 
     bar = _StepProgress(train_out / "trainer_log.jsonl",
                         desc=f"{str(args.get('stage', 'dpo')).upper()} {Path(args['model_name_or_path']).name}") \
-        if progress else None
+        if progress and node_rank == 0 else None
     try:
         if launch_env:
             log.info("distributed launch: %s", " ".join(f"{k}={v}" for k, v in launch_env.items()))
@@ -593,6 +625,8 @@ def train(
     finally:
         if bar:
             bar.close()
+    if node_rank:  # export, servable check, plots and provenance are node 0's
+        return TrainResult(out, train_yaml, log_path, [], train_seconds, 0.0, {}, node_rank, nnodes)
 
     export_seconds = 0.0
     if lora:
@@ -614,10 +648,28 @@ def train(
         "fast_levers": args.get(lf_fast.KEY, []),
         "train_seconds": round(train_seconds, 1),
         "export_seconds": round(export_seconds, 1),
+        "launch": {k: launch_env[k] for k in ("NNODES", "NPROC_PER_NODE") if k in launch_env},
         "metrics": metrics,
     }, indent=2) + "\n")
     record_trained_model(out, args, config_path(config))
-    return TrainResult(out, train_yaml, log_path, plots, train_seconds, export_seconds, metrics)
+    return TrainResult(out, train_yaml, log_path, plots, train_seconds, export_seconds, metrics, 0, nnodes)
+
+
+def run_fingerprint(args: dict[str, Any], config: str | os.PathLike, resume: bool, template_check: bool,
+                    launch_env: dict[str, str]) -> dict[str, Any]:
+    """What every node of a multi-node run must agree on: the effective LLaMA-Factory arguments, the config
+    file, the flags, the launch shape and the training packages' versions (node-specific values excluded)."""
+    from importlib import metadata
+
+    versions = {}
+    for package in ("torch", "transformers", "llamafactory", "trl", "deepspeed"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {"args": args, "config": str(config_path(config)), "resume": resume, "template_check": template_check,
+            "NNODES": launch_env.get("NNODES", "1"), "NPROC_PER_NODE": launch_env.get("NPROC_PER_NODE", "1"),
+            "packages": versions}
 
 
 # ------------------------------------------------------------------------------------ outputs
