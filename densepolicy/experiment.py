@@ -209,7 +209,7 @@ class Experiment:
     def eval_settings(self, tasks: dict[str, list[str]], with_examples: bool) -> dict[str, list[str]]:
         out = {}
         for d in self.cfg.datasets:
-            sets = [*d.evaluate, task_ids_setting(tasks[d.name])]
+            sets = [*d.evaluate, task_ids_setting(tasks[d.name]), f"split={self.eval_split(d)}"]
             out[d.name] = sets if with_examples else [*sets, "in_context_number=0"]
         return out
 
@@ -224,7 +224,7 @@ class Experiment:
         st.check_prompt_style(warm, {d.name: d.sample for d in cfg.datasets})
         eval_tasks = {}
         for d in cfg.datasets:
-            eval_split = d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")
+            eval_split = self.eval_split(d)
             eval_tasks[d.name] = select_task_ids(d.name, eval_split, cfg.scaled(d.eval_tasks), cfg.seed)
             st.say(f"{d.name}: {len(eval_tasks[d.name])} held-out tasks ({eval_split})")
         results: dict[str, dict[str, Path]] = {}
@@ -335,6 +335,10 @@ class Experiment:
         return {"dpo_steps": steps, **split, "heldout_metrics": held, "train_loss": metrics.get("train_loss")}
 
     # -- pieces of main ------------------------------------------------------------------------
+    def eval_split(self, d: ExperimentDataset) -> str:
+        """The held-out split: `eval_split` (= valid_split under heldout=valid), else the task config's."""
+        return d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")
+
     def train_split(self, d: ExperimentDataset) -> str:
         return task_config(d.name).get("codeact_agent_tree", {}).get("split", "train")
 

@@ -85,10 +85,20 @@ class OfflineStages:
     def release_tmux_ids(self, n_datasets, offsets):
         pass
 
-    def task_ids(self, name, settings):
+    def task_ids(self, name, settings, method="codeact_agent"):
+        """The run's task ids; like the worker, refuses ids that are not tasks of the run's split."""
+        split = next((s.split("=", 1)[1] for s in settings if s.startswith("split=")), None)
         for s in settings:
             if s.startswith("task_ids="):
-                return json.loads(s.split("=", 1)[1])
+                ids = json.loads(s.split("=", 1)[1])
+                if name in SPLIT_CHECKED:
+                    from envs import load_env
+                    from densepolicy.experiment import task_config
+                    split = split or task_config(name).get(method, {}).get("split", "test")
+                    known = {str(t) for t in load_env(name, split=split).task_ids()}
+                    missing = [t for t in ids if t not in known]
+                    assert not missing, f"{missing[0]!r} is not a task of {name}/{split}"
+                return ids
         return TASKS[name]
 
     def run_jobs(self, model, method, server_url, jobs, id_offset, proc_per_job=None):
@@ -98,7 +108,7 @@ class OfflineStages:
             out[kind] = {}
             for name, sets in settings.items():
                 out[kind][name] = self.root / kind / name
-                ids = self.task_ids(name, sets)
+                ids = self.task_ids(name, sets, method)
                 if method == "codeact_agent_tree":
                     write_failing_tree_run(out[kind][name], name, ids, self.tree_spec)
                 else:
@@ -107,4 +117,5 @@ class OfflineStages:
         return out
 
 
+SPLIT_CHECKED = ("babyai",)  # cheap to list (no data files); other envs' fake ids are not real tasks
 TASKS = {"gsm8k": ["0", "1", "2"], "babyai": ["BabyAI-GoToRedBall-v0:0", "BabyAI-GoToRedBall-v0:1"]}
