@@ -84,6 +84,9 @@ class ExperimentConfig:
     warm_start: list[str] = help_field([], help="key=value overrides of configs/warm_start.yaml.")
     evaluate_base: bool = help_field(True, help="Also evaluate the base model (with its usual in-context examples).")
     output_dir: str = help_field("eval_results/experiment", help="Output; an older one is moved to <dir>.prev-<time>.")
+    resume: bool = help_field(False, help="Continue an interrupted experiment in output_dir with the same settings: "
+                              "finished screen, tree and evaluation runs are reused (their workers resume), "
+                              "DPO is rerun (an older treedpo_model is moved aside).")
     seed: int = help_field(20261126, help="Seed of the train/held-out task selection.")
     heldout: Literal["test", "valid"] = help_field(
         "test", help="test: evaluate on each env's test split (run once per reported configuration); valid: on its "
@@ -215,7 +218,11 @@ class Experiment:
 
     def main(self) -> int:
         cfg, st = self.cfg, self.stages
-        move_aside(self.root, "experiment")
+        if cfg.resume:
+            self.check_resumable()
+            st.redo_pairs = True  # derived from the trees, which the resumed run may have completed
+        else:
+            move_aside(self.root, "experiment")
         st.release_tmux_ids(self.max_parallel_runs(), (0, 5))
         with st.stage("warm start (expert SFT; cached)"):
             warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
@@ -266,6 +273,8 @@ class Experiment:
                 break
             # one round: <output_dir>/treedpo_model; several: <output_dir>/round<r>/treedpo_model (round 1 included)
             trained = (self.root / f"round{r}" if cfg.rounds > 1 else self.root) / "treedpo_model"
+            if cfg.resume and trained.exists():
+                move_aside(trained, "experiment")
             record.update(self.train_round(policy, merged_pairs, trained, r))
             self.remember(rounds=rounds, treedpo_model=str(trained))
             if r == 1:
@@ -289,6 +298,21 @@ class Experiment:
             print(report.read_text().split("## Settings")[0])
         print(f"[experiment] finished in {st.elapsed():.0f} s; report: {shown(report)}")
         return 0
+
+    def check_resumable(self) -> None:
+        """`resume=true`: output_dir holds an experiment made with these settings (its run.json), else ConfigError."""
+        path = self.root / "run.json"
+        try:
+            before = json.loads(path.read_text())["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"key 'resume': {shown(path)} cannot be read ({exc}); nothing to resume") from None
+        now = json.loads(json.dumps(to_dict(self.cfg), default=str))  # as run.json stores it
+        diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
+                 if k != "resume" and before.get(k) != now.get(k)]
+        if diffs:
+            raise ConfigError(f"key 'resume': {shown(self.root)} was made with other settings ({'; '.join(diffs)}); "
+                              "resume with the same settings or drop resume=true")
+        print(f"[experiment] resuming {shown(self.root)}: finished runs are reused")
 
     def train_candidates(self, round_no: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Train tasks of a round (a seeded sample, a new one per round) and, for screened envs, the candidates."""

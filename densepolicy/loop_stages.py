@@ -46,6 +46,8 @@ class LoopStages:
         self.stage_no = 0
         self.t0 = time.monotonic()
         self.timings: list[tuple[str, float]] = []
+        self.redo_pairs = False
+        """True (an experiment with resume=true): pair files of an earlier run are recomputed and replaced."""
 
     # -- plumbing -----------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -176,7 +178,8 @@ class LoopStages:
         pair_files = []
         for name, out in sample_dirs.items():
             self.run(self.py("post_process_training_data.py", "--process_result", "--data_dir", str(out),
-                             "--dataset_file_name", merged_name(out), "--data_sub_dir", "pairs"), f"pairs_{name}")
+                             "--dataset_file_name", merged_name(out), "--data_sub_dir", "pairs",
+                             *(["--overwrite"] if self.redo_pairs else [])), f"pairs_{name}")
             pair_files += sorted((out / "pairs").glob("*.pairs.csv"))
         counts = {name: 0 for name in sample_dirs}
         if not pair_files:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from densepolicy.config import load_config
+from densepolicy.config import ConfigError, load_config
 from densepolicy.experiment import BASE, TREEDPO, WARM, Experiment, ExperimentConfig
 from densepolicy.loop_stages import LoopStages, StageError
 from densepolicy.paths import PROJECT_ROOT
@@ -24,7 +24,9 @@ class Stages(OfflineStages, LoopStages):
 
     def train(self, config, dataset, model, out, overrides):
         self.calls.append(("train", model, config, list(overrides)))
-        out.mkdir(parents=True)
+        assert not (out.exists() and any(out.iterdir())), "train.py refuses a non-empty output directory"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text("{}")
 
 
 def run_offline(cfg, tmp_path, solved):
@@ -276,3 +278,24 @@ def test_a_warm_start_trained_in_another_prompt_style_is_refused_before_sampling
     stages.sampler = {}
     stages.check_prompt_style(str(warm), {"babyai": ["max_steps=8"]})              # the default style: compact
     stages.check_prompt_style(str(tmp_path), {"babyai": ["prompt_style=original"]})  # not a warm start: no check
+
+
+def test_resume_continues_in_the_same_output_dir_with_the_same_settings_only(tmp_path):
+    root = tmp_path / "exp"
+    overrides = [f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=1",
+                 "datasets=[{name: babyai, sample_tasks: 2, eval_tasks: 4}]"]
+    run_offline(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", overrides), tmp_path,
+                lambda model, task: False)
+    first_tasks = (root / "tasks.json").read_text()
+    exp = run_offline(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                                  [*overrides, "resume=true"]), tmp_path, lambda model, task: False)
+    assert not list(tmp_path.glob("exp.prev-*")), "resume keeps the output directory"
+    assert list(root.glob("treedpo_model.prev-*/config.json")), "the older DPO model is moved aside, not reused"
+    assert (root / "tasks.json").read_text() == first_tasks and (root / "report.md").exists()
+    assert [c[0] for c in exp.stages.calls if c[0] == "train"] == ["train"]
+    with pytest.raises(ConfigError, match="key 'resume'.*other settings \\(eval_samples: 1 -> 2\\)"):
+        Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                               [*overrides, "resume=true", "eval_samples=2"])).main()
+    with pytest.raises(ConfigError, match="key 'resume'.*nothing to resume"):
+        Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                               [f"output_dir={tmp_path / 'none'}", "resume=true"])).main()
