@@ -268,3 +268,14 @@ def test_slurm_job_trains_on_two_tasks_with_one_command(slurm, dataset_dir, tmp_
     assert (out / "train.node1.log").is_file()
     check_servable(out)
     assert json.loads((out / "densepolicy_train.json").read_text())["launch"]["NNODES"] == "2"
+
+
+def test_the_warm_start_refuses_to_build_on_several_nodes(clean_env, tmp_path):
+    """Every node would rebuild (and delete) the same scratch directory: refused before anything is written."""
+    from densepolicy.training.warm_start import ensure_warm_start
+
+    for key, value in {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        clean_env.setenv(key, value)
+    with pytest.raises(ConfigError, match="the warm start builds on one machine"):
+        ensure_warm_start([f"output_dir={tmp_path / 'ws'}"], log=lambda _: None)
+    assert not (tmp_path / ".ws.building").exists() and not (tmp_path / "ws").exists()

@@ -225,8 +225,13 @@ def _build(cfg: WarmStartConfig, inputs: dict[str, Any], stamp: str, out: Path,
            log: Callable[[str], None]) -> None:
     """Dataset, then SFT, in a scratch directory next to `out`; `out` is replaced only at the end."""
     from densepolicy.training.expert_data import build_expert_dataset, load_expert_data_config
+    from densepolicy.training.launch import node_placement
     from densepolicy.training.train import train
 
+    if node_placement().nnodes > 1:  # every node would rebuild (and delete) the same scratch directory
+        raise ConfigError("the warm start builds on one machine; for a multi-node SFT build the expert data with "
+                          "scripts/build_expert_data.py, then run TreeDPO/train.py <sft config> --dataset <name> on "
+                          "every node (NNODES/NODE_RANK, srun, or --slurm)")
     work = out.parent / f".{out.name}.building"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
