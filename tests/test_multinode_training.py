@@ -28,8 +28,10 @@ from slurm_local import SlurmUnavailable, start_local_slurm
 from treedpo_helpers import write_dataset
 
 TRAIN_PY = PROJECT_ROOT / "TreeDPO" / "train.py"
-# One DPO step of one pair per rank: the smallest real run of cpu_tiny (the plugin is single-process only).
-TINY = ["max_steps=1", "per_device_train_batch_size=1", "max_samples=4", "densepolicy_fast=false"]
+# One DPO step of one pair per rank: the smallest real run of cpu_tiny (the plugin is single-process only;
+# only the last layer trains, so the gloo all-reduce and the optimizer state stay small on a 2-core machine).
+TINY = ["max_steps=1", "per_device_train_batch_size=1", "max_samples=2", "densepolicy_fast=false",
+        "finetuning_type=freeze", "freeze_trainable_layers=1"]
 LAUNCH_VARS = ("FORCE_TORCHRUN", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT",
                "CUDA_VISIBLE_DEVICES")
 
