@@ -19,6 +19,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Literal, Sequence
 
+from agents.tree_rules import visit_threshold
+
 NodeId = tuple[int, ...]
 Mode = Literal["fixed", "faithful"]
 
@@ -167,7 +169,7 @@ class MCValueTree:
 
     def visit_threshold(self, node: NodeId) -> int:
         """Visits needed before the node's value is trusted: min(floor(2 ** avg_remaining), thre_max)."""
-        return min(math.floor(2 ** self.stats[node].avg_remaining), self.rules.thre_max)
+        return visit_threshold(self.stats[node].avg_remaining, self.rules.thre_max)
 
     def qualifying_pairs(self) -> list[tuple[NodeId, NodeId]]:
         """Sibling pairs with |value gap| >= thre_value whose both sides have enough visits."""

@@ -1,5 +1,8 @@
 """Node values, visit counts and the sibling pair rule of a sampled tree (docs/original.md §3.4, §6.1).
 
+The one home of these rules: the tree sampler (`agents/tree.py`, incrementally, while it grows a tree)
+and post-processing (`densepolicy/postprocess/pairs.py`, from a finished tree dump) both use them.
+
 The functions here work on the node records of ONE task (the tree dump of docs/formats.md, or any
 mappings with the keys `node_id`, `parent_id`, `depth`, `terminal`, `success`, `status`):
 
@@ -28,6 +31,12 @@ from typing import Any, Iterable, Literal, Mapping
 
 VisitCounting = Literal["runs", "original"]
 _EPS = 1e-9
+
+
+def visit_threshold(avg_remaining_depth: float, thre_max: int) -> int:
+    """Visits a node needs before its value is trusted: min(floor(2 ** avg remaining depth), thre_max)
+    (docs/original.md §3.7, §6.1 step 5)."""
+    return min(math.floor(2 ** avg_remaining_depth), thre_max)
 
 
 class TreeError(ValueError):
@@ -72,7 +81,7 @@ class PairRule:
 
     def visit_threshold(self, avg_remaining_depth: float) -> int:
         """Visits a node needs before its value is trusted."""
-        return min(math.floor(2 ** avg_remaining_depth), self.thre_max)
+        return visit_threshold(avg_remaining_depth, self.thre_max)
 
     def is_trusted(self, node: NodeStats) -> bool:
         """The node has enough visits for its average remaining depth."""

@@ -30,7 +30,7 @@ from densepolicy.postprocess.merge import merge_distributed  # noqa: E402
 from densepolicy.postprocess.pairs import extract_pairs_file, read_task_meta  # noqa: E402
 from densepolicy.postprocess.config import Budget, MergePairsConfig  # noqa: E402
 from densepolicy.testing.synthetic_trees import random_tree  # noqa: E402
-from densepolicy.postprocess.tree_stats import PairRule  # noqa: E402
+from agents.tree_rules import PairRule  # noqa: E402
 from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.csv"

@@ -5,7 +5,7 @@ import pytest
 
 from densepolicy.postprocess.pairs import task_pairs
 from densepolicy.testing.synthetic_trees import tree_from_spec
-from densepolicy.postprocess.tree_stats import (PairRule, TreeError, candidate_pairs, compute_node_stats,
+from agents.tree_rules import (PairRule, TreeError, candidate_pairs, compute_node_stats,
                                     count_qualifying_pairs, qualifying_pairs)
 
 

@@ -10,7 +10,7 @@ import pytest
 from agents.runtime import request_seed
 from agents.tree import branch_temperature, parse_node_key
 from densepolicy.sampling.config import resolve_sampler_config
-from densepolicy.postprocess.tree_stats import compute_node_stats
+from agents.tree_rules import compute_node_stats
 from densepolicy.sampling.worker import run_worker
 from tests import fakes
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from densepolicy.sampling.config import resolve_sampler_config
-from densepolicy.postprocess.tree_stats import compute_node_stats
+from agents.tree_rules import compute_node_stats
 from densepolicy.sampling.worker import run_worker
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from densepolicy.config import help_field
-from densepolicy.postprocess.tree_stats import PairRule
+from agents.tree_rules import PairRule
 
 ALFWORLD_TYPES = ["put", "examine", "clean", "cool", "heat", "puttwo"]
 

@@ -4,7 +4,7 @@
 
 One task's nodes are held in memory at a time (the dump is grouped by task, as written by the
 sampler and by the merge); the output CSV is streamed. For each task:
-- node values / runs / remaining depths come from `tree_stats.compute_node_stats`;
+- node values / runs / remaining depths come from `agents.tree_rules.compute_node_stats`;
 - candidates are siblings with different values and non-identical stripped `assistant` text
   (depth-1 siblings must also share the same first-step `prompt`: histories agree except the last message);
 - prompt = the first-step node's `prompt` (in-context examples already stripped) followed by
@@ -25,7 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
-from densepolicy.postprocess.tree_stats import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
+from agents.tree_rules import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from densepolicy.postprocess.tree_stats import NodeStats, PairRule, SiblingPair  # noqa: E402
+from agents.tree_rules import NodeStats, PairRule, SiblingPair  # noqa: E402
 
 
 def pairs_histogram(selected_per_task: Iterable[int], path: str | os.PathLike, title: str = "") -> Path:
