@@ -12,7 +12,9 @@ Exit codes: 0 done; 2 refused, nothing to retry (bad setting, missing data, a sh
 settings or damaged, an output that cannot be written, a request the server rejects: wrong model
 name, bad request, malformed replies);
 3 the server did not answer within retry_window_s (rerun the same command to resume); 4 another
-process is writing this shard (its pid and host are named).
+process is writing this shard (its pid and host are named); 5 an output cannot be written (disk full,
+quota, read-only file system, permissions: the file is named; fix, then rerun the same command to resume);
+143 stopped by SIGTERM (the shard lock is released; rerun to resume).
 """
 from __future__ import annotations
 
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
-    from densepolicy.file_lock import LockHeldError, LockLostError
-    from densepolicy.postprocess.results_io import CorruptFileError
+    from densepolicy.file_lock import LockHeldError, LockLostError, Terminated
+    from densepolicy.postprocess.results_io import CorruptFileError, OutputWriteError, is_fix_then_rerun
     from densepolicy.sampling.worker import ServerDownError, ServerRejectedError, run_worker
     try:
         cfg = resolve_sampler_config(args.method, args.dataset, args.overrides)
@@ -60,9 +62,19 @@ def main(argv: list[str] | None = None) -> int:
     except (LockHeldError, LockLostError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 4
-    except OSError as exc:  # an output that cannot be written (permissions, disk full): names the file
+    except OutputWriteError as exc:  # disk full, read-only, permissions: names the file and the fix
+        print(f"error: {exc}", file=sys.stderr)
+        return 5
+    except OSError as exc:  # an output that cannot be created (not a directory, ...): names the file
+        if is_fix_then_rerun(exc):
+            print(f"error: {OutputWriteError(exc.filename or '?', exc)}", file=sys.stderr)
+            return 5
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Terminated as exc:
+        print(f"stopped by {exc.signal_name}; the shard lock is released and finished work is saved: rerun the "
+              f"same command to resume", file=sys.stderr)
+        return int(exc.code)
     except ServerDownError as exc:
         print(f"error: the LLM server at {args.server_url} is not answering: {exc}\n"
               f"Finished tasks and nodes are saved; rerun the same command to resume.", file=sys.stderr)

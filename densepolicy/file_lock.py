@@ -31,15 +31,18 @@ is often missing or unreliable. Instead:
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,38 @@ class LockHeldError(RuntimeError):
 
 class LockLostError(RuntimeError):
     """The lock we held was taken over by another process (our heartbeat was stale)."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM (or SIGHUP) arrived; raised in the main thread so that `finally` blocks release locks.
+    `code` is 128 + the signal number (143 for SIGTERM), as a shell reports a signal death."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> Iterator[None]:
+    """While the body runs, turn `signals` into `Terminated` (SIGINT already raises KeyboardInterrupt),
+    so that the locks and temp files of the body are cleaned up by its `finally` blocks. Outside the
+    main thread (where handlers cannot be set) this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        raise Terminated(signum)
+
+    previous = {}
+    for sig in signals:
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _boot_id() -> str | None:
@@ -193,10 +228,18 @@ class OutputLock:
     def _try_create(self) -> bool:
         """Write our record to a unique temp file and hard-link it to the lock name (atomic, no overwrite)."""
         tmp = self.path.with_name(f".{self.path.name}.{self.host}.{os.getpid()}.{self.token}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self._record(), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self._record(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as exc:  # disk full, read-only, no permission: leave no temp file behind
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+                from densepolicy.postprocess.results_io import OutputWriteError
+                raise OutputWriteError(self.path, exc) from None
+            raise
         try:
             os.link(tmp, self.path)
             return True

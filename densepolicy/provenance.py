@@ -116,14 +116,22 @@ def _locked(target: Path) -> Iterator[None]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=False, ensure_ascii=False, default=str)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write `obj` to `path` via a temp file + fsync + rename; the temp file never stays behind, and a
+    full disk / read-only / permission error is an `OutputWriteError` naming `path`."""
+    from densepolicy.postprocess.results_io import json_text, writing
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with tmp.open("w", encoding="utf-8") as fh:
+                fh.write(json_text(obj, indent=1, sort_keys=False, default=str) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
 
 _memo: dict[str, tuple[list[int], str]] = {}
@@ -326,18 +334,29 @@ def _now() -> str:
 
 
 def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
-    """The content of a provenance file (a directory means its provenance.json); empty if absent."""
+    """The content of a provenance file (a directory means its provenance.json); empty if absent.
+    A damaged file (bytes that are not UTF-8, truncated or invalid JSON, not a provenance mapping) is
+    a one-line `ConfigError` naming it."""
     path = Path(path)
     if path.is_dir():
         path = path / FILE_NAME
     if not path.is_file():
         return {"schema": SCHEMA, "records": {}}
+    fix = "restore it from a copy, or move it away to start a new record (the results are not affected)"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        raw = path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: damaged provenance file: not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                          f"{fix}") from None
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})") from None
+        raise ConfigError(f"{path}:{exc.lineno}: damaged provenance file: not valid JSON ({exc.msg}; truncated?); "
+                          f"{fix}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the provenance file ({exc.strerror or exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), dict):
-        raise ConfigError(f"{path} is not a provenance file (no 'records' mapping)")
+        raise ConfigError(f"{path}: damaged provenance file: no 'records' mapping; {fix}")
     return data
 
 

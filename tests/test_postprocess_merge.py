@@ -27,6 +27,9 @@ def tree_row(task_id: str, runs: int, nodes: int, status: str = "done") -> dict:
 
 def write_shard(run: Path, name: str, rows: list[dict], trees: dict[str, dict] | None = None) -> None:
     run.mkdir(parents=True, exist_ok=True)
+    if trees is not None:  # as a worker writes it: each row's `nodes` is what the tree dump holds
+        rows = [{**r, "nodes": len(tree_from_spec(r["task_id"], trees[r["task_id"]]))} if r["task_id"] in trees
+                else r for r in rows]
     with (run / f"{name}.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=COLUMNS)
         writer.writeheader()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from densepolicy.paths import PROJECT_ROOT
+from densepolicy.postprocess.results_io import split_jsonl
 from tests import fakes
 
 ARGS = ["env=tests.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
@@ -33,7 +34,7 @@ def outputs(out: Path) -> tuple[list[str], list[str]]:
         extra = json.loads(row["extra"])
         extra.pop("replays"), extra.pop("replay_mismatches")
         row["extra"] = extra
-    dump = (out / "trees" / "gsm8k.train.0.jsonl").read_text().splitlines()
+    dump = [line for line in split_jsonl((out / "trees" / "gsm8k.train.0.jsonl").read_text()) if line]
     return {r["task_id"]: r for r in rows}, sorted(dump)
 
 

@@ -39,8 +39,10 @@ def load_postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
 
 def run(main: Callable[[], int | None]) -> None:
     """Run `main`, turning expected errors into one line on stderr: exit status 2 for bad input
-    (settings, corrupt or missing files), 4 when another process holds an output's lock."""
-    from densepolicy.file_lock import LockHeldError
+    (settings, corrupt or missing files), 4 when another process holds an output's lock, 5 when an
+    output cannot be written (disk full, read-only, permissions: fix, then rerun), 143 on SIGTERM."""
+    from densepolicy.file_lock import LockHeldError, Terminated
+    from densepolicy.postprocess.results_io import OutputWriteError, is_fix_then_rerun
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -48,7 +50,19 @@ def run(main: Callable[[], int | None]) -> None:
     except LockHeldError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(4)
+    except OutputWriteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(5)
+    except Terminated as exc:
+        print(f"stopped by {exc.signal_name}; locks released, nothing half-written: rerun the same command",
+              file=sys.stderr)
+        sys.exit(exc.code)
     except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if not is_fix_then_rerun(exc):
+            raise
+        print(f"error: {OutputWriteError(exc.filename or '?', exc)}", file=sys.stderr)
+        sys.exit(5)
     sys.exit(code or 0)

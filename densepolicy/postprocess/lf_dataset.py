@@ -8,6 +8,9 @@ Each selected pair becomes
 prompt + rejected, rendered with the model's own chat template, is longer than `cutoff_len` tokens are
 dropped and counted. The JSON goes to `<output_dir>/<name>.json` (never overwritten without
 `overwrite`) and `<output_dir>/dataset_info.json` gets the entry `name` (other entries kept; atomic).
+`name` is a plain file name (no path separator, no `..`). Both files are written under the lock
+`<output_dir>/dataset_info.json.lock` (densepolicy.file_lock), taken before the "already exists" check,
+so of two runs started together the second is refused (`LockHeldError`) instead of replacing the first.
 Other local pairwise datasets can be mixed in by ratio (relative to the number of our pairs).
 A dataset without pairs (an empty, header-only or all-unselected pairs file, or every pair longer than
 the cutoff) is refused before anything is written, unless `allow_empty`: it would only fail later,
@@ -24,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 from tqdm import tqdm
 
+from densepolicy.file_lock import OutputLock, lock_path, terminate_on_signals
 from densepolicy.postprocess.pairs import read_pairs
 from densepolicy.config import to_dict
 from densepolicy.paths import resolve
@@ -223,13 +227,34 @@ def default_name(pairs_path: Path) -> str:
     return "tree_dpo_" + (stem or "pairs").replace(".", "_")
 
 
+def check_dataset_name(name: str) -> str:
+    """Return `name` if it is a plain dataset file name; a `DatasetError` if it holds a path separator,
+    `..`, a control character, or is empty (it becomes `<output_dir>/<name>.json`)."""
+    seps = {"/", "\\"} | {sep for sep in (os.sep, os.altsep) if sep}
+    if not name or name.strip() != name or any(sep in name for sep in seps) or ".." in name \
+            or name.startswith(".") or any(ord(ch) < 32 for ch in name):
+        raise DatasetError(f"--name {name!r} must be a plain file name: no '/' or '\\', no '..', no leading '.', "
+                           f"no control characters or surrounding spaces (the dataset goes to "
+                           f"<output_dir>/<name>.json)")
+    return name
+
+
 def prepare_dataset(pairs_path: str | os.PathLike, cfg: DatasetConfig, name: str | None = None,
                     mix: Sequence[tuple[str, float]] = (), overwrite: bool = False,
                     tokenizer=None, show_progress: bool = True, allow_empty: bool = False) -> DatasetReport:
     """Convert a pairs CSV into a registered LLaMA-Factory dataset; see the module docstring."""
     pairs_path = Path(pairs_path)
-    name = name or default_name(pairs_path)
+    name = check_dataset_name(name or default_name(pairs_path))
     output_dir = resolve(cfg.output_dir)
+    with terminate_on_signals(), OutputLock(lock_path(output_dir / "dataset_info.json"), "prepare_dataset.py"):
+        return _prepare_locked(pairs_path, cfg, name, output_dir, mix, overwrite, tokenizer, show_progress,
+                               allow_empty)
+
+
+def _prepare_locked(pairs_path: Path, cfg: DatasetConfig, name: str, output_dir: Path,
+                    mix: Sequence[tuple[str, float]], overwrite: bool, tokenizer, show_progress: bool,
+                    allow_empty: bool) -> DatasetReport:
+    """`prepare_dataset` with the lock of `<output_dir>/dataset_info.json` held."""
     report = DatasetReport(output=ensure_new(output_dir / f"{name}.json", overwrite), name=name)
     read_dataset_info(output_dir / "dataset_info.json")  # a broken registry stops us before anything is written
     records = []

@@ -7,12 +7,16 @@ For the template `<prefix>{}<suffix>.csv` the shards are `<data_dir>/<prefix><K>
 
 1. reads every new shard and every shard already archived in `distributed_result/` (so a re-run
    after more workers finished merges everything again: idempotent), failing with
-   `CorruptFileError` (file + line) before anything is moved when a file is truncated or corrupt;
-2. moves the new shards and their tree dumps to `distributed_result/` (and `distributed_result/trees/`),
-   renaming to `<prefix><K>~<n><suffix>` when the name is taken; nothing is ever deleted;
-3. keeps one row per task (the most complete one, later shards win ties) and writes
+   `CorruptFileError` (file + line) before anything is moved when a file is truncated or corrupt,
+   when a row's `nodes` differs from the nodes its tree dump holds for the task (a lost tree line,
+   a 0-byte dump), or when the run's `provenance.json` is damaged (`ConfigError` naming it);
+2. keeps one row per task (the most complete one, later shards win ties) and writes, to temp files
+   that are fsynced (a full disk or missing permission stops it here, `OutputWriteError`),
    `<prefix>None<suffix>.csv` plus `trees/<prefix>None<suffix>.jsonl` with exactly the nodes of
    the kept rows (from the same shard as the kept row);
+3. only then moves the new shards and their tree dumps to `distributed_result/` (and
+   `distributed_result/trees/`), renaming to `<prefix><K>~<n><suffix>` when the name is taken
+   (nothing is ever deleted), and renames the merged files into place;
 4. reports missing shard ids, unfinished tasks (resume journals left in `state/`) and duplicates.
 
 It holds the lock of the merged file and of every new shard while it runs (densepolicy.file_lock):
@@ -25,7 +29,9 @@ Both passes stream the files; memory holds one small record per task.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import json
 import logging
 import os
@@ -37,10 +43,12 @@ from typing import Iterable
 
 from tqdm import tqdm
 
-from densepolicy.file_lock import OutputLock, lock_path
-from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header
+from densepolicy.file_lock import OutputLock, lock_path, terminate_on_signals
+from densepolicy.postprocess.results_io import (CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header,
+                                                writing)
 from densepolicy.sampling.shard_identity import read_settings, settings_diffs, settings_path
-from densepolicy.provenance import merged_columns
+from densepolicy.provenance import FILE_NAME as PROVENANCE_FILE
+from densepolicy.provenance import merged_columns, read_provenance
 
 logger = logging.getLogger(__name__)
 
@@ -240,61 +248,94 @@ def manifest_num_shards(data_dir: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _check_tree_counts(shards: Iterable[Shard]) -> None:
+    """Refuse (`CorruptFileError`, `csv:line`) a row whose `nodes` cell differs from the number of
+    nodes its shard's tree dump holds for the task (a lost or cut tree line, a 0-byte or missing
+    dump): the worker, rerun with the same command, runs such a task again."""
+    for shard in shards:
+        counts: dict[str, set[str]] = {}
+        if shard.tree is not None:
+            for _, record in iter_jsonl(shard.tree):
+                counts.setdefault(str(record.get("task_id")), set()).add(str(record.get("node_id")))
+        for line, row in iter_csv(shard.csv):
+            try:
+                expected = int(float(row.get("nodes") or 0))
+            except ValueError:
+                raise CorruptFileError(shard.csv, line, f"'nodes' cell {row.get('nodes')!r} is not a number") from None
+            found = len(counts.get(str(row.get("task_id")), ()))
+            if expected != found and (shard.tree is not None or expected > 0):
+                where = shard.tree if shard.tree is not None else f"its tree dump (missing: {TREES_DIR}/"\
+                    f"{tree_name(shard.csv.name)})"
+                raise CorruptFileError(shard.csv, line, f"task {row.get('task_id')!r} records {expected} tree "
+                                       f"node(s) but {where} holds {found}; rerun that shard's worker with the "
+                                       f"same command (it runs the task again), then merge")
+
+
+def _check_writable(directories: Iterable[Path]) -> None:
+    """Create the directories the merge writes to and check they are writable (`OutputWriteError`)."""
+    for directory in directories:
+        with writing(directory, rerun="rerun the merge (nothing was moved)"):
+            directory.mkdir(parents=True, exist_ok=True)
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, "Permission denied", str(directory))
+
+
 def merge_distributed(data_dir: str | os.PathLike, template: str, num_shards: int | None = None,
                       expected_tasks: Iterable[str] | None = None, show_progress: bool = True) -> MergeReport:
     """Merge the shards of `template` in `data_dir`; see the module docstring.
 
     `num_shards` (default: the launcher's run_manifest.json) and `expected_tasks` only feed the
-    report of missing shards / tasks.
+    report of missing shards / tasks. The shards are listed with the merged file's lock held (so a
+    concurrent merge cannot move them away in between); SIGTERM releases every lock.
     """
     data_dir = Path(data_dir)
+    _split_template(template)
     num_shards = num_shards or manifest_num_shards(data_dir)
     if not data_dir.is_dir():
         raise MergeError(f"--data_dir {data_dir} is not a directory")
-    new, archived = find_shards(data_dir, template)
-    if not new and not archived:
-        raise MergeError(f"no shard files match {template!r} in {data_dir} or {data_dir / ARCHIVE_DIR}")
     out_csv, out_tree = merged_paths(data_dir, template)
-    locks = [OutputLock(lock_path(out_csv), "merge")]
-    locks += [OutputLock(lock_path(shard.csv), "merge") for shard in new]
-    try:
-        for lock in locks:  # a worker still writing a shard (or another merge) refuses the merge
-            lock.acquire()
-        return _merge_shards(data_dir, template, num_shards, expected_tasks, show_progress, new, archived,
-                             out_csv, out_tree)
-    finally:
-        for lock in locks:
-            lock.release()
+    locks: list[OutputLock] = []
+    with terminate_on_signals():
+        try:
+            locks.append(OutputLock(lock_path(out_csv), "merge").acquire())  # before listing: one merge at a time
+            new, archived = find_shards(data_dir, template)
+            if not new and not archived:
+                raise MergeError(f"no shard files match {template!r} in {data_dir} or {data_dir / ARCHIVE_DIR}")
+            for shard in new:  # a worker still writing a shard refuses the merge
+                locks.append(OutputLock(lock_path(shard.csv), "merge").acquire())
+            return _merge_shards(data_dir, template, num_shards, expected_tasks, show_progress, new, archived,
+                                 out_csv, out_tree)
+        finally:
+            for lock in locks:
+                lock.release()
 
 
 def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expected_tasks: Iterable[str] | None,
                   show_progress: bool, new: list[Shard], archived: list[Shard], out_csv: Path,
                   out_tree: Path) -> MergeReport:
-    """The merge proper, with the locks of the merged file and of the new shards held."""
+    """The merge proper, with the locks of the merged file and of the new shards held.
+
+    Everything is checked and the merged files are written (to temp files) from where the shards
+    are now; only then are the new shards moved to the archive and the merged files renamed into
+    place. A merge that fails (a damaged file, a full disk, no permission) has moved nothing."""
     report = MergeReport(output_csv=out_csv, output_tree=None)
 
     _recover_interrupted_moves(data_dir, template, archived)
+    read_provenance(data_dir / PROVENANCE_FILE)  # a damaged side file stops us before anything moves
     _validate(tqdm(new + archived, desc="checking shards", unit="file", disable=not show_progress))
     _check_same_settings(new + archived)
+    _check_tree_counts(new + archived)
 
     archive = data_dir / ARCHIVE_DIR
-    for shard in new:  # move CSV first: a crash leaves the tree dump behind, never an orphan CSV row
+    _check_writable([data_dir, out_tree.parent, archive] + ([archive / TREES_DIR] if any(s.tree for s in new) else []))
+    moves: list[tuple[Shard, Shard]] = []  # (where it is now, where it goes)
+    for shard in new:
         csv_target, tree_target, copy = _archive_target(archive, template, shard)
-        csv_target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(shard.csv), csv_target)
-        report.moved.append((shard.csv, csv_target))
-        if shard.tree is not None and tree_target is not None:
-            tree_target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(shard.tree), tree_target)
-            report.moved.append((shard.tree, tree_target))
-        settings_target = None
-        if shard.settings is not None:
-            settings_target = settings_path(csv_target)
-            shutil.move(str(shard.settings), settings_target)
-            report.moved.append((shard.settings, settings_target))
-        archived.append(Shard(csv_target, tree_target, shard.shard_id, copy, settings_target))
-    shards = sorted(archived, key=lambda s: s.order)
-    report.shards = shards
+        moves.append((shard, Shard(csv_target, tree_target, shard.shard_id, copy,
+                                   settings_path(csv_target) if shard.settings is not None else None)))
+    staged = archived + [Shard(s.csv, s.tree, t.shard_id, t.copy, s.settings) for s, t in moves]
+    shards = sorted(staged, key=lambda s: s.order)
+    report.shards = sorted(archived + [t for _, t in moves], key=lambda s: s.order)
 
     # pass 1: pick the row to keep for every task
     best: dict[str, tuple[tuple, int, int]] = {}  # task_id -> (completeness, shard index, line)
@@ -318,7 +359,7 @@ def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expecte
     keep = {(index, line) for _, index, line in best.values()}
     source_of_task = {task: index for task, (_, index, _) in best.items()}
 
-    # pass 2: write the kept rows (original order) and the matching tree nodes
+    # pass 2: write the kept rows (original order) and the matching tree nodes, to temp files
     scores: list[float] = []
     tree_tasks: set[str] = set()
 
@@ -335,17 +376,21 @@ def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expecte
                         tree_tasks.add(row["task_id"])
                     yield row
 
-    stamp = merged_columns(data_dir, out_csv.name, best)  # eval-set hash + model fingerprint on every row
-    with atomic_open(out_csv, "w", encoding="utf-8", newline="") as fh:
+    with contextlib.ExitStack() as commit:  # on a clean exit the temp files are renamed onto the outputs
+        stamp = merged_columns(data_dir, out_csv.name, best)  # eval-set hash + model fingerprint on every row
+        fh = commit.enter_context(atomic_open(out_csv, "w", encoding="utf-8", newline=""))
         writer = csv.DictWriter(fh, fieldnames=header + [c for c in stamp if c not in header])
         writer.writeheader()
         for row in kept_rows():
             writer.writerow({**row, **stamp})
+        with writing(out_csv, rerun="rerun the merge (nothing was moved)"):
+            fh.flush()
+            os.fsync(fh.fileno())  # a full disk shows here, before anything is moved
 
-    if any(shard.tree is not None for shard in shards):
-        report.output_tree = out_tree
-        tasks_with_nodes: set[str] = set()
-        with atomic_open(out_tree, "w", encoding="utf-8") as fh:
+        if any(shard.tree is not None for shard in shards):
+            report.output_tree = out_tree
+            tasks_with_nodes: set[str] = set()
+            th = commit.enter_context(atomic_open(out_tree, "w", encoding="utf-8"))
             for index, shard in enumerate(shards):
                 if shard.tree is None:
                     continue
@@ -359,9 +404,24 @@ def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expecte
                             continue
                         written.add(record)
                         tasks_with_nodes.add(record[0])
-                        fh.write(raw if raw.endswith("\n") else raw + "\n")
+                        th.write(raw if raw.endswith("\n") else raw + "\n")
                         report.nodes_written += 1
-        report.tasks_without_tree = sorted(tree_tasks - tasks_with_nodes)
+            with writing(out_tree, rerun="rerun the merge (nothing was moved)"):
+                th.flush()
+                os.fsync(th.fileno())  # a full disk shows here, before anything is moved
+            report.tasks_without_tree = sorted(tree_tasks - tasks_with_nodes)
+
+        # everything is written: now move the new shards (CSV first: a crash leaves the tree dump behind,
+        # which the next merge moves after it, never an orphan CSV row)
+        for shard, target in moves:
+            shutil.move(str(shard.csv), target.csv)
+            report.moved.append((shard.csv, target.csv))
+            if shard.tree is not None and target.tree is not None:
+                shutil.move(str(shard.tree), target.tree)
+                report.moved.append((shard.tree, target.tree))
+            if shard.settings is not None and target.settings is not None:
+                shutil.move(str(shard.settings), target.settings)
+                report.moved.append((shard.settings, target.settings))
 
     ids = sorted({s.shard_id for s in shards})
     expected = range(num_shards) if num_shards else range(max(ids) + 1)

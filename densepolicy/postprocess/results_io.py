@@ -7,16 +7,32 @@ in the target directory + fsync + rename, so a reader never sees half a file.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
+import errno
 import json
+import logging
 import os
+import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, TextIO
 
 csv.field_size_limit(sys.maxsize)  # histories can be megabytes in one cell
+
+log = logging.getLogger(__name__)
+
+FIX_THEN_RERUN_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+"""Write failures that the user fixes outside the program (space, quota, read-only, permissions)."""
+
+_UNSAFE_JSON = re.compile("[\u2028\u2029\ud800-\udfff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+SURROGATE_REPLACEMENT = "\ufffd"
+_replaced = {"count": 0}
+_replaced_lock = threading.Lock()
 
 JSON_COLUMNS = ("history", "extra", "prompt")
 """CSV columns whose cells hold JSON (empty cells are allowed)."""
@@ -28,6 +44,112 @@ class CorruptFileError(ValueError):
     def __init__(self, path: str | os.PathLike, line: int, problem: str):
         super().__init__(f"{path}:{line}: {problem}")
         self.path, self.line, self.problem = Path(path), line, problem
+
+
+class OutputWriteError(OSError):
+    """An output could not be written for a reason the user fixes (disk full, quota, read-only file
+    system, permissions); the one-line message names the file, what to do, and that a rerun resumes."""
+
+    def __init__(self, path: str | os.PathLike, exc: OSError, rerun: str = "rerun the same command to resume"):
+        self.path = Path(path)
+        super().__init__(exc.errno, exc.strerror or str(exc), str(self.path))
+        self.message = (f"cannot write {self.path}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno, exc.errno)}); "
+                        f"{fix_advice(self.path, exc.errno)}, then {rerun}")
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def fix_advice(path: str | os.PathLike, err: int | None) -> str:
+    """What the user must do about write error `err` on `path` (one clause)."""
+    where = Path(path).parent
+    if err in (errno.ENOSPC, errno.EDQUOT):
+        return f"free disk space (or quota) on the file system of {where} (see `df -h {where}`)"
+    if err == errno.EROFS:
+        return f"the file system of {where} is read-only: remount it read-write or choose another output directory"
+    return f"give this user write permission on {where} (and the files in it)"
+
+
+def is_fix_then_rerun(exc: BaseException) -> bool:
+    """True for an `OSError` the user fixes outside the program (see `FIX_THEN_RERUN_ERRNOS`)."""
+    return isinstance(exc, OSError) and exc.errno in FIX_THEN_RERUN_ERRNOS
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, rerun: str = "rerun the same command to resume") -> Iterator[None]:
+    """Turn disk-full / read-only / permission errors raised in the body into `OutputWriteError(path)`."""
+    try:
+        yield
+    except OutputWriteError:
+        raise
+    except OSError as exc:
+        if exc.errno in FIX_THEN_RERUN_ERRNOS:
+            raise OutputWriteError(exc.filename or path, exc, rerun) from None
+        raise
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (not encodable as UTF-8) replaced by U+FFFD; replacements are
+    counted (`replaced_surrogates()`) and logged once per call that replaces any."""
+    fixed, n = _LONE_SURROGATE.subn(SURROGATE_REPLACEMENT, text)
+    if n:
+        with _replaced_lock:
+            _replaced["count"] += n
+        log.warning("replaced %d lone surrogate code point(s) (not encodable as UTF-8) by U+FFFD", n)
+    return fixed
+
+
+def replaced_surrogates() -> int:
+    """How many lone surrogates this process has replaced by U+FFFD so far."""
+    return _replaced["count"]
+
+
+def _replace_surrogates_handler(exc: UnicodeError) -> tuple[str, int]:
+    if isinstance(exc, UnicodeEncodeError):
+        bad = exc.object[exc.start:exc.end]
+        if _LONE_SURROGATE.fullmatch(bad[:1] or "x"):
+            without_surrogates(bad)
+            return SURROGATE_REPLACEMENT * len(bad), exc.end
+    raise exc
+
+
+SURROGATE_ERRORS = "densepolicy.replace_surrogates"
+codecs.register_error(SURROGATE_ERRORS, _replace_surrogates_handler)
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one JSONL line (with its newline) that every line splitter and UTF-8 encoder accepts:
+    non-ASCII text is kept, but U+2028, U+2029 (line breaks to `str.splitlines()`) and lone surrogates
+    (which a server can send as `\\ud800` and which UTF-8 cannot encode) are written as `\\uXXXX`
+    escapes, so `json.loads` gives back exactly the same string."""
+    text = json.dumps(obj, ensure_ascii=False)
+    return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def json_text(obj: Any, **kwargs: Any) -> str:
+    """`json.dumps(obj, ensure_ascii=False, **kwargs)` with the escapes of `json_line` (no newline)."""
+    text = json.dumps(obj, ensure_ascii=False, **kwargs)
+    return _UNSAFE_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def split_jsonl(text: str) -> list[str]:
+    """The lines of JSONL `text`, split on \\n only (unlike `str.splitlines()`, which also splits on
+    U+2028, U+2029, form feeds and other characters a JSON string may hold raw)."""
+    return [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (Linux) so that no other thread sees it changed."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _replaced_lock:  # os.umask can only be read by setting it; keep the window closed to our threads
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 class OutputExistsError(FileExistsError):
@@ -172,21 +294,30 @@ def _iter_csv(path: Path, json_columns: set[str], parse_json: bool) -> Iterator[
 def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[TextIO]:
     """Open a temp file next to `path`; on success fsync and rename it onto `path`.
 
-    If the body raises, the temp file is removed and `path` is untouched.
+    If the body raises, the temp file is removed and `path` is untouched. The file gets the mode a
+    plain `open()` would give it (0666 minus the umask), not `mkstemp`'s 0600, so collaborators can
+    read results on a shared file system. Text that UTF-8 cannot encode (lone surrogates) is written
+    as U+FFFD and counted. A full disk, a read-only file system or missing permissions raise
+    `OutputWriteError` naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    if "b" not in mode and kwargs.get("encoding", "").lower().replace("-", "") == "utf8":
+        kwargs.setdefault("errors", SURROGATE_ERRORS)
+    tmp = None
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, mode, **kwargs) as fh:
+                yield fh
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -196,16 +327,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    """Write `obj` as JSON to `path` atomically (UTF-8, non-ASCII kept)."""
+    """Write `obj` as JSON to `path` atomically (UTF-8, non-ASCII kept; U+2028/U+2029 and lone
+    surrogates escaped as in `json_line`)."""
     with atomic_open(path, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False, indent=indent)
-        fh.write("\n")
+        fh.write(json_text(obj, indent=indent) + "\n")
 
 
 def encode_cell(value: Any) -> Any:
     """CSV cell for `value`: lists/dicts become JSON, None becomes empty, the rest is kept."""
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
+        return json_text(value)
     if value is None:
         return ""
     return value

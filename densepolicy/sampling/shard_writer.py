@@ -7,8 +7,12 @@
 
 Every write appends whole lines, then flushes and fsyncs, so a process killed at any moment loses at
 most the line being written. Finishing a task costs time proportional to that task's data only.
-On `open()`: a torn last line is cut off, tree-dump lines of unfinished tasks are dropped (they are
-rewritten when the task finishes) and journals of finished tasks are removed. A shard or tree dump
+On `open()`: a torn last line is cut off, a finished task whose tree dump does not hold the node count of
+its CSV row runs again (its row and tree lines are dropped, with a WARNING), tree-dump lines of unfinished
+tasks are dropped (they are rewritten when the task finishes) and journals of finished tasks are removed.
+JSONL lines are written with `results_io.json_line` (U+2028/U+2029 and lone surrogates escaped, so any line
+splitter reads them and a reply UTF-8 cannot encode is kept exactly); a full disk, a read-only file system
+or missing permissions raise `OutputWriteError` naming the file. A shard or tree dump
 that cannot be read (bytes that are not UTF-8, a malformed line) is a `CorruptFileError` naming the
 file and line; damaged lines of a resume journal are dropped (those nodes are generated again).
 With a `lock` (densepolicy.file_lock), every commit first checks that this process still holds it.
@@ -25,7 +29,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from densepolicy.postprocess.results_io import CorruptFileError, iter_jsonl, undecodable
+from densepolicy.postprocess.results_io import (CorruptFileError, atomic_open, iter_jsonl, json_line, json_text, undecodable,
+                                                without_surrogates, writing)
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +40,12 @@ CSV_COLUMNS = ["task_id", "dataset", "split", "method", "model", "status", "scor
 JSON_CELLS = ("history", "extra")
 
 
-def _fsync_append(handle: io.TextIOBase, text: str) -> None:
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
+def _fsync_append(handle: io.TextIOBase, text: str, path: str | os.PathLike | None = None) -> None:
+    """Append `text`, flush and fsync; a full disk / read-only / permission error names `path`."""
+    with writing(path or getattr(handle, "name", "?")):
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def _cut_torn_tail(path: Path) -> None:
@@ -72,13 +79,13 @@ def csv_line(row: dict[str, Any]) -> str:
     for col in CSV_COLUMNS:
         value = row.get(col, "")
         if col in JSON_CELLS:
-            value = json.dumps(value if value != "" else ([] if col == "history" else {}), ensure_ascii=False)
+            value = json_text(value if value != "" else ([] if col == "history" else {}))
         elif value is None:
             value = ""
         elif isinstance(value, float):
             value = repr(value)
         else:
-            value = re.sub(r"[\r\n]+", " ", str(value))
+            value = without_surrogates(re.sub(r"[\r\n]+", " ", str(value)))
         cells.append(value)
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow(cells)
@@ -123,9 +130,10 @@ class TaskJournal:
 
     def append(self, record: dict[str, Any]) -> None:
         if self._handle is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = self.path.open("a", encoding="utf-8")
-        _fsync_append(self._handle, json.dumps(record, ensure_ascii=False) + "\n")
+            with writing(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._handle = self.path.open("a", encoding="utf-8")
+        _fsync_append(self._handle, json_line(record), self.path)
 
     def close(self) -> None:
         if self._handle is not None:
@@ -148,22 +156,34 @@ class ShardWriter:
         self.tree_path = self.out_dir / "trees" / f"{stem}.jsonl" if tree else None
         self.state_dir = self.out_dir / "state" / stem
         self.done: set[str] = set()
+        self._csv_nodes: dict[str, int] = {}
         self._csv = None
         self._tree = None
 
     def open(self) -> set[str]:
-        """Prepare the files for appending and return the ids of tasks already finished."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        _cut_torn_tail(self.csv_path)
+        """Prepare the files for appending and return the ids of tasks already finished.
+
+        A finished task whose tree dump does not hold the number of nodes its CSV row records (a
+        tree line lost or cut while the CSV row survived) is not finished: its row and its tree
+        lines are dropped, with a WARNING, and it runs again."""
+        with writing(self.csv_path):
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            _cut_torn_tail(self.csv_path)
         if self.csv_path.exists() and self.csv_path.stat().st_size > 0:
             self.done = self._finished_tasks()
-        self._csv = self.csv_path.open("a", encoding="utf-8", newline="")
-        if self._csv.tell() == 0:
-            _fsync_append(self._csv, ",".join(CSV_COLUMNS) + "\n")
         if self.tree_path is not None:
-            self.tree_path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(self.tree_path):
+                self.tree_path.parent.mkdir(parents=True, exist_ok=True)
+                _cut_torn_tail(self.tree_path)
+            self._redo_mismatched_tasks()
+        with writing(self.csv_path):
+            self._csv = self.csv_path.open("a", encoding="utf-8", newline="")
+        if self._csv.tell() == 0:
+            _fsync_append(self._csv, ",".join(CSV_COLUMNS) + "\n", self.csv_path)
+        if self.tree_path is not None:
             self._drop_unfinished_tree_lines()
-            self._tree = self.tree_path.open("a", encoding="utf-8")
+            with writing(self.tree_path):
+                self._tree = self.tree_path.open("a", encoding="utf-8")
         if self.state_dir.exists():
             for path in self.state_dir.glob("*.jsonl"):
                 task_id = self._journal_task_id(path)
@@ -172,8 +192,11 @@ class ShardWriter:
         return set(self.done)
 
     def _finished_tasks(self) -> set[str]:
-        """Task ids of the shard's rows; a shard that cannot be read is a `CorruptFileError` (file:line)."""
+        """Task ids of the shard's rows (their node counts go to `self._csv_nodes`); a shard that
+        cannot be read is a `CorruptFileError` (file:line)."""
         reader = None
+        nodes_col = CSV_COLUMNS.index("nodes")
+        self._csv_nodes: dict[str, int] = {}
         try:
             with self.csv_path.open("r", encoding="utf-8", newline="") as fh:
                 reader = csv.reader(fh, strict=True)
@@ -181,32 +204,66 @@ class ShardWriter:
                 if header != CSV_COLUMNS:
                     raise CorruptFileError(self.csv_path, 1, f"unexpected header {header[:5]}...; not a shard "
                                                              f"file of this version (choose another --output_dir)")
-                return {cells[0] for cells in reader if cells}
+                for cells in reader:
+                    if not cells:
+                        continue
+                    try:
+                        self._csv_nodes[cells[0]] = int(float(cells[nodes_col] or 0))
+                    except (IndexError, ValueError):
+                        raise CorruptFileError(self.csv_path, reader.line_num,
+                                               f"'nodes' cell is not a number ({cells[nodes_col:nodes_col + 1]})"
+                                               ) from None
+                return set(self._csv_nodes)
         except UnicodeDecodeError as exc:
             raise undecodable(self.csv_path, exc) from None
         except csv.Error as exc:
             raise CorruptFileError(self.csv_path, reader.line_num if reader else 1, f"malformed CSV ({exc})") from None
 
+    def tree_node_counts(self) -> dict[str, int]:
+        """Distinct nodes per task in the tree dump (validates it: a bad line is `file:line`)."""
+        assert self.tree_path is not None
+        nodes: dict[str, set[str]] = {}
+        if self.tree_path.exists():
+            for number, record in iter_jsonl(self.tree_path):
+                if "task_id" not in record:
+                    raise CorruptFileError(self.tree_path, number, "tree node without a task_id")
+                nodes.setdefault(str(record["task_id"]), set()).add(str(record.get("node_id")))
+        return {task: len(ids) for task, ids in nodes.items()}
+
+    def _redo_mismatched_tasks(self) -> None:
+        """Drop the CSV row of every finished task whose tree dump lacks (or has extra) nodes."""
+        if not self.done:
+            return
+        counts = self.tree_node_counts()
+        wrong = {t for t in self.done if counts.get(t, 0) != self._csv_nodes.get(t, 0)}
+        if not wrong:
+            return
+        for task in sorted(wrong):
+            log.warning("%s: task %s: the CSV row records %d node(s), %s holds %d; running the task again",
+                        self.csv_path, task, self._csv_nodes.get(task, 0), self.tree_path, counts.get(task, 0))
+        with self.csv_path.open("r", encoding="utf-8", newline="") as src, \
+                atomic_open(self.csv_path, "w", encoding="utf-8", newline="") as dst:
+            writer = csv.writer(dst, lineterminator="\n")
+            for number, cells in enumerate(csv.reader(src, strict=True)):
+                if number == 0 or (cells and cells[0] not in wrong):
+                    writer.writerow(cells)
+        self.done -= wrong
+
     def _drop_unfinished_tree_lines(self) -> None:
         assert self.tree_path is not None
-        _cut_torn_tail(self.tree_path)
         if not self.tree_path.exists():
             return
         stale = False
         for number, record in iter_jsonl(self.tree_path):  # also validates: names file:line of a bad line
             if "task_id" not in record:
                 raise CorruptFileError(self.tree_path, number, "tree node without a task_id")
-            stale = stale or record["task_id"] not in self.done
+            stale = stale or str(record["task_id"]) not in self.done
         if not stale:
             return
-        tmp = self.tree_path.with_suffix(".jsonl.tmp")
-        with self.tree_path.open("r", encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as dst:
+        with self.tree_path.open("r", encoding="utf-8") as src, atomic_open(self.tree_path, "w", encoding="utf-8") as dst:
             for line in src:
-                if line.strip() and json.loads(line)["task_id"] in self.done:
+                if line.strip() and str(json.loads(line)["task_id"]) in self.done:
                     dst.write(line)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, self.tree_path)
         log.info("%s: dropped tree lines of unfinished tasks", self.tree_path)
 
     def _journal_path(self, task_id: str) -> Path:
@@ -231,11 +288,12 @@ class ShardWriter:
         if self.lock is not None:
             self.lock.check()  # never write next to a process that took the shard over
         if self._tree is not None:
-            text = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in tree_records)
+            text = "".join(json_line(rec) for rec in tree_records)
             if text:
-                _fsync_append(self._tree, text)
-        _fsync_append(self._csv, csv_line(row))
+                _fsync_append(self._tree, text, self.tree_path)
+        _fsync_append(self._csv, csv_line(row), self.csv_path)
         self.done.add(str(row["task_id"]))
+        self._csv_nodes[str(row["task_id"])] = int(float(row.get("nodes") or 0))
         self._journal_path(str(row["task_id"])).unlink(missing_ok=True)
 
     def close(self) -> None:

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from densepolicy.config import ConfigError
+from densepolicy.file_lock import terminate_on_signals
+from densepolicy.postprocess.results_io import is_fix_then_rerun
 from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings
@@ -188,7 +190,8 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
         except LLMError as exc:
             raise ServerDownError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - a broken task must not stop the shard (configurable)
-            if cfg.on_task_error == "raise":
+            if cfg.on_task_error == "raise" or is_fix_then_rerun(exc) or isinstance(exc, UnicodeEncodeError):
+                # an output we cannot write (disk full, ...) or encode stops the worker: never a lost task
                 raise
             log.exception("task %s failed", task_id)
             result, records = {"status": "error", "score": 0.0, "extra": {"error": f"{type(exc).__name__}: {exc}"}}, []
@@ -223,7 +226,15 @@ def run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_
     """Run shard `shard` of `num_shards`; returns a summary. Raises `ServerDownError` if the server
     stays down (finished tasks and nodes are saved; rerun the same command to resume),
     `ServerRejectedError` if it refuses requests, `LockHeldError` if another process writes the shard,
-    `ConfigError` / `CorruptFileError` for settings, data or shard files that are wrong."""
+    `ConfigError` / `CorruptFileError` for settings, data or shard files that are wrong,
+    `OutputWriteError` for an output that cannot be written (disk full, read-only, permissions: fix it
+    and rerun to resume), `file_lock.Terminated` on SIGTERM/SIGHUP (after releasing the lock)."""
+    with terminate_on_signals():  # SIGTERM: the `finally` below releases the shard lock
+        return _run_worker(cfg, model, server_url, shard, num_shards, output_dir, client)
+
+
+def _run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num_shards: int,
+                output_dir: str | Path, client: Any = None) -> dict[str, Any]:
     info = model_info(model, cfg)
     env = load_task_env(cfg)
     lock = None

@@ -274,7 +274,8 @@ def _dataset_records(dataset: str, dataset_dir: str | os.PathLike, limit: int = 
         return []
     text = path.read_text()
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines()[:limit] if line.strip()]
+        lines = [line for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028 may be raw in a record
+        return [json.loads(line) for line in lines[:limit]]
     return json.loads(text)[:limit]
 
 
