@@ -415,6 +415,7 @@ def tree_rules(cfg: Any) -> TreeRules:
         depth_weight=cfg.depth_weight, explore_weight=cfg.explore_weight, visit_counting=cfg.visit_counting,
         gap_refresh=cfg.gap_refresh, select_leaves=cfg.select_leaves, dedup=cfg.dedup,
         update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure,
+        arithmetic=cfg.arithmetic,
         stop_if_uniform_after=cfg.stop_if_uniform_after)
 
 

@@ -9,7 +9,7 @@
 Indices are tuples of branch labels. A *full index* has length `max_steps`; its *run index* is the
 prefix that was really executed (it ends at the first terminal node). Quirks of the original are
 kept behind switches (`visit_counting`, `gap_refresh`, `select_leaves`, `dedup`, `update_rows`,
-`overflow_counts_as_failure`; all six at once: `preset=paper`); the defaults are the fixed behaviour
+`overflow_counts_as_failure`, `arithmetic`; all at once: `preset=paper`); the defaults are the fixed behaviour
 (see docs/deviations.md). Where the original would have died, the faithful mode raises `OriginalCrash`.
 """
 from __future__ import annotations
@@ -17,12 +17,11 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Iterable, Literal, Sequence
+from typing import Iterable, Sequence
 
-from agents.tree_rules import visit_threshold
+from agents.tree_rules import Mode, check_mode, gap_reaches, node_value, visit_threshold
 
 NodeId = tuple[int, ...]
-Mode = Literal["fixed", "faithful"]
 
 
 def node_key(node: Sequence[int]) -> str:
@@ -83,8 +82,14 @@ class TreeRules:
     all failed: such a tree has no sibling pair to offer, so its budget goes to other tasks). 0 = never (original)."""
     overflow_counts_as_failure: bool = False
     """True (original): a run cut by the context limit is a failed leaf of the value tree; False: not counted."""
+    arithmetic: Mode = "fixed"
+    """fixed: node value = plain mean of the children, comparisons within `agents.tree_rules.TOLERANCE`;
+    faithful: the original's floats (np.mean of the children in label order, exact `>=`, its grouping of the
+    selection score's depth term). See `agents.tree_rules`."""
 
     def __post_init__(self) -> None:
+        for name in ("visit_counting", "gap_refresh", "dedup", "update_rows", "arithmetic"):
+            check_mode(name, getattr(self, name))
         for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"key {name!r} must be >= 1, got {getattr(self, name)}")
@@ -145,8 +150,8 @@ class MCValueTree:
                 s.visits += 2 if faithful else 1
                 s.runs += 1
                 s.score_sum += y
-                kids = self.children.get(node, [])
-                s.value = (sum(self.stats[node + (k,)].value for k in kids) / len(kids)
+                kids = sorted(self.children.get(node, []))  # label order, as the original's child list
+                s.value = (node_value([self.stats[node + (k,)].value for k in kids], self.rules.arithmetic)
                            if kids else s.score_sum / s.runs)
                 s.outcomes.append(y)
                 s.remaining.append(rem)
@@ -182,7 +187,8 @@ class MCValueTree:
                     continue
                 for b in labels[i + 1:]:
                     nb = parent + (b,)
-                    if nb in trusted and abs(self.stats[na].value - self.stats[nb].value) >= self.rules.thre_value - 1e-12:
+                    if nb in trusted and gap_reaches(abs(self.stats[na].value - self.stats[nb].value),
+                                                     self.rules.thre_value, self.rules.arithmetic):
                         pairs.append((na, nb) if a < b else (nb, na))
         return pairs
 
@@ -194,8 +200,10 @@ class MCValueTree:
         """Selection score of docs/original.md §3.5 (exploration bonus from visits, plus selections when fixed)."""
         r, s = self.rules, self.stats[node]
         visits = s.visits if r.visit_counting == "faithful" else s.runs + s.selections
-        return (r.gap_weight * self.max_gap(node) ** r.gap_power
-                + r.depth_weight * s.avg_remaining / r.max_steps
+        # faithful: the original's grouping 0.2 * (avg_rem / depth), which can round differently
+        depth_term = (r.depth_weight * (s.avg_remaining / r.max_steps) if r.arithmetic == "faithful"
+                      else r.depth_weight * s.avg_remaining / r.max_steps)
+        return (r.gap_weight * self.max_gap(node) ** r.gap_power + depth_term
                 + r.explore_weight * math.sqrt(1 + visits) / (2 + visits))
 
     def select(self, rng: random.Random, expandable: Iterable[NodeId] | None = None) -> NodeId | None:

@@ -14,23 +14,66 @@ Definitions (the original's, with its visit-count quirk made optional):
 - a finished run ends at a terminal node; leaf value = 1.0 if it succeeded else 0.0;
 - the value of an inner node is the plain mean of its children's values (not visit-weighted);
 - `runs` = finished runs through the node (= finished leaves below it, itself included);
-- visits = `runs` (default) or `2*runs - 1` (the original's counting, `visit_counting="original"`);
+- visits = `runs` (default) or `2*runs - 1` (the original's counting, `visit_counting="faithful"`);
 - avg remaining depth = mean over those runs of (leaf depth - node depth);
 - a pair (a, b) of siblings is selected when value_a - value_b >= thre_value and both have
   visits >= min(floor(2 ** avg_remaining_depth), thre_max).
 Runs cut by the context limit (`status == "context_overflow"`) are not finished runs: the original
 drops them in post-processing, so they neither count as visits nor as failures.
 Everything is linear in the number of nodes.
+
+One switch vocabulary for the sampler and post-processing: `fixed` (our default) or `faithful` (the
+original, `preset=paper`), for both switches defined here:
+- `visit_counting`: fixed = k finished runs; faithful = the original's 2k-1 (the sampler adds its +1 per
+  selection on top, `agents/tree.py`);
+- `arithmetic`, the one tolerance policy: fixed = a node value is the sum of its children's values (in label
+  order) / their number, and values closer than `TOLERANCE` (1e-9) count as equal, also in the gap test
+  (so 0.7 - 0.2 = 0.49999999999999994 reaches a 0.5 threshold); faithful = exactly the original's floats:
+  `np.mean` of the children's values in label order (pairwise summation, which rounds differently from a
+  plain sum for 8 or more children) and exact `!=` / `>=` comparisons (0.49999999999999994 < 0.5 is
+  rejected, two values one ulp apart are a candidate pair).
 """
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
-VisitCounting = Literal["runs", "original"]
-_EPS = 1e-9
+import numpy as np
+
+Mode = Literal["fixed", "faithful"]
+"""The one switch vocabulary: `fixed` = our default, `faithful` = the original's behaviour."""
+MODES = ("fixed", "faithful")
+VisitCounting = Mode
+TOLERANCE = 1e-9
+"""fixed arithmetic: values closer than this are equal (and a gap this much short of the threshold reaches it)."""
+
+
+def check_mode(key: str, value: str) -> None:
+    """Refuse a value outside the switch vocabulary, naming the key (old post-processing names included)."""
+    if value not in MODES:
+        renamed = {"runs": "fixed", "original": "faithful"}.get(value)
+        hint = f" ({value!r} was renamed {renamed!r})" if renamed else ""
+        raise ValueError(f"key {key!r} must be one of fixed, faithful, got {value!r}{hint}")
+
+
+def node_value(child_values: Sequence[float], arithmetic: Mode = "fixed") -> float:
+    """Value of an inner node from its children's values, given IN LABEL ORDER (docs/original.md §3.4):
+    their plain mean; `faithful` computes it as the original did, `np.mean` (pairwise summation)."""
+    if arithmetic == "faithful":
+        return float(np.mean(child_values))
+    return sum(child_values) / len(child_values)
+
+
+def values_differ(a: float, b: float, arithmetic: Mode = "fixed") -> bool:
+    """Two node values are different (faithful: exactly; fixed: by more than `TOLERANCE`)."""
+    return a != b if arithmetic == "faithful" else abs(a - b) > TOLERANCE
+
+
+def gap_reaches(gap: float, thre_value: float, arithmetic: Mode = "fixed") -> bool:
+    """A value gap meets the threshold (faithful: `gap >= thre_value` exactly; fixed: within `TOLERANCE`)."""
+    return gap >= thre_value if arithmetic == "faithful" else gap >= thre_value - TOLERANCE
 
 
 def visit_threshold(avg_remaining_depth: float, thre_max: int) -> int:
@@ -61,9 +104,10 @@ class NodeStats:
     children: list[str] = field(default_factory=list)
     leaf_depth_sum: int = 0
 
-    def visits(self, counting: VisitCounting = "runs") -> int:
-        """Visit count under the chosen counting (`original` reproduces the 2k-1 quirk of docs/original.md §3.4)."""
-        if counting == "original":
+    def visits(self, counting: VisitCounting = "fixed") -> int:
+        """Visit count under the chosen counting (`faithful` reproduces the 2k-1 quirk of docs/original.md §3.4)."""
+        check_mode("visit_counting", counting)
+        if counting == "faithful":
             return 2 * self.runs - 1 if self.runs else 0
         return self.runs
 
@@ -76,8 +120,14 @@ class PairRule:
     """Minimum value gap between the chosen and the rejected sibling."""
     thre_max: int = 8
     """Cap of the visit threshold min(floor(2 ** avg remaining depth), thre_max)."""
-    visit_counting: VisitCounting = "runs"
-    """`runs` = finished runs through the node; `original` = the original's 2k-1."""
+    visit_counting: VisitCounting = "fixed"
+    """`fixed` = finished runs through the node; `faithful` = the original's 2k-1."""
+    arithmetic: Mode = "fixed"
+    """`fixed` = plain mean, comparisons within `TOLERANCE`; `faithful` = the original's np.mean, exact comparisons."""
+
+    def __post_init__(self) -> None:
+        check_mode("visit_counting", self.visit_counting)
+        check_mode("arithmetic", self.arithmetic)
 
     def visit_threshold(self, avg_remaining_depth: float) -> int:
         """Visits a node needs before its value is trusted."""
@@ -115,12 +165,14 @@ def is_finished_leaf(record: Mapping[str, Any]) -> bool:
     return bool(record.get("terminal")) and record.get("status") != "context_overflow"
 
 
-def compute_node_stats(nodes: Iterable[Mapping[str, Any]]) -> dict[str, NodeStats]:
+def compute_node_stats(nodes: Iterable[Mapping[str, Any]], arithmetic: Mode = "fixed") -> dict[str, NodeStats]:
     """Values, runs and average remaining depths of every node of one task's tree.
 
-    `nodes` are tree-dump records (extra keys are ignored). Raises `TreeError` for a duplicate
-    node id or a parent that is not in the tree.
+    `nodes` are tree-dump records (extra keys are ignored). An inner node's value is `node_value` of its
+    children's values in label order (`arithmetic`, see the module docstring). Raises `TreeError` for a
+    duplicate node id or a parent that is not in the tree.
     """
+    check_mode("arithmetic", arithmetic)
     stats: dict[str, NodeStats] = {}
     finished: set[str] = set()
     success: dict[str, bool] = {}
@@ -142,6 +194,8 @@ def compute_node_stats(nodes: Iterable[Mapping[str, Any]]) -> dict[str, NodeStat
                 raise TreeError(f"node {node.node_id!r} has parent {node.parent_id!r}, which is not in the tree")
             parent.children.append(node.node_id)
         by_depth[node.depth].append(node)
+    for node in stats.values():
+        node.children.sort(key=lambda c: (stats[c].label, c))
     for depth in sorted(by_depth, reverse=True):  # children before parents
         for node in by_depth[depth]:
             if node.node_id in finished:
@@ -152,11 +206,9 @@ def compute_node_stats(nodes: Iterable[Mapping[str, Any]]) -> dict[str, NodeStat
                 node.runs = sum(c.runs for c in valued)
                 node.leaf_depth_sum = sum(c.leaf_depth_sum for c in valued)
                 if valued:
-                    node.value = sum(c.value for c in valued) / len(valued)  # type: ignore[misc]
+                    node.value = node_value([c.value for c in valued], arithmetic)  # type: ignore[misc]
             if node.runs:
                 node.avg_remaining_depth = node.leaf_depth_sum / node.runs - node.depth
-    for node in stats.values():
-        node.children.sort(key=lambda c: (stats[c].label, c))
     return stats
 
 
@@ -182,12 +234,13 @@ def candidate_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
         valued = [n for n in group if n.value is not None]
         for i, a in enumerate(valued):
             for b in valued[i + 1:]:
-                if abs(a.value - b.value) <= _EPS:  # type: ignore[operator]
+                if not values_differ(a.value, b.value, rule.arithmetic):  # type: ignore[arg-type]
                     continue
                 if texts is not None and texts.get(a.node_id, "").strip() == texts.get(b.node_id, "").strip():
                     continue
                 chosen, rejected = (a, b) if a.value > b.value else (b, a)  # type: ignore[operator]
-                selected = (chosen.value - rejected.value >= rule.thre_value - _EPS  # type: ignore[operator]
+                selected = (gap_reaches(chosen.value - rejected.value, rule.thre_value,  # type: ignore[operator]
+                                        rule.arithmetic)
                             and rule.is_trusted(chosen) and rule.is_trusted(rejected))
                 pairs.append(SiblingPair(chosen, rejected, selected))
     return pairs

@@ -30,11 +30,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "overflow_counts_as_failure": True,    # a context-overflow run is a failed leaf (§3.2)
             "prompt_style": "original",            # the original's instruction, tool list and observations (§2.2)
             "stop_if_uniform_after": 0,            # every tree runs to its caps, however uniform its runs
+            "arithmetic": "faithful",              # np.mean of the children in label order, exact comparisons
         },
     },
     "postprocess": {
         "none": {},
-        "paper": {"pairs": {"visit_counting": "original"}},   # 2k-1 visits in the pair rule (§6.1)
+        # 2k-1 visits in the pair rule; np.mean node values and exact comparisons, bit for bit (§6.1)
+        "paper": {"pairs": {"visit_counting": "faithful", "arithmetic": "faithful"}},
     },
 }
 

@@ -44,9 +44,9 @@ def test_original_visit_counting_2k_minus_1_lowers_the_bar():
             "1": {"0": {"0": "F"}, "1": {"0": "F"}, "2": {"0": "F"}}}
     stats = compute_node_stats(tree_from_spec("t", spec))
     assert stats["0"].avg_remaining_depth == 2
-    assert stats["0"].visits("runs") == 3 and stats["0"].visits("original") == 5
-    assert count_qualifying_pairs(stats, PairRule(visit_counting="runs")) == 0   # 3 < 4
-    assert count_qualifying_pairs(stats, PairRule(visit_counting="original")) == 1  # 5 >= 4
+    assert stats["0"].visits("fixed") == 3 and stats["0"].visits("faithful") == 5
+    assert count_qualifying_pairs(stats, PairRule(visit_counting="fixed")) == 0   # 3 < 4
+    assert count_qualifying_pairs(stats, PairRule(visit_counting="faithful")) == 1  # 5 >= 4
 
 
 def test_thre_max_caps_the_visit_threshold():
@@ -95,3 +95,58 @@ def test_broken_trees_raise():
         compute_node_stats(nodes + [dict(nodes[0])])
     with pytest.raises(TreeError, match="parent '0'"):
         compute_node_stats(nodes[1:])
+
+
+# -- arithmetic: fixed (tolerance 1e-9) vs faithful (the original's floats, preset=paper) ---------------------
+
+# node 0 has 8 children whose values, in label order, are [1, 0.5, 0, 0.5, 1/3, 1, 0.5, 0.5]: np.mean's
+# pairwise summation gives 0.5416666666666666, a plain left-to-right sum / 8 gives 0.5416666666666667
+EIGHT_CHILDREN = {"0": {"0": "S", "1": {"0": "S", "1": "F"}, "2": "F", "3": {"0": "S", "1": "F"},
+                        "4": {"0": "S", "1": "F", "2": "F"}, "5": "S", "6": {"0": "S", "1": "F"},
+                        "7": {"0": "S", "1": "F"}}}
+
+
+def test_faithful_node_value_is_np_mean_of_the_children_in_label_order():
+    import numpy as np
+    nodes = tree_from_spec("t", EIGHT_CHILDREN)
+    in_label_order = [1.0, 0.5, 0.0, 0.5, 1 / 3, 1.0, 0.5, 0.5]
+    assert float(np.mean(in_label_order)) != sum(in_label_order) / 8           # the case worth testing
+    shuffled = list(reversed(nodes))                                            # dump order must not matter
+    faithful = compute_node_stats(shuffled, "faithful")["0"].value
+    assert faithful == float(np.mean(in_label_order)) == 0.5416666666666666
+    assert compute_node_stats(shuffled, "fixed")["0"].value == sum(in_label_order) / 8 == 0.5416666666666667
+
+
+def _two_siblings(a_successes: int, b_successes: int) -> dict:
+    """Nodes 0 and 1 with 10 leaf children each: a value of k/10 for k successes."""
+    def kids(k):
+        return {str(i): ("S" if i < k else "F") for i in range(10)}
+    return {"0": kids(a_successes), "1": kids(b_successes)}
+
+
+def test_faithful_rejects_a_gap_of_0_7_minus_0_2_like_the_original():
+    """0.7 - 0.2 = 0.49999999999999994 < 0.5: the original does not select that pair; the default's
+    tolerance does (docs/deviations.md)."""
+    stats = compute_node_stats(tree_from_spec("t", _two_siblings(7, 2)), "faithful")
+    assert (stats["0"].value, stats["1"].value) == (0.7, 0.2) and 0.7 - 0.2 < 0.5
+    top = lambda rule: [p for p in candidate_pairs(stats, rule) if p.chosen.node_id == "0"]  # noqa: E731
+    assert [p.selected for p in top(PairRule(arithmetic="faithful"))] == [False]
+    assert [p.selected for p in top(PairRule(arithmetic="fixed"))] == [True]
+
+
+def test_values_one_ulp_apart_are_a_candidate_pair_only_when_faithful():
+    import math
+    from agents.tree_rules import NodeStats
+    a = NodeStats("0", "", 1, 0, False, runs=4, value=0.3, avg_remaining_depth=1.0)
+    b = NodeStats("1", "", 1, 1, False, runs=4, value=math.nextafter(0.3, 1.0), avg_remaining_depth=1.0)
+    stats = {"0": a, "1": b}
+    pairs = candidate_pairs(stats, PairRule(arithmetic="faithful"))
+    assert [(p.chosen.node_id, p.rejected.node_id, p.selected) for p in pairs] == [("1", "0", False)]
+    assert candidate_pairs(stats, PairRule(arithmetic="fixed")) == []
+
+
+def test_one_switch_vocabulary_refuses_unknown_names():
+    with pytest.raises(ValueError, match=r"visit_counting.*'runs' was renamed 'fixed'"):
+        PairRule(visit_counting="runs")
+    with pytest.raises(ValueError, match="arithmetic"):
+        compute_node_stats([], "exact")

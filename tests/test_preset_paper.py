@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["base=2", "max_steps=3", "window_size=8", "max_sample_number=100"]
 PAPER_SAMPLER = {"visit_counting": "faithful", "gap_refresh": "faithful", "select_leaves": True, "dedup": "faithful",
                  "update_rows": "faithful", "overflow_counts_as_failure": True, "prompt_style": "original",
-                 "stop_if_uniform_after": 0}
+                 "stop_if_uniform_after": 0, "arithmetic": "faithful"}
 
 # The hand-checked tree (base 2, depth 3). S = success, F = fail, X = cut by the context limit.
 #   0 ─┬─ 0-0 ─┬─ 0-0-0 F          1 ─┬─ 1-0 ─┬─ 1-0-0 F
@@ -55,7 +55,7 @@ def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
     assert {k: getattr(default, k) for k in PAPER_SAMPLER} == {
         "visit_counting": "fixed", "gap_refresh": "fixed", "select_leaves": False, "dedup": "fixed",
         "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact",
-        "stop_if_uniform_after": 0}
+        "stop_if_uniform_after": 0, "arithmetic": "fixed"}
     assert {k: getattr(paper, k) for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]
     # an explicit key given together with the preset wins (the others keep the preset's value)
     mixed = _sampler("preset=paper", "update_rows=fixed")
@@ -67,8 +67,13 @@ def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
 
     def post(*overrides):
         return load_postprocess_config(argparse.Namespace(config="configs/postprocess.yaml", overrides=list(overrides)))
-    assert post().pairs.visit_counting == "runs" and post("preset=paper").pairs.visit_counting == "original"
-    assert post("preset=paper", "pairs.visit_counting=runs").pairs.visit_counting == "runs"
+    assert (post().pairs.visit_counting, post().pairs.arithmetic) == ("fixed", "fixed")
+    assert (post("preset=paper").pairs.visit_counting, post("preset=paper").pairs.arithmetic) == ("faithful", "faithful")
+    assert post("preset=paper", "pairs.visit_counting=fixed").pairs.visit_counting == "fixed"
+    # one switch vocabulary: the post-processing's old names are refused, naming the key
+    for old in ("runs", "original"):
+        with pytest.raises(ConfigError, match=r"pairs\.visit_counting.*fixed.*faithful"):
+            post(f"pairs.visit_counting={old}")
     with pytest.raises(ConfigError, match="preset"):
         post("preset=paper2")
 
@@ -144,7 +149,7 @@ def test_post_processing_pairs_on_the_hand_checked_tree(tmp_path):
     assert (top_default["chosen_visits"], top_default["rejected_visits"]) == ("3", "3")
     assert (top_paper["chosen_visits"], top_paper["rejected_visits"]) == ("5", "5")
     assert (top_paper["chosen_value"], top_paper["rejected_value"]) == ("0.75", "0.0")
-    mixed = _pairs_cli(tmp_path, "mixed", "preset=paper", "pairs.visit_counting=runs")
+    mixed = _pairs_cli(tmp_path, "mixed", "preset=paper", "pairs.visit_counting=fixed")
     assert {k for k, r in mixed.items() if r["selected"] == "True"} == {("0-0-1", "0-0-0"), ("0-1", "0-0")}
 
 
@@ -168,3 +173,19 @@ def test_worker_with_the_preset_records_the_originals_crash_as_a_task_error(fake
     crashed = [r for r in results["paper"] if r["status"] == "error"]
     assert crashed and all("OriginalCrash" in r["extra"] and "len(child_values) > 0" in r["extra"] for r in crashed)
     assert len(results["paper_fixed_rows"]) == 6 and {r["status"] for r in results["paper_fixed_rows"]} == {"done"}
+
+
+def test_preset_paper_selects_pairs_bit_for_bit_like_the_original(tmp_path):
+    """Nodes 0 and 1 with 10 leaves each, 7 and 2 of them solved: values 0.7 and 0.2, a gap of
+    0.7 - 0.2 = 0.49999999999999994. The original (exact `>= 0.5`) does not select the pair 0 > 1, so
+    preset=paper does not; the default's tolerance (docs/deviations.md) selects it."""
+    spec = {"0": {str(i): "S" if i < 7 else "F" for i in range(10)},
+            "1": {str(i): "S" if i < 2 else "F" for i in range(10)}}
+    write_jsonl(tmp_path / "math.train.None.jsonl", tree_from_spec("9", spec))
+    default = _pairs_cli(tmp_path, "default")
+    paper = _pairs_cli(tmp_path, "paper", "preset=paper")
+    assert default[("0", "1")]["selected"] == "True"
+    assert paper[("0", "1")]["selected"] == "False"
+    assert (paper[("0", "1")]["chosen_value"], paper[("0", "1")]["rejected_value"]) == ("0.7", "0.2")
+    # everything else is the same pair set
+    assert set(default) == set(paper)

@@ -156,3 +156,52 @@ def test_same_seed_same_search():
     rules = TreeRules(base=4, max_steps=4, window_size=3, max_sample_number=6, max_runs=60)
     a, b = _simulate(rules, outcome, seed=9), _simulate(rules, outcome, seed=9)
     assert [r.full_index for r in a.rows] == [r.full_index for r in b.rows]
+
+
+# -- arithmetic=faithful (preset=paper): the original's floats in the sampler too ---------------------------
+
+def _ten_and_ten(arithmetic):
+    """Nodes (0,) and (1,) with 10 leaf children each: 7 of 10 and 2 of 10 succeeded (values 0.7, 0.2)."""
+    tree = MCValueTree(TreeRules(base=10, max_steps=2, arithmetic=arithmetic))
+    for first, successes in ((0, 7), (1, 2)):
+        for k in range(10):
+            tree.update((first, k), 1.0 if k < successes else 0.0)
+    return tree
+
+
+def test_faithful_sampler_does_not_count_a_gap_of_0_7_minus_0_2():
+    fixed, faithful = _ten_and_ten("fixed"), _ten_and_ten("faithful")
+    assert faithful.stats[(0,)].value == 0.7 and faithful.stats[(1,)].value == 0.2
+    leaf_pairs = 7 * 3 + 2 * 8                      # success/failure leaves under the same parent (gap 1)
+    assert faithful.contrast_pair_count() == leaf_pairs        # 0.49999999999999994 < 0.5, as the original
+    assert fixed.contrast_pair_count() == leaf_pairs + 1       # the default's tolerance counts (0,)-(1,)
+
+
+def test_faithful_sampler_value_is_np_mean_in_label_order():
+    """Children values [1, 0.5, 0, 0.5, 1/3, 1, 0.5, 0.5] (labels 0..7, updated in a shuffled order): np.mean
+    gives 0.5416666666666666, a plain sum / 8 gives 0.5416666666666667."""
+    import numpy as np
+    runs = [((0, 0), 1), ((0, 1, 0), 1), ((0, 1, 1), 0), ((0, 2), 0), ((0, 3, 0), 1), ((0, 3, 1), 0),
+            ((0, 4, 0), 1), ((0, 4, 1), 0), ((0, 4, 2), 0), ((0, 5), 1), ((0, 6, 0), 1), ((0, 6, 1), 0),
+            ((0, 7, 0), 1), ((0, 7, 1), 0)]
+    random.Random(3).shuffle(runs)
+    runs.sort(key=lambda r: r[0][1] == 7)            # a run through the last child comes last: all children final
+    values = {}
+    for arithmetic in ("fixed", "faithful"):
+        tree = MCValueTree(TreeRules(base=8, max_steps=3, arithmetic=arithmetic))
+        for run, y in runs:
+            tree.update(run, y)
+        values[arithmetic] = tree.stats[(0,)].value
+    children = [1.0, 0.5, 0.0, 0.5, 1 / 3, 1.0, 0.5, 0.5]
+    assert values["faithful"] == float(np.mean(children)) == 0.5416666666666666
+    assert values["fixed"] == sum(children) / 8 == 0.5416666666666667
+
+
+def test_faithful_selection_score_groups_the_depth_term_like_the_original():
+    """The original computes 0.2 * (avg_rem / depth); for avg_rem 1, depth 5 this is 0.04000000000000001,
+    while (0.2 * 1) / 5 is 0.04: the selection's argmax can differ on such near-ties."""
+    assert 0.2 * (1 / 5) != 0.2 * 1 / 5
+    for arithmetic, depth_term in (("faithful", 0.2 * (1 / 5)), ("fixed", 0.2 * 1 / 5)):
+        tree = MCValueTree(TreeRules(base=2, max_steps=5, arithmetic=arithmetic))
+        tree.update((0, 0), 0.0)                     # node (0,): avg remaining depth 1, no sibling, 1 run
+        assert tree.priority((0,)) == 0.8 * 0.0 ** 0.25 + depth_term + 2.0 * math.sqrt(2) / 3

@@ -19,8 +19,12 @@ class PairsConfig:
 
     thre_value: float = help_field(0.5, help="Minimum value gap between chosen and rejected sibling (original: 0.5).")
     thre_max: int = help_field(8, help="Cap of the visit threshold min(floor(2**avg remaining depth), thre_max).")
-    visit_counting: Literal["runs", "original"] = help_field(
-        "runs", help="'runs' = finished runs through the node; 'original' = the original's 2k-1 counting.")
+    visit_counting: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="'fixed' = finished runs through the node; 'faithful' = the original's 2k-1 counting "
+                      "(called 'runs' / 'original' before; the old names are refused).")
+    arithmetic: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="'fixed' = node value as a plain mean, values within 1e-9 equal (also in the gap test); "
+                      "'faithful' = the original's np.mean in label order and exact comparisons (bit for bit).")
     histogram: bool = help_field(True, help="Write a PNG histogram of selected pairs per task.")
 
     def __post_init__(self) -> None:
@@ -30,7 +34,7 @@ class PairsConfig:
             raise ValueError(f"key 'pairs.thre_max' must be >= 1, got {self.thre_max}")
 
     def rule(self) -> PairRule:
-        return PairRule(self.thre_value, self.thre_max, self.visit_counting)
+        return PairRule(self.thre_value, self.thre_max, self.visit_counting, self.arithmetic)
 
 
 @dataclass
@@ -97,7 +101,7 @@ class PostprocessConfig:
     """Everything the three post-processing scripts read from configs/postprocess.yaml."""
 
     preset: Literal["none", "paper"] = help_field(
-        "none", help="paper: the original's behaviour (pairs.visit_counting=original); keys given on the "
+        "none", help="paper: the original's behaviour (pairs.visit_counting=faithful, pairs.arithmetic=faithful); keys given on the "
                      "command line win over the preset (docs/deviations.md).")
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "pair extraction"})
     merge_all_pairs: MergePairsConfig = field(default_factory=MergePairsConfig, metadata={"help": "pair budgets"})

@@ -149,7 +149,7 @@ def node_prompt(records: Mapping[str, Mapping[str, Any]], node_id: str) -> list[
 def task_pairs(nodes: list[dict[str, Any]], rule: PairRule) -> tuple[dict[str, NodeStats], list[SiblingPair], TaskSummary]:
     """Statistics and candidate pairs of one task's nodes (identical texts and prompt mismatches dropped)."""
     task_id = str(nodes[0].get("task_id", "")) if nodes else ""
-    stats = compute_node_stats(nodes)
+    stats = compute_node_stats(nodes, rule.arithmetic)
     records = {str(n["node_id"]): n for n in nodes}
     texts = {node_id: str(rec.get("assistant", "")) for node_id, rec in records.items()}
     all_pairs = candidate_pairs(stats, rule)

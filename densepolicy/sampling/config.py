@@ -78,7 +78,7 @@ class SamplerConfig:
     explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
     preset: Literal["none", "paper"] = help_field(
         "none", help="paper: every quirk of the original below set to its original value (visit_counting, "
-                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure); keys given on "
+                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); keys given on "
                      "the command line win over the preset (docs/deviations.md).")
     visit_counting: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
@@ -92,6 +92,10 @@ class SamplerConfig:
                       "len(queue) rows, which ends the task with an error after a duplicate run (as the original crashed).")
     overflow_counts_as_failure: bool = help_field(
         False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
+    arithmetic: Literal["fixed", "faithful"] = help_field(
+        "fixed", help="fixed: node value = plain mean of the children, values within 1e-9 are equal (also in the "
+                      "pair gap test); faithful: the original's floats (np.mean in label order, exact comparisons, "
+                      "its rounding of the selection score).")
     stop_if_uniform_after: int = help_field(
         0, help="> 0: stop a tree once this many runs finished all with the same outcome (all solved or all "
                 "failed: no sibling pair possible), so its budget goes to other tasks; 0 = never (the original).")
