@@ -9,7 +9,7 @@ Outputs: <output_dir>/<dataset>.<split>.<K>.csv (one row per task) and, for the 
 same command, it resumes without losing finished tasks or finished nodes.
 
 Exit codes: 0 done; 2 refused, nothing to retry (bad setting, missing data, a shard made with other
-settings or damaged, an output that cannot be written, a request the server rejects: wrong model
+settings or damaged, an output directory that cannot be created, a request the server rejects: wrong model
 name, bad request, malformed replies);
 3 the server did not answer within retry_window_s (rerun the same command to resume); 4 another
 process is writing this shard (its pid and host are named); 5 an output cannot be written (disk full,

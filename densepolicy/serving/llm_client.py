@@ -32,6 +32,8 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
+from densepolicy.postprocess.results_io import without_surrogates
+
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0  # a restarted server is picked up within this long
@@ -300,7 +302,9 @@ class LLMClient:
     def _parse_chat(self, data: dict[str, Any], n: int) -> ChatResult:
         try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
-            texts = [c["message"].get("content") or "" for c in choices]
+            # a lone surrogate ("\ud800", valid in JSON) cannot be UTF-8 encoded into the next request or a
+            # result file: replaced by U+FFFD here, counted and logged (results_io.without_surrogates)
+            texts = [without_surrogates(c["message"].get("content") or "") for c in choices]
             finish = [c.get("finish_reason") or "" for c in choices]
             stop_reasons = [c.get("stop_reason") for c in choices]
         except (KeyError, TypeError, AttributeError) as exc:
