@@ -5,8 +5,14 @@
     journal = writer.journal(task_id)        # .records() (journaled nodes), .append(record)
     writer.finish_task(row, tree_records)    # tree lines, then the CSV row (the commit), then drop journal
 
-Every write appends whole lines, then flushes and fsyncs, so a process killed at any moment loses at
-most the line being written. Finishing a task costs time proportional to that task's data only.
+Every write appends whole lines and flushes them to the kernel at once, so a process killed at any moment
+loses at most the line being written. The task CSV and the tree dump are fsynced on every commit; the resume
+journals are fsynced in batches, off the event loop: a background thread syncs every journal with new lines
+each `JOURNAL_SYNC_INTERVAL_S` (0.2 s), and a journal is synced before it is closed. So only an OS crash or
+power loss can lose journal lines, at most those of the last interval, and a lost node is generated again
+on resume (the journal is a cache). A failed background fsync (disk full, ...) is raised by the journal's
+next `append` or `close`, as `OutputWriteError` naming the file. Finishing a task costs time proportional
+to that task's data only.
 On `open()`: a torn last line is cut off, a finished task whose tree dump does not hold the node count of
 its CSV row runs again (its row and tree lines are dropped, with a WARNING), tree-dump lines of unfinished
 tasks are dropped (they are rewritten when the task finishes) and journals of finished tasks are removed.
@@ -26,6 +32,8 @@ import json
 import logging
 import os
 import re
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,8 +100,43 @@ def csv_line(row: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
+JOURNAL_SYNC_INTERVAL_S = 0.2
+"""Seconds between the background fsyncs of the resume journals; 0 = fsync every node on the caller's
+thread (the behaviour before batching, kept for `benchmarks/bench_tree_sampler.py --journal_fsync per_node`)."""
+
+
+class _JournalSyncer:
+    """One daemon thread per process that fsyncs the journals holding unsynced lines, every interval."""
+
+    def __init__(self) -> None:
+        self._dirty: "weakref.WeakSet[TaskJournal]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def mark(self, journal: "TaskJournal") -> None:
+        with self._lock:
+            self._dirty.add(journal)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="journal-fsync", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(max(JOURNAL_SYNC_INTERVAL_S, 0.01))
+            with self._lock:
+                batch = list(self._dirty)
+                self._dirty.clear()
+            for journal in batch:
+                journal.sync()
+
+
+_SYNCER = _JournalSyncer()
+
+
 class TaskJournal:
-    """Append-only JSONL of a task's finished nodes (fsynced per node)."""
+    """Append-only JSONL of a task's finished nodes (flushed per node, fsynced in batches: see the module
+    docstring and `JOURNAL_SYNC_INTERVAL_S`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -102,6 +145,10 @@ class TaskJournal:
             _cut_torn_tail(path)
             self._load()
         self._handle = None
+        self._lock = threading.Lock()   # handle and state shared with the syncer thread
+        self._dirty = False             # lines written since the last fsync
+        self._syncing = 0               # background fsyncs in progress
+        self._sync_error: OSError | None = None
 
     def _load(self) -> None:
         """Read the journaled records; from the first damaged line on, the journal is cut off."""
@@ -129,16 +176,60 @@ class TaskJournal:
         return list(self._records)
 
     def append(self, record: dict[str, Any]) -> None:
-        if self._handle is None:
-            with writing(self.path):
+        """Write one node's line (flushed at once; fsynced now if `JOURNAL_SYNC_INTERVAL_S` is 0, else by
+        the background syncer within that interval)."""
+        line = json_line(record)
+        with self._lock, writing(self.path):
+            self._raise_sync_error()
+            if self._handle is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._handle = self.path.open("a", encoding="utf-8")
-        _fsync_append(self._handle, json_line(record), self.path)
+            self._handle.write(line)
+            self._handle.flush()
+            if JOURNAL_SYNC_INTERVAL_S <= 0:
+                os.fsync(self._handle.fileno())
+                return
+            self._dirty = True
+        _SYNCER.mark(self)
+
+    def sync(self) -> None:
+        """fsync the lines written so far (called by the syncer thread; the caller's thread never waits for
+        it: the fsync runs on a duplicate of the descriptor, outside the lock). An error is kept and raised
+        by the next `append` or `close`."""
+        with self._lock:
+            if not self._dirty or self._handle is None:
+                return
+            self._dirty = False
+            self._syncing += 1
+            fd = os.dup(self._handle.fileno())
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            with self._lock:
+                self._sync_error = self._sync_error or exc
+        finally:
+            os.close(fd)
+            with self._lock:
+                self._syncing -= 1
+
+    def _raise_sync_error(self) -> None:
+        if self._sync_error is not None:
+            exc, self._sync_error = self._sync_error, None
+            raise exc
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        """fsync what the syncer has not synced yet, then close (a failed fsync raises `OutputWriteError`)."""
+        with self._lock, writing(self.path):
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            try:
+                self._raise_sync_error()
+                if self._dirty or self._syncing:  # durable on return, also if a background fsync is running
+                    os.fsync(handle.fileno())
+                    self._dirty = False
+            finally:
+                handle.close()
 
     def remove(self) -> None:
         self.close()
