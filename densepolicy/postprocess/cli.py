@@ -40,7 +40,8 @@ def load_postprocess_config(args: argparse.Namespace) -> PostprocessConfig:
 def run(main: Callable[[], int | None]) -> None:
     """Run `main`, turning expected errors into one line on stderr: exit status 2 for bad input
     (settings, corrupt or missing files), 4 when another process holds an output's lock, 5 when an
-    output cannot be written (disk full, read-only, permissions: fix, then rerun), 143 on SIGTERM."""
+    output cannot be written (disk full, read-only, permissions: fix, then rerun), 130 on Ctrl-C, 143 on
+    SIGTERM."""
     from densepolicy.file_lock import LockHeldError, Terminated
     from densepolicy.postprocess.results_io import OutputWriteError, is_fix_then_rerun
 
@@ -53,6 +54,9 @@ def run(main: Callable[[], int | None]) -> None:
     except OutputWriteError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(5)
+    except KeyboardInterrupt:
+        print("interrupted; locks released, nothing half-written: rerun the same command", file=sys.stderr)
+        sys.exit(130)
     except Terminated as exc:
         print(f"stopped by {exc.signal_name}; locks released, nothing half-written: rerun the same command",
               file=sys.stderr)
