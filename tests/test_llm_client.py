@@ -173,3 +173,20 @@ def test_parse_prometheus_sums_label_sets_and_skips_comments():
             'b 1e3\nc{engine="0"} NaN\n')
     parsed = parse_prometheus(text)
     assert parsed["a"] == 7.5 and parsed["b"] == 1000.0 and "x" not in parsed
+
+
+def test_many_requests_in_flight_spread_over_small_connection_pools(fake_server):
+    """64 requests at once still run 64 at a time, over pools of `POOL_CONNECTIONS` connections each (one
+    httpx pool of 64 connections spent more time on its bookkeeping than the tree sampler on its work)."""
+    from densepolicy.serving import llm_client
+    server = fake_server(lambda messages, request: "ok", latency_s=0.2, batch_capacity=64)
+
+    async def go():
+        async with LLMClient(server.base_url, "m", max_concurrency=64) as client:
+            await asyncio.gather(*(client.chat([{"role": "user", "content": str(i)}]) for i in range(128)))
+            pools = client._http.pools
+            assert len(pools) == 64 // llm_client.POOL_CONNECTIONS
+            return client.stats
+    stats = run(go())
+    assert stats["max_in_flight"] == 64 and stats["calls"] == 128
+    assert server.max_running_seqs == 64          # no pool queued a request while another had room

@@ -112,6 +112,50 @@ class _InFlightMeter:
         return self.area / self.busy_s if self.busy_s > 0 else 0.0
 
 
+POOL_CONNECTIONS = 8
+"""Connections per httpx pool of `_PoolShards`. httpcore 1.0's pool does bookkeeping over all of its
+connections (an O(n^2) idle count and a socket poll per connection) on every request start and end, which
+with 64 connections in one pool cost more than the tree sampler's own work (benchmarks/bench_tree_sampler.py)."""
+
+
+class _PoolShards:
+    """Several small httpx connection pools behind one `post` / `get`: a request goes to the pool with the
+    fewest requests in flight, so up to len(pools) * POOL_CONNECTIONS requests run at once and each pool's
+    bookkeeping stays small. Same timeouts, headers and errors as one `httpx.AsyncClient`."""
+
+    def __init__(self, max_concurrency: int, **client_kwargs: Any) -> None:
+        per = max(1, min(POOL_CONNECTIONS, max_concurrency))
+        count = -(-max(max_concurrency, 1) // per)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        self.pools = [httpx.AsyncClient(limits=limits, **client_kwargs) for _ in range(count)]
+        self.busy = [0] * count
+
+    async def _request(self, method: str, *args: Any, **kwargs: Any) -> httpx.Response:
+        i = min(range(len(self.pools)), key=self.busy.__getitem__)
+        self.busy[i] += 1
+        try:
+            return await getattr(self.pools[i], method)(*args, **kwargs)
+        finally:
+            self.busy[i] -= 1
+
+    async def post(self, *args: Any, **kwargs: Any) -> httpx.Response:
+        return await self._request("post", *args, **kwargs)
+
+    async def get(self, *args: Any, **kwargs: Any) -> httpx.Response:
+        return await self._request("get", *args, **kwargs)
+
+    async def aclose(self) -> None:
+        """Close every pool (a pool of an event loop that is already closed raises RuntimeError, after the others)."""
+        error: RuntimeError | None = None
+        for pool in self.pools:
+            try:
+                await pool.aclose()
+            except RuntimeError as exc:
+                error = error or exc
+        if error is not None:
+            raise error
+
+
 class LLMClient:
     """Async chat client with bounded concurrency, retries and token accounting.
 
@@ -152,7 +196,7 @@ class LLMClient:
         self._clock = clock
         self._sleep = sleep
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http: httpx.AsyncClient | None = None
+        self._http: _PoolShards | None = None
         self._semaphore: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._meter = _InFlightMeter()
@@ -175,14 +219,12 @@ class LLMClient:
             except RuntimeError:  # pool belonged to an event loop that is already closed
                 pass
 
-    def _bind_loop(self) -> tuple[httpx.AsyncClient, asyncio.Semaphore]:
+    def _bind_loop(self) -> tuple[_PoolShards, asyncio.Semaphore]:
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._http is None or self._semaphore is None:
             self._loop = loop
-            limits = httpx.Limits(max_connections=self.max_concurrency,
-                                  max_keepalive_connections=self.max_concurrency)
             timeout = httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 30.0))
-            self._http = httpx.AsyncClient(timeout=timeout, limits=limits, headers=self._headers)
+            self._http = _PoolShards(self.max_concurrency, timeout=timeout, headers=self._headers)
             self._semaphore = asyncio.Semaphore(self.max_concurrency)
         return self._http, self._semaphore
 
