@@ -281,3 +281,30 @@ def test_the_warm_start_refuses_to_build_on_several_nodes(clean_env, tmp_path):
     with pytest.raises(ConfigError, match="the warm start builds on one machine"):
         ensure_warm_start([f"output_dir={tmp_path / 'ws'}"], log=lambda _: None)
     assert not (tmp_path / ".ws.building").exists() and not (tmp_path / "ws").exists()
+
+
+def test_two_nodes_on_one_host_that_would_both_take_every_gpu_are_refused(clean_env):
+    launch = {"NNODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    errors = {}
+
+    def node(rank: int) -> None:
+        try:
+            group = NodeGroup({**launch, "NODE_RANK": str(rank)}, timeout_s=30)
+            group.meet({"same": True}, lambda: {}, host_gpus=["0", "1"])
+            group.close()
+        except ConfigError as exc:
+            errors[rank] = str(exc)
+
+    threads = [threading.Thread(target=node, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(errors) == {0, 1} and all("both use GPU 0" in m for m in errors.values())
+
+
+def test_a_node_that_cannot_see_node_0s_files_is_refused(tmp_path):
+    from densepolicy.training.train import _wait_for_shared_file
+
+    with pytest.raises(ConfigError, match="filesystem every node shares"):
+        _wait_for_shared_file(tmp_path / "train_config.yaml", "0" * 64, 1, wait_s=0.5)

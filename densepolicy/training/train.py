@@ -602,15 +602,14 @@ def train(
     node_rank, nnodes = int(launch_env.get("NODE_RANK", 0)), int(launch_env.get("NNODES", 1))
     if nnodes > 1:  # one train.py per node: agree, node 0 prepares, then torchrun on a port node 0 picked
         group = NodeGroup(launch_env)
-        try:
-            prepared = group.meet(fingerprint, prepare, host_gpus=visible_gpus())
+        try:  # GPUs are compared only when each node would take every GPU of its host (no CUDA_VISIBLE_DEVICES)
+            prepared = group.meet(fingerprint, prepare,
+                                  host_gpus=[] if "CUDA_VISIBLE_DEVICES" in os.environ else visible_gpus())
         finally:
             group.close()
         launch_env = {**launch_env, "MASTER_PORT": str(prepared["torchrun_port"])}
-        if node_rank and (not train_yaml.is_file() or fingerprint_hash({"yaml": train_yaml.read_text()})
-                          != prepared["train_yaml_sha256"]):
-            raise ConfigError(f"node {node_rank} does not see {train_yaml} as node 0 wrote it: the output directory "
-                              f"must be on a filesystem every node shares (choose --output-dir there)")
+        if node_rank:
+            _wait_for_shared_file(train_yaml, prepared["train_yaml_sha256"], node_rank)
     else:
         prepare()
     args["output_dir"] = str(train_out)
@@ -654,6 +653,16 @@ def train(
     }, indent=2) + "\n")
     record_trained_model(out, args, config_path(config))
     return TrainResult(out, train_yaml, log_path, plots, train_seconds, export_seconds, metrics, 0, nnodes)
+
+
+def _wait_for_shared_file(path: Path, sha256: str, node_rank: int, wait_s: float = 30.0) -> None:
+    """Node `node_rank` must see node 0's `path` with its content (a network filesystem may show it late)."""
+    deadline = time.monotonic() + wait_s
+    while not (path.is_file() and fingerprint_hash({"yaml": path.read_text()}) == sha256):
+        if time.monotonic() > deadline:
+            raise ConfigError(f"node {node_rank} does not see {path} as node 0 wrote it (waited {wait_s:.0f} s): the "
+                              f"output directory must be on a filesystem every node shares (choose --output-dir there)")
+        time.sleep(0.5)
 
 
 def run_fingerprint(args: dict[str, Any], config: str | os.PathLike, resume: bool, template_check: bool,
