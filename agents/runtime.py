@@ -69,11 +69,13 @@ def execute_generation(episode: Episode, text: str, requires_answer: bool) -> St
 
 def restore_end_action(text: str, finish_reason: str, stop_reason: Any = None) -> str:
     """Put back the 'End Action' that our stop string cut off, so the stored message is what the model
-    generated. Only when the server says that stop string ended the choice (vLLM's `stop_reason`);
-    a generation that ended on the model's own end token (`stop_reason` None) is stored as it is."""
+    generated: the server returns the text up to the stop string with the whitespace the model wrote before
+    it, and 'End Action' follows that text directly. Only when the server says that stop string ended the
+    choice (vLLM's `stop_reason`); a generation that ended on the model's own end token (`stop_reason` None)
+    is stored as it is."""
     if (finish_reason == "stop" and stop_reason == END_ACTION and "Action:" in text
             and END_ACTION not in text and "Answer:" not in text):
-        return text.rstrip() + "\n" + END_ACTION
+        return text + END_ACTION
     return text
 
 

@@ -23,6 +23,10 @@ def test_parser_rules_in_order():
 
 def test_end_action_restored_only_when_cut_by_stop():
     assert restore_end_action("Action:\nprint(1)\n", "stop", "End Action").endswith("print(1)\nEnd Action")
+    # the model's whitespace before the cut stop string is kept exactly (issue 18 item 6)
+    assert restore_end_action("Action:\nprint(1)  ", "stop", "End Action") == "Action:\nprint(1)  End Action"
+    assert restore_end_action("Action:\nprint(1)\n\n", "stop", "End Action") == "Action:\nprint(1)\n\nEnd Action"
+    assert restore_end_action("Action: print(1) ", "stop", "End Action") == "Action: print(1) End Action"
     assert restore_end_action("Action:\nprint(1)\n", "stop", None) == "Action:\nprint(1)\n"  # model's own end
     assert restore_end_action("Action:\nprint(1)", "length") == "Action:\nprint(1)"
     assert restore_end_action("Answer: 3", "stop") == "Answer: 3"
