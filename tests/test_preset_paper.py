@@ -189,3 +189,18 @@ def test_preset_paper_selects_pairs_bit_for_bit_like_the_original(tmp_path):
     assert (paper[("0", "1")]["chosen_value"], paper[("0", "1")]["rejected_value"]) == ("0.7", "0.2")
     # everything else is the same pair set
     assert set(default) == set(paper)
+
+
+def test_zero3_recipe_has_the_originals_overlap_comm_and_ddp_timeout():
+    """LLaMA-Factory's ZeRO-3 file (which the original used) overlaps communication with computation, and the
+    original's DPO config set ddp_timeout 180000000; ddp_timeout is a transformers TrainingArguments key."""
+    import dataclasses
+    import json
+
+    import yaml
+    from transformers import TrainingArguments
+    ds = json.loads((ROOT / "TreeDPO" / "configs" / "ds_z3_config.json").read_text())
+    assert ds["zero_optimization"]["overlap_comm"] is True and ds["zero_optimization"]["stage"] == 3
+    recipe = yaml.safe_load((ROOT / "TreeDPO" / "configs" / "gpu_full_zero3.yaml").read_text())
+    assert recipe["ddp_timeout"] == 180000000
+    assert "ddp_timeout" in {f.name for f in dataclasses.fields(TrainingArguments)}

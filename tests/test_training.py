@@ -30,7 +30,7 @@ KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "pref_beta
         "report_to", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps",
         "lr_scheduler_type", "bf16", "fp16", "seed", "output_dir", "deepspeed", "save_steps",
         "num_train_epochs", "warmup_ratio", "val_size", "per_device_eval_batch_size", "eval_strategy",
-        "eval_steps", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "disable_gradient_checkpointing"}
+        "eval_steps", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "disable_gradient_checkpointing", "ddp_timeout"}
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
