@@ -125,6 +125,7 @@ class TreeTask:
         self.root_episode: Episode | None = None
         self.root_lock = asyncio.Lock()
         self.root_messages: list[dict] = []
+        self.first_step_roots: dict[int, tuple[list[dict], int]] = {}  # incontext_draw=first_step: per label
         self.train_prompt: list[dict] = []
         self.root_tokens = 0
         self.replays = 0
@@ -149,6 +150,10 @@ class TreeTask:
         try:
             self.root_messages, self.train_prompt = self.ctx.opening(self.root_episode, self.task_id)
             self.root_tokens = self.ctx.counter.messages(self.root_messages)
+            if self.ctx.cfg.incontext_draw == "first_step":  # the original: a fresh draw per first-step node
+                for label in range(self.rules.base):
+                    messages, _ = self.ctx.opening(self.root_episode, self.task_id, draw=str(label))
+                    self.first_step_roots[label] = (messages, self.ctx.counter.messages(messages))
             search = TreeSearch(self.rules, seed=request_seed(self.ctx.cfg.seed, self.task_id, "proposals"))
             queue = search.first_queue()
             while not search.should_stop():
@@ -210,7 +215,7 @@ class TreeTask:
         """Generate and execute node `nid`. `episode` (sequential mode) is acted on in place."""
         parent = self.nodes[nid[:-1]] if len(nid) > 1 else None
         temperature = self._temperature(nid[-1])
-        context = parent.context_tokens if parent else self.root_tokens
+        context = parent.context_tokens if parent else self._root(nid[0])[1]
         turns = parent.turns if parent else 0
         budget = self.ctx.completion_budget(context)
         generated = await self._generate(nid, parent, temperature, budget) if budget else None
@@ -248,9 +253,15 @@ class TreeTask:
         cfg = self.ctx.cfg
         return branch_temperature(label, cfg.contrastive_method, cfg.temperature_cycle)
 
-    def messages(self, node: TreeNode | None) -> list[dict]:
-        """The chat up to and including `node`'s observation (children share this exact prefix)."""
-        out = list(self.root_messages)
+    def _root(self, label: int) -> tuple[list[dict], int]:
+        """(opening messages, their tokens) under first-step label `label`: the task's one opening, or with
+        `incontext_draw=first_step` that label's own in-context example draw."""
+        return self.first_step_roots.get(label) or (self.root_messages, self.root_tokens)
+
+    def messages(self, node: TreeNode | None, label: int = 0) -> list[dict]:
+        """The chat up to and including `node`'s observation (children share this exact prefix); for
+        node None, the opening under first-step label `label`."""
+        out = list(self._root(node.node[0] if node is not None else label)[0])
         if node is None:
             return out
         for depth in range(1, len(node.node) + 1):
@@ -263,9 +274,9 @@ class TreeTask:
                         budget: int) -> tuple[str, int, int, int] | None:
         """(text, prompt tokens, completion tokens charged to this node, request prompt tokens),
         or None when the server says the prompt does not fit."""
-        cfg, messages = self.ctx.cfg, self.messages(parent)
+        cfg, messages = self.ctx.cfg, self.messages(parent, nid[0])
         try:
-            if not cfg.batch_siblings:
+            if not cfg.batch_siblings or (parent is None and self.first_step_roots):  # own openings: no n>1
                 res = await self.ctx.client.chat(
                     messages, n=1, temperature=temperature, top_p=cfg.top_p, stop=self.ctx.stop,
                     max_tokens=budget, seed=request_seed(cfg.seed, self.task_id, node_key(nid)))

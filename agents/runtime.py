@@ -140,17 +140,20 @@ class WorkerContext:
         """Run a blocking env call in the worker's env thread pool."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def task_examples(self, task_id: str) -> list[InContextExample]:
-        """`in_context_number` examples in a per-task random order (seeded; docs/original.md §2.1)."""
+    def task_examples(self, task_id: str, draw: str = "") -> list[InContextExample]:
+        """`in_context_number` examples in a per-task random order (seeded; docs/original.md §2.1); `draw`
+        names another independent draw of the same task (the tree's first-step label with
+        `incontext_draw=first_step`)."""
         n = min(self.cfg.in_context_number, len(self.examples))
-        return task_rng(self.cfg.seed, task_id, "incontext").sample(self.examples, n) if n else []
+        purpose = f"incontext|{draw}" if draw else "incontext"
+        return task_rng(self.cfg.seed, task_id, purpose).sample(self.examples, n) if n else []
 
-    def opening(self, episode: Episode, task_id: str) -> tuple[list[dict], list[dict]]:
+    def opening(self, episode: Episode, task_id: str, draw: str = "") -> tuple[list[dict], list[dict]]:
         """(messages with in-context examples, training prompt without them) for a fresh episode."""
         kwargs = dict(goal=episode.goal, observation=episode.observation, tools=self.env.tools,
                       requires_answer=self.env.requires_answer, answer_type=self.env.answer_type,
                       style=self.cfg.prompt_style)
-        return (initial_messages(examples=self.task_examples(task_id), **kwargs), initial_messages(**kwargs))
+        return (initial_messages(examples=self.task_examples(task_id, draw), **kwargs), initial_messages(**kwargs))
 
     def completion_budget(self, prompt_tokens: int) -> int:
         """max_tokens for a prompt of this size, or 0 if the context is exhausted."""

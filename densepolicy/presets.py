@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "prompt_style": "original",            # the original's instruction, tool list and observations (§2.2)
             "stop_if_uniform_after": 0,            # every tree runs to its caps, however uniform its runs
             "arithmetic": "faithful",              # np.mean of the children in label order, exact comparisons
+            "incontext_draw": "first_step",        # a fresh in-context example draw per first-step node (§2.1, §3.2)
         },
     },
     "postprocess": {

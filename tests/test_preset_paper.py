@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["base=2", "max_steps=3", "window_size=8", "max_sample_number=100"]
 PAPER_SAMPLER = {"visit_counting": "faithful", "gap_refresh": "faithful", "select_leaves": True, "dedup": "faithful",
                  "update_rows": "faithful", "overflow_counts_as_failure": True, "prompt_style": "original",
-                 "stop_if_uniform_after": 0, "arithmetic": "faithful"}
+                 "stop_if_uniform_after": 0, "arithmetic": "faithful", "incontext_draw": "first_step"}
 
 # The hand-checked tree (base 2, depth 3). S = success, F = fail, X = cut by the context limit.
 #   0 ─┬─ 0-0 ─┬─ 0-0-0 F          1 ─┬─ 1-0 ─┬─ 1-0-0 F
@@ -55,7 +55,7 @@ def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
     assert {k: getattr(default, k) for k in PAPER_SAMPLER} == {
         "visit_counting": "fixed", "gap_refresh": "fixed", "select_leaves": False, "dedup": "fixed",
         "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact",
-        "stop_if_uniform_after": 0, "arithmetic": "fixed"}
+        "stop_if_uniform_after": 0, "arithmetic": "fixed", "incontext_draw": "task"}
     assert {k: getattr(paper, k) for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]
     # an explicit key given together with the preset wins (the others keep the preset's value)
     mixed = _sampler("preset=paper", "update_rows=fixed")
@@ -204,3 +204,28 @@ def test_zero3_recipe_has_the_originals_overlap_comm_and_ddp_timeout():
     recipe = yaml.safe_load((ROOT / "TreeDPO" / "configs" / "gpu_full_zero3.yaml").read_text())
     assert recipe["ddp_timeout"] == 180000000
     assert "ddp_timeout" in {f.name for f in dataclasses.fields(TrainingArguments)}
+
+
+def test_preset_paper_draws_in_context_examples_per_first_step_node(fake_server, tmp_path):
+    """The original builds the opening (and draws its in-context examples) for every first-step node;
+    preset=paper does the same (incontext_draw=first_step), the default draws once per task. Every deeper
+    request continues the opening of its own first step."""
+    from densepolicy.sampling.worker import run_worker
+    from tests import fakes
+
+    base = ["env=tests.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=3",
+            "base=3", "max_steps=3", "window_size=4", "max_sample_number=2", "max_tasks=1", "update_rows=fixed"]
+
+    def openings(name, *extra):
+        server = fake_server(fakes.scripted_reply)
+        cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", base + list(extra))
+        run_worker(cfg, "fake", server.base_url, 0, 1, tmp_path / name)
+        found = set()
+        for request in server.requests:
+            messages = request["messages"]
+            end = next(i for i, m in enumerate(messages) if "Now, let's move on to the next task." in m["content"])
+            found.add(tuple(m["content"] for m in messages[:end + 1]))
+        return found
+    assert len(openings("default")) == 1
+    assert len(openings("paper", "preset=paper")) == 3          # one draw per first-step label 0, 1, 2
+    assert len(openings("draw", "incontext_draw=first_step")) == 3

@@ -41,6 +41,10 @@ class SamplerConfig:
     seed: int = help_field(62471893, help="Seed of everything: per-task RNGs and per-request seeds derive from it.")
     # -- agent (docs/original.md §2) ----------------------------------------------------------
     in_context_number: int = help_field(0, help="In-context examples in the prompt (GSM8K 8, MATH 1, else 0).")
+    incontext_draw: Literal["task", "first_step"] = help_field(
+        "task", help="Which in-context examples, in which order: one seeded draw per task (every node of a tree "
+                     "shares the prompt prefix), or first_step = a fresh draw for every first-step node, as the "
+                     "original (preset=paper; the server's prefix cache is then shared only below each first step).")
     prompt_style: Literal["compact", "original"] = help_field(
         "compact", help="compact: a short instruction, one line per tool, BabyAI observations in fewer tokens "
                         "(same information); original: the original's wording (preset=paper; docs/deviations.md). "
