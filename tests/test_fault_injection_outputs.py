@@ -342,3 +342,23 @@ def test_the_merge_lists_the_shards_with_its_lock_held(reference, tmp_path, monk
     monkeypatch.setattr(merge_module, "find_shards", spy)
     merge_module.merge_distributed(out, "gsm8k.train.{}.csv", show_progress=False)
     assert listed_under_lock == [True]
+
+
+def test_sigterm_during_a_merge_releases_its_locks_and_moves_nothing(reference, tmp_path):
+    out = copy_run(reference, tmp_path)
+    before = _placement(out)
+    script = PROJECT_ROOT / "post_process_test_result.py"
+    code = (
+        "import os, runpy, signal, sys, time\n"
+        "from densepolicy.postprocess import merge\n"
+        "def stopped(*args, **kwargs):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(60)\n"
+        "merge._merge_shards = stopped  # SIGTERM arrives with every lock held\n"
+        f"sys.argv = [{str(script)!r}, '--merge_distributed_result', '--data_dir', {str(out)!r},\n"
+        "            '--dataset_file_name_list', 'gsm8k.train.{}.csv']\n"
+        f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    proc = run([sys.executable, "-c", code], timeout=120)
+    assert proc.returncode == 143
+    assert "SIGTERM" in error_line(proc)
+    assert _placement(out) == before                                        # no lock file left, nothing moved
