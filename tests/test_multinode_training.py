@@ -15,7 +15,6 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -200,7 +199,7 @@ def test_a_multi_node_command_without_a_rank_exits_with_one_line(dataset_dir, tm
     env = node_env(None, 2, free_port())
     done = subprocess.run([sys.executable, str(TRAIN_PY), "cpu_tiny", "--dataset", "tiny_tree_dpo", "--dataset-dir",
                            str(dataset_dir), "--output-dir", str(tmp_path / "m"), *TINY], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: NNODES=2 but NODE_RANK is not set")
     assert not (tmp_path / "m").exists()
@@ -226,10 +225,10 @@ def test_job_script_runs_one_train_py_per_node_with_srun(tmp_path):
 def test_slurm_settings_without_slurm_and_the_plugin_on_several_nodes_are_refused(dataset_dir, tmp_path):
     common = [sys.executable, str(TRAIN_PY), "cpu_tiny", "--dataset", "tiny_tree_dpo", "--dataset-dir",
               str(dataset_dir), "--output-dir", str(tmp_path / "m")]
-    done = subprocess.run(common + ["slurm.nodes=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(common + ["slurm.nodes=2"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 2 and "slurm.nodes=2: Slurm settings need --slurm" in done.stderr
     done = subprocess.run(common + ["--slurm", "slurm.gpus_per_node=0", "slurm.sbatch=/nonexistent/sbatch"],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, check=False, timeout=300)
     assert done.returncode == 2 and "'densepolicy_fast'" in done.stderr and "2 nodes" in done.stderr
 
 
@@ -255,7 +254,7 @@ def test_slurm_job_trains_on_two_tasks_with_one_command(slurm, dataset_dir, tmp_
                            str(dataset_dir), "--output-dir", str(out), *TINY, "--slurm", "slurm.nodes=1",
                            "slurm.tasks_per_node=2", "slurm.gpus_per_node=0", "slurm.cpus_per_task=1",
                            "slurm.wait=true", "slurm.node_timeout_s=300"],
-                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=540)
+                          cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False, timeout=540)
     logs = out.with_name("model.slurm")
     job_logs = sorted(logs.glob("slurm-*.out"))
     assert done.returncode == 0, done.stdout + done.stderr + "".join(p.read_text()[-3000:] for p in job_logs)

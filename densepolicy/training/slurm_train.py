@@ -121,14 +121,14 @@ def batch_script(settings: SlurmTrainSettings, argv: Sequence[str], logs_dir: Pa
         f"cd {q(str(PROJECT_ROOT))}",
         "# node 0 = the first node of the allocation, where this script runs",
         f'export MASTER_ADDR="$({q(s.scontrol)} show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f"export MASTER_PORT=\"$({q(python)} -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
-        f"print(s.getsockname()[1])')\"",
+        (f"export MASTER_PORT=\"$({q(python)} -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
+         f"print(s.getsockname()[1])')\""),
         f"export DENSEPOLICY_NODE_TIMEOUT={s.node_timeout_s:g}",
         "unset NNODES NODE_RANK  # each task's rank comes from SLURM_PROCID",
-        'echo "[train_slurm] job $SLURM_JOB_ID: $SLURM_NTASKS train.py task(s) on $SLURM_JOB_NODELIST, '
-        'node 0 at $MASTER_ADDR:$MASTER_PORT"',
-        f"exec {q(s.srun)} --kill-on-bad-exit=1 --nodes={s.nodes} --ntasks-per-node={s.tasks_per_node} "
-        f"{q(python)} {' '.join(q(a) for a in argv)}",
+        ('echo "[train_slurm] job $SLURM_JOB_ID: $SLURM_NTASKS train.py task(s) on $SLURM_JOB_NODELIST, '
+         'node 0 at $MASTER_ADDR:$MASTER_PORT"'),
+        (f"exec {q(s.srun)} --kill-on-bad-exit=1 --nodes={s.nodes} --ntasks-per-node={s.tasks_per_node} "
+         f"{q(python)} {' '.join(q(a) for a in argv)}"),
     ]
     return "\n".join(lines) + "\n"
 
@@ -167,7 +167,7 @@ def submit(config: str, dataset: str | None, model: str | None, output_dir: str 
     if settings.wait:
         progress(f"submitting {script} and waiting for it ({settings.launchers} train.py task(s) on "
                  f"{settings.nodes} node(s))")
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     job_id = done.stdout.strip().split(";")[0]
     if not job_id:
         raise ConfigError(f"sbatch failed (exit {done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
