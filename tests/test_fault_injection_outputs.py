@@ -6,7 +6,6 @@ real `sample_tree.py` subprocesses against the scripted fake server, on the scri
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -109,7 +108,7 @@ def test_a_lone_surrogate_in_a_reply_is_kept_and_the_task_finishes(fake_server, 
     # U+2028/U+2029 kept exactly; the lone surrogate (which no UTF-8 request or file can carry) replaced and counted
     assert any("\ufffd odd \u2028 text \u2029" in r["assistant"] for r in records)
     assert "replaced 1 lone surrogate" in proc.stderr
-    assert {task: n for task, n in node_counts(out / TREE).items()} == {r["task_id"]: int(r["nodes"]) for r in rows(out)}
+    assert node_counts(out / TREE) == {r["task_id"]: int(r["nodes"]) for r in rows(out)}
     again = run(command(server.base_url, out))
     assert again.returncode == 0 and "done: 0 task(s) run" in again.stdout
 

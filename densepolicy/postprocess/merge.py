@@ -327,7 +327,9 @@ def _merge_shards(data_dir: Path, template: str, num_shards: int | None, expecte
     _check_tree_counts(new + archived)
 
     archive = data_dir / ARCHIVE_DIR
-    _check_writable([data_dir, out_tree.parent, archive] + ([archive / TREES_DIR] if any(s.tree for s in new) else []))
+    with_trees = any(s.tree is not None for s in new + archived)
+    _check_writable([data_dir, archive] + ([out_tree.parent] if with_trees else [])
+                    + ([archive / TREES_DIR] if any(s.tree is not None for s in new) else []))
     moves: list[tuple[Shard, Shard]] = []  # (where it is now, where it goes)
     for shard in new:
         csv_target, tree_target, copy = _archive_target(archive, template, shard)
