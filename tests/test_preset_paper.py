@@ -229,3 +229,21 @@ def test_preset_paper_draws_in_context_examples_per_first_step_node(fake_server,
     assert len(openings("default")) == 1
     assert len(openings("paper", "preset=paper")) == 3          # one draw per first-step label 0, 1, 2
     assert len(openings("draw", "incontext_draw=first_step")) == 3
+
+
+def test_the_originals_first_queue_filter_raises_on_an_empty_table():
+    """docs/deviations.md: the published original cannot start a tree. Its `remove_run_subsequence` filters
+    the first queue against the still empty results table with `DataFrame.apply(..., axis=1)`, which on an
+    empty frame returns a DataFrame; `not result.any()` then raises. Reproduced with the original's column
+    set and row test (our sampler starts from the de-duplicated first queue instead)."""
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame(columns=["full_index", "run_index", "res_cur", "steps", "history", "policies", "log_infos"])
+
+    def check_subsequence(row, proposal):
+        run = row["run_index"]
+        return proposal[:len(run)] == run if row["res_cur"] else len(proposal) <= len(run) and run[:len(proposal)] == proposal
+    detected = table.apply(check_subsequence, proposal=(0, 0, 0), axis=1)
+    assert isinstance(detected, pd.DataFrame)
+    with pytest.raises(ValueError, match="truth value of a Series is ambiguous"):
+        if not detected.any():
+            pass
