@@ -247,3 +247,23 @@ def test_the_originals_first_queue_filter_raises_on_an_empty_table():
     with pytest.raises(ValueError, match="truth value of a Series is ambiguous"):
         if not detected.any():
             pass
+
+
+def test_right_stripped_action_code_runs_like_the_originals_left_stripped_code():
+    """docs/deviations.md: preset=paper keeps our right-strip of the action code; the original only
+    left-strips, but whitespace after the last statement is no statement, so the sandbox prints the same."""
+    from agents.parser import parse_generation
+    from envs import load_env
+    env = load_env("gsm8k", split="test")
+    original_code = "x = 6 * 7\nprint(x)\n\n   \n"            # what the original executed (left-stripped only)
+    ours = parse_generation(f"Action:\n{original_code}End Action").content
+    assert ours == original_code.rstrip()
+    observations = []
+    for code in (original_code, ours):
+        episode = env.start("0")
+        try:
+            observations.append(episode.act(code).observation)
+        finally:
+            episode.close()
+    env.close()
+    assert observations[0] == observations[1] == "42\n"
