@@ -30,7 +30,8 @@ KEYS = {"model_name_or_path", "stage", "do_train", "finetuning_type", "pref_beta
         "report_to", "per_device_train_batch_size", "gradient_accumulation_steps", "learning_rate", "max_steps",
         "lr_scheduler_type", "bf16", "fp16", "seed", "output_dir", "deepspeed", "save_steps",
         "num_train_epochs", "warmup_ratio", "val_size", "per_device_eval_batch_size", "eval_strategy",
-        "eval_steps", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "disable_gradient_checkpointing", "ddp_timeout"}
+        "eval_steps", "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "disable_gradient_checkpointing", "ddp_timeout",
+        "save_total_limit"}
 SMOLLM_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
@@ -65,7 +66,7 @@ def _cached_keys(fn):
 def test_paper_config_matches_spec(dataset_dir):
     args = build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=embedded_model_dir(),
                             dataset_dir=dataset_dir, known_keys=KEYS)
-    assert args["finetuning_type"] == "full" and args["template"] == "llama3" and args["cutoff_len"] == 4096
+    assert args["finetuning_type"] == "full" and args["template"] == "llama3" and args["cutoff_len"] == 8192
     assert args["learning_rate"] == pytest.approx(7.2e-8) and args["lr_scheduler_type"] == "cosine"
     assert args["warmup_steps"] > 0.999 and "warmup_ratio" not in args  # warm-up over the whole run
     assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 32
