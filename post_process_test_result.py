@@ -22,7 +22,7 @@ from pathlib import Path
 
 from densepolicy.postprocess.merge import merge_distributed
 from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
-from densepolicy.postprocess.results_io import CorruptFileError, write_text_atomic
+from densepolicy.results_io import CorruptFileError, write_text_atomic
 from densepolicy.postprocess.scores import build_tables, render_csv, render_markdown, render_text, score_file
 from densepolicy.provenance import (IDENTITY_HEADER, ProvenanceMismatch, comparability_problems, describe,
                                     identity_rows, result_identity)

@@ -21,7 +21,7 @@ from densepolicy.postprocess.pairs import extract_pairs_file, extraction_paths, 
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.postprocess.plots import pairs_histogram, plot_tree
 from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
-from densepolicy.postprocess.results_io import ensure_new
+from densepolicy.results_io import ensure_new
 from densepolicy.provenance import record_pairs
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
     from densepolicy.file_lock import LockHeldError, LockLostError, Terminated
-    from densepolicy.postprocess.results_io import CorruptFileError, OutputWriteError, is_fix_then_rerun
+    from densepolicy.results_io import CorruptFileError, OutputWriteError, is_fix_then_rerun
     from densepolicy.sampling.worker import ServerDownError, ServerRejectedError, run_worker
     try:
         cfg = resolve_sampler_config(args.method, args.dataset, args.overrides)

@@ -37,7 +37,7 @@ from densepolicy.config import (ConfigError, describe, from_dict, help_field, lo
 from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
-from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.results_io import iter_csv
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
 from densepolicy.training.train import TrainingError

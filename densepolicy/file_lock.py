@@ -237,7 +237,7 @@ class OutputLock:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-                from densepolicy.postprocess.results_io import OutputWriteError
+                from densepolicy.results_io import OutputWriteError
                 raise OutputWriteError(self.path, exc) from None
             raise
         try:

@@ -118,7 +118,7 @@ def _locked(target: Path) -> Iterator[None]:
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """Write `obj` to `path` via a temp file + fsync + rename; the temp file never stays behind, and a
     full disk / read-only / permission error is an `OutputWriteError` naming `path`."""
-    from densepolicy.postprocess.results_io import json_text, writing
+    from densepolicy.results_io import json_text, writing
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -625,7 +625,7 @@ class ResultIdentity:
 
 def result_identity(path: str | os.PathLike, label: str, dataset: str) -> ResultIdentity:
     """Read a result CSV's task ids (and its merged `model_fingerprint` column) and find its record."""
-    from densepolicy.postprocess.results_io import iter_csv
+    from densepolicy.results_io import iter_csv
 
     ident = ResultIdentity(label=label, dataset=dataset, path=Path(path))
     for _, row in iter_csv(path):

@@ -16,7 +16,7 @@ import pytest
 
 from densepolicy.config import ConfigError
 from densepolicy.paths import data_dir, embedded_model_dir
-from densepolicy.postprocess.results_io import OutputExistsError
+from densepolicy.results_io import OutputExistsError
 from densepolicy.training.expert import replay
 from densepolicy.training.expert.babyai_plan import Description, Instruction, parse_mission, tool_call
 from densepolicy.training.expert.gsm8k import annotation_program, expert_plan

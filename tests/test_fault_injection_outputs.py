@@ -20,7 +20,7 @@ import pytest
 from densepolicy.file_lock import OutputLock, lock_path
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.postprocess import merge as merge_module
-from densepolicy.postprocess.results_io import atomic_open, write_csv_atomic, write_json_atomic
+from densepolicy.results_io import atomic_open, write_csv_atomic, write_json_atomic
 from densepolicy.sampling.shard_writer import TaskJournal
 from densepolicy.testing.fake_server import FakeOpenAIServer
 from tests import fakes
@@ -116,7 +116,7 @@ def test_a_lone_surrogate_in_a_reply_is_kept_and_the_task_finishes(fake_server, 
 # -- 7. JSONL lines survive every line splitter ------------------------------------------------------------
 
 def test_jsonl_lines_escape_u2028_u2029_and_lone_surrogates(tmp_path):
-    from densepolicy.postprocess.results_io import json_line
+    from densepolicy.results_io import json_line
     record = {"task_id": "t", "assistant": "a\u2028b\u2029c\ud800d\u00e9\u0000"}
     line = json_line(record)
     assert line.count("\n") == 1 and len(line.splitlines()) == 1
@@ -133,7 +133,7 @@ def test_jsonl_lines_escape_u2028_u2029_and_lone_surrogates(tmp_path):
 
 
 def test_project_jsonl_readers_split_on_newline_only(tmp_path):
-    from densepolicy.postprocess.results_io import split_jsonl as project_split
+    from densepolicy.results_io import split_jsonl as project_split
     from densepolicy.training.train import _dataset_records
     records = [{"conversations": [{"from": "human", "value": "x\u2028y"}], "chosen": {"from": "gpt", "value": "a"},
                 "rejected": {"from": "gpt", "value": "b"}}, {"conversations": [], "chosen": {}, "rejected": {}}]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from densepolicy.postprocess.results_io import OutputWriteError
+from densepolicy.results_io import OutputWriteError
 from densepolicy.sampling import shard_writer
 from densepolicy.sampling.shard_writer import TaskJournal
 

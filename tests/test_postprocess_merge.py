@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from densepolicy.postprocess.merge import merge_distributed
-from densepolicy.postprocess.results_io import CorruptFileError, iter_csv, iter_jsonl
+from densepolicy.results_io import CorruptFileError, iter_csv, iter_jsonl
 from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import pytest
 
 from agents.runtime import request_seed
 from densepolicy.postprocess.pairs import iter_tree_tasks, read_pairs
-from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.results_io import iter_csv
 from densepolicy.sampling.config import resolve_sampler_config
 from agents.tree_rules import PairRule, compute_node_stats, count_qualifying_pairs
 from densepolicy.sampling.worker import run_worker

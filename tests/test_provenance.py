@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from densepolicy import provenance
-from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.results_io import iter_csv
 from densepolicy.sampling.config import resolve_sampler_config
 from densepolicy.sampling.worker import run_worker
 from tests import fakes

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from densepolicy.paths import PROJECT_ROOT
-from densepolicy.postprocess.results_io import split_jsonl
+from densepolicy.results_io import split_jsonl
 from tests import fakes
 
 ARGS = ["env=tests.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from densepolicy.postprocess.pairs import PAIR_COLUMNS
 from densepolicy.postprocess.config import Budget, MergePairsConfig
-from densepolicy.postprocess.results_io import atomic_open, ensure_new, iter_csv
+from densepolicy.results_io import atomic_open, ensure_new, iter_csv
 
 MERGED_PREFIX = "merged_all_pairs"
 

@@ -43,7 +43,7 @@ def run(main: Callable[[], int | None]) -> None:
     output cannot be written (disk full, read-only, permissions: fix, then rerun), 130 on Ctrl-C, 143 on
     SIGTERM."""
     from densepolicy.file_lock import LockHeldError, Terminated
-    from densepolicy.postprocess.results_io import OutputWriteError, is_fix_then_rerun
+    from densepolicy.results_io import OutputWriteError, is_fix_then_rerun
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from agents.parser import parse_generation
-from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.results_io import iter_csv
 from densepolicy.postprocess.significance import (ClusteredMean, PairedComparison, RateComparison, clustered_mean,
                                                   compare_rates, paired_comparison, wilson_interval)
 

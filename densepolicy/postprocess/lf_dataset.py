@@ -32,7 +32,7 @@ from densepolicy.postprocess.pairs import read_pairs
 from densepolicy.config import to_dict
 from densepolicy.paths import resolve
 from densepolicy.postprocess.config import DatasetConfig
-from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
+from densepolicy.results_io import ensure_new, write_json_atomic
 from densepolicy.provenance import record_dataset
 
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt"}

@@ -44,7 +44,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from densepolicy.file_lock import OutputLock, lock_path, terminate_on_signals
-from densepolicy.postprocess.results_io import (CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header,
+from densepolicy.results_io import (CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header,
                                                 writing)
 from densepolicy.sampling.shard_identity import read_settings, settings_diffs, settings_path
 from densepolicy.provenance import FILE_NAME as PROVENANCE_FILE

@@ -24,7 +24,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from densepolicy.postprocess.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
+from densepolicy.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
 from agents.tree_rules import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
 
 logger = logging.getLogger(__name__)

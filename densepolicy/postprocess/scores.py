@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from densepolicy.postprocess.config import ScoresConfig
-from densepolicy.postprocess.results_io import iter_csv
+from densepolicy.results_io import iter_csv
 
 MATH_DATASETS = ("gsm8k", "math")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from densepolicy.config import ConfigError, to_dict
 from densepolicy.file_lock import OutputLock, lock_path
-from densepolicy.postprocess.results_io import write_json_atomic
+from densepolicy.results_io import write_json_atomic
 from densepolicy.sampling.config import SamplerConfig
 
 # Settings that change how fast or how robustly a shard runs, not what it produces: free to change on resume.

@@ -37,7 +37,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterable
 
-from densepolicy.postprocess.results_io import (CorruptFileError, atomic_open, iter_jsonl, json_line, json_text, undecodable,
+from densepolicy.results_io import (CorruptFileError, atomic_open, iter_jsonl, json_line, json_text, undecodable,
                                                 without_surrogates, writing)
 
 log = logging.getLogger(__name__)

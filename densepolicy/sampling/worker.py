@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from densepolicy.config import ConfigError
 from densepolicy.file_lock import terminate_on_signals
-from densepolicy.postprocess.results_io import is_fix_then_rerun
+from densepolicy.results_io import is_fix_then_rerun
 from densepolicy.provenance import record_sampling_shard
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings

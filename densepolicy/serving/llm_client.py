@@ -32,7 +32,7 @@ from typing import Any, Awaitable, Callable
 
 import httpx
 
-from densepolicy.postprocess.results_io import without_surrogates
+from densepolicy.results_io import without_surrogates
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any, Literal, Optional, Sequence
 from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
-from densepolicy.postprocess.results_io import ensure_new, write_json_atomic
+from densepolicy.results_io import ensure_new, write_json_atomic
 from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plan,
                                          expert_plans, replay)
 from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
