@@ -15,6 +15,7 @@ from envs.alfworld_games import (GAME_FILE, SPLIT_DIRS, ensure_split_unpacked, l
                                  task_type)
 from envs.alfworld_tools import PARAMETERS, TOOLS, to_command
 from envs.base import Env, EnvError
+from envs.locations import data_dir
 from envs.tool_episode import GameHandle, ToolEpisode
 
 PRELOAD = ["textworld", "textworld.gym", "alfworld.agents.environment.alfred_tw_env", "envs.alfworld_game"]
@@ -74,8 +75,6 @@ class ALFWorldEnv(Env):
 
     def data_files(self) -> dict[str, Path]:
         """The split's game files (what episodes load) and the archive they were unpacked from."""
-        from densepolicy.paths import data_dir
-
         files = {f"alfworld/{self._root.name}/{t}/{GAME_FILE}": self._root / t / GAME_FILE for t in self.task_ids()}
         tarball = data_dir(self._data) / "alfworld" / f"{self._root.name}.tar.gz"
         if tarball.is_file():

@@ -15,8 +15,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from densepolicy.paths import cache_dir, data_dir
 from envs.base import EnvError
+from envs.locations import cache_dir, data_dir
 
 SPLIT_DIRS = {"train": "valid_train", "valid_seen": "valid_seen", "valid_unseen": "valid_unseen"}
 """Our split name -> ALFWorld folder (`train` is ALFWorld's `valid_train`, the train-distribution subset)."""

@@ -23,8 +23,8 @@ import threading
 from pathlib import Path
 from typing import Any, ClassVar
 
-from densepolicy.paths import data_dir as default_data_dir
 from envs.base import Env, EnvError, Episode, StepResult
+from envs.locations import data_dir as default_data_dir
 from envs.math_grading import math_equal
 from envs.sandbox import Sandbox, SandboxLimits
 
