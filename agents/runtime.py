@@ -16,7 +16,6 @@ from typing import Any, Callable, Sequence, TypeVar
 from agents.incontext import example_pool
 from agents.parser import parse_generation
 from agents.prompts import InContextExample, initial_messages
-from densepolicy.sampling.config import SamplerConfig
 from envs.base import Env, Episode
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ class TokenCounter:
 class WorkerContext:
     """Everything the agents need, shared by the tasks of one worker."""
 
-    cfg: SamplerConfig
+    cfg: Any                        # densepolicy.sampling.config.SamplerConfig (a layer above: not imported)
     env: Env
     client: Any                     # densepolicy.serving.llm_client.LLMClient (or a test double with `chat`)
     context_length: int
