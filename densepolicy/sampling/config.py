@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
 from densepolicy.paths import PROJECT_ROOT
@@ -223,3 +223,11 @@ def default_output_dir(cfg: SamplerConfig, model: str, root: str | os.PathLike |
 def shard_file_stem(cfg: SamplerConfig, shard: int | str) -> str:
     """`<dataset>.<split>.<K>` (K = shard index, or "None" for merged files)."""
     return f"{cfg.dataset}.{cfg.split}.{shard}"
+
+
+def shard_slice(items: Sequence[str], shard: int, num_shards: int) -> list[str]:
+    """Contiguous shard `shard` of `num_shards` (size ceil(len/N); the last one gets the tail)."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard must be in [0, --num_shards), got shard={shard} num_shards={num_shards}")
+    size = math.ceil(len(items) / num_shards) if items else 0
+    return list(items[shard * size:(shard + 1) * size])

@@ -8,17 +8,16 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.file_lock import terminate_on_signals
-from densepolicy.results_io import is_fix_then_rerun
 from densepolicy.provenance import record_sampling_shard
-from densepolicy.sampling.config import SamplerConfig, shard_file_stem
+from densepolicy.results_io import is_fix_then_rerun
+from densepolicy.sampling.config import SamplerConfig, shard_file_stem, shard_slice
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings
 from densepolicy.sampling.shard_writer import ShardWriter
 
@@ -32,14 +31,6 @@ class ServerDownError(RuntimeError):
 class ServerRejectedError(RuntimeError):
     """The LLM server refused a request in a way a rerun cannot fix (unknown model, bad request,
     replies that stay malformed); the message is the server's."""
-
-
-def shard_slice(items: Sequence[str], shard: int, num_shards: int) -> list[str]:
-    """Contiguous shard `shard` of `num_shards` (size ceil(len/N); the last one gets the tail)."""
-    if num_shards < 1 or not 0 <= shard < num_shards:
-        raise ConfigError(f"--shard must be in [0, --num_shards), got shard={shard} num_shards={num_shards}")
-    size = math.ceil(len(items) / num_shards) if items else 0
-    return list(items[shard * size:(shard + 1) * size])
 
 
 def load_task_env(cfg: SamplerConfig) -> Any:
