@@ -2,7 +2,7 @@
 
 Every stage writes a `provenance.json` (schema in docs/formats.md) next to what it produced:
 
-    record_sampling_shard(out_dir, cfg, env, task_ids, shard, num_shards, model)  # each worker, at start
+    record_sampling_shard(out_dir, cfg, env, task_ids, shard, num_shards, model)  # each worker (sampling/run_record.py)
     merged_columns(run_dir, "gsm8k.test.None.csv", task_ids)   # the merge: columns for every merged row
     record_pairs(pairs_csv, inputs, settings)                   # --process_result / --merge_all_pairs
     record_dataset(dataset_json, pairs_csv, settings, sources)  # prepare_dataset -> <name>.provenance.json
@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -44,6 +43,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from densepolicy.config import ConfigError
 from densepolicy.paths import PROJECT_ROOT, cache_dir, data_dir, serve_python
+from densepolicy.results_io import iter_csv, json_text, writing
+from densepolicy.serving.models import resolve_model
 
 FILE_NAME = "provenance.json"
 SCHEMA = 1
@@ -118,7 +119,6 @@ def _locked(target: Path) -> Iterator[None]:
 def _write_json_atomic(path: Path, obj: Any) -> None:
     """Write `obj` to `path` via a temp file + fsync + rename; the temp file never stays behind, and a
     full disk / read-only / permission error is an `OutputWriteError` naming `path`."""
-    from densepolicy.results_io import json_text, writing
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -326,7 +326,8 @@ def env_record(env_name: str, split: str) -> dict[str, Any]:
             "packages": {pkg: _version(pkg) for pkg in ENV_PACKAGES.get(family, ())}}
 
 
-def _now() -> str:
+def timestamp() -> str:
+    """The local time now, ISO 8601 with the UTC offset, to the second (`created` / `updated` fields)."""
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
@@ -373,11 +374,13 @@ def update_record(prov_file: Path, key: str, update: Callable[[dict[str, Any] | 
     return record
 
 
-def _short(value: Any, n: int = 12) -> str:
+def abbreviated(value: Any, n: int = 12) -> str:
+    """The first `n` characters of `value` as messages show it ("–" for an empty value)."""
     return "–" if not value else str(value)[:n]
 
 
-def _get(record: Mapping[str, Any], dotted: str) -> Any:
+def get_dotted(record: Mapping[str, Any], dotted: str) -> Any:
+    """`record["a"]["b"]` for `dotted` "a.b" (None where a part is missing)."""
     value: Any = record
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, Mapping) else None
@@ -387,67 +390,6 @@ def _get(record: Mapping[str, Any], dotted: str) -> Any:
 # ---------------------------------------------------------------------------------- the stages
 
 
-SAMPLING_IDENTITY = ("settings_sha256", "eval_set.order_sha256", "data_files.sha256", "model.fingerprint",
-                     "env.code_sha256", "env.packages")
-"""Fields every worker writing into one run record must agree on."""
-
-
-def record_sampling_shard(output_dir: str | os.PathLike, cfg: Any, env: Any, task_ids: Sequence[str], shard: int,
-                          num_shards: int, model: Any) -> dict[str, Any]:
-    """Write or join the run record of `cfg`'s output (`<dataset>.<split>.None.csv`) in `output_dir`.
-
-    `task_ids`: the selected tasks before sharding; `model`: the worker's `ModelInfo`. Raises
-    `ProvenanceMismatch` when the directory holds a record of the same output made from other
-    settings, tasks, data files, model or env/grader code.
-    """
-    from densepolicy.config import to_dict
-    from densepolicy.sampling.config import shard_file_stem
-    from densepolicy.sampling.worker import shard_slice
-    try:
-        from densepolicy.sampling.shard_identity import RUNTIME_ONLY_KEYS
-    except ImportError:  # before the shard-identity module existed
-        from densepolicy.sampling.worker import RUNTIME_ONLY_KEYS  # type: ignore[attr-defined,no-redef]
-
-    key = shard_file_stem(cfg, "None") + ".csv"
-    settings = {**to_dict(cfg), "model": model.name, "num_shards": num_shards}
-    new = {
-        "stage": "evaluation" if cfg.method == "codeact_agent" else "sampling",
-        "file": key,
-        "created": _now(),
-        "environment": environment(),
-        "settings": settings,
-        "settings_sha256": digest({k: v for k, v in settings.items() if k not in RUNTIME_ONLY_KEYS}),
-        "env": env_record(cfg.env, cfg.split),
-        "data_files": data_files_record(env_data_files(env)),
-        "eval_set": eval_set_record(task_ids),
-        "model": {**model_fingerprint(model.path, model.name), "served_name": model.served_name},
-        "shards": {},
-    }
-    mine = shard_slice([str(t) for t in task_ids], shard, num_shards)
-    entry: dict[str, Any] = {"task_count": len(mine), "task_ids_sha256": ordered_sha256(mine),
-                             "first_task": mine[0] if mine else None, "last_task": mine[-1] if mine else None,
-                             "host": socket.gethostname(), "pid": os.getpid(), "started": new["created"]}
-    prov_file = Path(output_dir) / FILE_NAME
-
-    def join(old: dict[str, Any] | None) -> dict[str, Any]:
-        record = new
-        if old is not None:
-            for name in SAMPLING_IDENTITY:
-                if _get(old, name) != _get(new, name):
-                    raise ProvenanceMismatch(
-                        f"{prov_file}: {key} was started with a different {name} ({_short(_get(old, name), 40)} "
-                        f"-> {_short(_get(new, name), 40)}); results of different inputs must not share a run "
-                        f"directory: choose another output_dir")
-            record = old
-        if digest(new["environment"]) != digest(record["environment"]):
-            entry["environment"] = new["environment"]  # e.g. another commit or node: kept per shard
-        record.setdefault("shards", {})[str(shard)] = entry
-        record["updated"] = new["created"]
-        return record
-
-    return update_record(prov_file, key, join)
-
-
 def merged_columns(data_dir: str | os.PathLike, merged_name: str, task_ids: Iterable[str]) -> dict[str, str]:
     """The MERGED_COLUMNS values of a merged result (eval-set hash of its tasks, the run's model
     fingerprint), also stored in the run record under `merged`. Empty fingerprint without a record."""
@@ -455,14 +397,14 @@ def merged_columns(data_dir: str | os.PathLike, merged_name: str, task_ids: Iter
     prov_file = Path(data_dir) / FILE_NAME
     record = read_provenance(prov_file)["records"].get(merged_name)
     columns = {"eval_set_sha256": task_set_sha256(ids),
-               "model_fingerprint": (_get(record, "model.fingerprint") or "") if record else ""}
+               "model_fingerprint": (get_dotted(record, "model.fingerprint") or "") if record else ""}
     if record is not None:
-        planned = _get(record, "eval_set.sha256")
+        planned = get_dotted(record, "eval_set.sha256")
 
         def stamp(old: dict[str, Any] | None) -> dict[str, Any]:
             old = old or record
             old["merged"] = {"file": merged_name, "rows": len(ids), "eval_set_sha256": columns["eval_set_sha256"],
-                             "complete": columns["eval_set_sha256"] == planned, "merged_at": _now()}
+                             "complete": columns["eval_set_sha256"] == planned, "merged_at": timestamp()}
             return old
         update_record(prov_file, merged_name, stamp)
     return columns
@@ -475,14 +417,14 @@ def upstream_summary(path: str | os.PathLike) -> dict[str, Any]:
     if found is not None:
         prov_file, key, record = found
         summary.update(provenance=f"{prov_file}#{key}", stage=record.get("stage"),
-                       eval_set_sha256=_get(record, "eval_set.sha256"), eval_set_count=_get(record, "eval_set.count"),
-                       model_fingerprint=_get(record, "model.fingerprint"),
+                       eval_set_sha256=get_dotted(record, "eval_set.sha256"), eval_set_count=get_dotted(record, "eval_set.count"),
+                       model_fingerprint=get_dotted(record, "model.fingerprint"),
                        settings_sha256=record.get("settings_sha256"))
     return summary
 
 
 def _output_record(stage: str, output: Path, inputs: Sequence[Path], settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {"stage": stage, "file": output.name, "created": _now(), "environment": environment(),
+    return {"stage": stage, "file": output.name, "created": timestamp(), "environment": environment(),
             "settings": dict(settings), "settings_sha256": digest(settings),
             "data_files": data_files_record(inputs),
             "output": {"path": str(output.resolve()), "sha256": sha256_file(output), "size": output.stat().st_size},
@@ -518,7 +460,6 @@ def _model_dir(model: str | os.PathLike) -> Path | None:
     if str(model) and Path(model).is_dir():
         return Path(model)
     try:
-        from densepolicy.serving.models import resolve_model
         return Path(resolve_model(str(model) or None).path)
     except Exception:  # noqa: BLE001 - an unknown tokenizer must not fail the stage; recorded as null
         return None
@@ -546,7 +487,7 @@ def record_trained_model(model_dir: str | os.PathLike, train_args: Mapping[str, 
                 entry["provenance"] = f"{found[0]}#{found[1]}"
                 entry["upstream"] = found[2].get("upstream")
         datasets.append(entry)
-    record = {"stage": "training", "file": "model", "created": _now(), "environment": environment(),
+    record = {"stage": "training", "file": "model", "created": timestamp(), "environment": environment(),
               "config": str(config) if config else None, "settings": dict(train_args),
               "settings_sha256": digest(train_args), "datasets": datasets,
               "dataset_sha256": digest([(d["name"], d["sha256"]) for d in datasets]),
@@ -620,13 +561,11 @@ class ResultIdentity:
 
     @property
     def model_fingerprint(self) -> str:
-        return (_get(self.record, "model.fingerprint") if self.record else None) or self.model_column
+        return (get_dotted(self.record, "model.fingerprint") if self.record else None) or self.model_column
 
 
 def result_identity(path: str | os.PathLike, label: str, dataset: str) -> ResultIdentity:
     """Read a result CSV's task ids (and its merged `model_fingerprint` column) and find its record."""
-    from densepolicy.results_io import iter_csv
-
     ident = ResultIdentity(label=label, dataset=dataset, path=Path(path))
     for _, row in iter_csv(path):
         ident.task_ids.add(str(row.get("task_id", "")))
@@ -640,8 +579,8 @@ def result_identity(path: str | os.PathLike, label: str, dataset: str) -> Result
 def _first_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
     for name in sorted(set(a) | set(b)):
         if a.get(name) != b.get(name):
-            return f"{name} ({_short(a.get(name), 16) if a.get(name) else 'absent'} vs " \
-                   f"{_short(b.get(name), 16) if b.get(name) else 'absent'})"
+            return f"{name} ({abbreviated(a.get(name), 16) if a.get(name) else 'absent'} vs " \
+                   f"{abbreviated(b.get(name), 16) if b.get(name) else 'absent'})"
     return None
 
 
@@ -660,18 +599,18 @@ def comparability_problems(idents: Sequence[ResultIdentity]) -> list[tuple[str, 
                 shared = len(ref.task_ids & other.task_ids)
                 problems.append((dataset, f"{pair}: different task sets ({len(ref.task_ids)} vs "
                                           f"{len(other.task_ids)} tasks, {shared} shared; eval set "
-                                          f"{_short(ref.eval_set)} vs {_short(other.eval_set)})"))
+                                          f"{abbreviated(ref.eval_set)} vs {abbreviated(other.eval_set)})"))
             if ref.record is None or other.record is None:
                 continue
-            files_a = {f["name"]: f["sha256"] for f in _get(ref.record, "data_files.files") or []}
-            files_b = {f["name"]: f["sha256"] for f in _get(other.record, "data_files.files") or []}
+            files_a = {f["name"]: f["sha256"] for f in get_dotted(ref.record, "data_files.files") or []}
+            files_b = {f["name"]: f["sha256"] for f in get_dotted(other.record, "data_files.files") or []}
             diff = _first_difference(files_a, files_b)
             if diff:
                 problems.append((dataset, f"{pair}: different data files: {diff}"))
-            diff = _first_difference(_get(ref.record, "env.packages") or {}, _get(other.record, "env.packages") or {})
+            diff = _first_difference(get_dotted(ref.record, "env.packages") or {}, get_dotted(other.record, "env.packages") or {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader package versions: {diff}"))
-            diff = _first_difference(_get(ref.record, "env.code_files") or {}, _get(other.record, "env.code_files") or {})
+            diff = _first_difference(get_dotted(ref.record, "env.code_files") or {}, get_dotted(other.record, "env.code_files") or {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader code: {diff}"))
     return problems
@@ -685,14 +624,14 @@ def identity_rows(idents: Sequence[ResultIdentity]) -> list[list[str]]:
     rows = []
     for ident in idents:
         record = ident.record or {}
-        git = _get(record, "environment.git") or {}
-        commit = _short(git.get("commit"), 10) + ("+dirty" if git.get("dirty") else "") if git else "–"
+        git = get_dotted(record, "environment.git") or {}
+        commit = abbreviated(git.get("commit"), 10) + ("+dirty" if git.get("dirty") else "") if git else "–"
         env = "–"
         if record:
-            packages = ", ".join(f"{k} {v}" for k, v in (_get(record, "env.packages") or {}).items())
-            env = _short(_get(record, "env.code_sha256"), 8) + (f" ({packages})" if packages else "")
-        rows.append([ident.label, ident.dataset, f"{_short(ident.eval_set)} ({len(ident.task_ids)})",
-                     _short(ident.model_fingerprint), _short(_get(record, "data_files.sha256")) if record else "–",
+            packages = ", ".join(f"{k} {v}" for k, v in (get_dotted(record, "env.packages") or {}).items())
+            env = abbreviated(get_dotted(record, "env.code_sha256"), 8) + (f" ({packages})" if packages else "")
+        rows.append([ident.label, ident.dataset, f"{abbreviated(ident.eval_set)} ({len(ident.task_ids)})",
+                     abbreviated(ident.model_fingerprint), abbreviated(get_dotted(record, "data_files.sha256")) if record else "–",
                      env, commit])
     return rows
 
@@ -726,45 +665,45 @@ def _describe_record(record: Mapping[str, Any]) -> str:
     installed = ", ".join(f"{k} {v}" for k, v in packages.items() if v != NOT_INSTALLED)
     missing = ", ".join(k for k, v in packages.items() if v == NOT_INSTALLED)
     lines = [f"  stage     : {record.get('stage')}  (created {record.get('created')}, updated {record.get('updated', '–')})",
-             f"  code      : git {_short(git.get('commit'))}{' (dirty)' if git.get('dirty') else ''}, "
+             f"  code      : git {abbreviated(git.get('commit'))}{' (dirty)' if git.get('dirty') else ''}, "
              f"python {env.get('python')}",
              f"  packages  : {installed or '–'}" + (f"; not installed: {missing}" if missing else "")]
     model = record.get("model")
     if isinstance(model, Mapping):
-        lines.append(f"  model     : {model.get('name')}  fingerprint {_short(model.get('fingerprint'))}  "
+        lines.append(f"  model     : {model.get('name')}  fingerprint {abbreviated(model.get('fingerprint'))}  "
                      f"({len(model.get('files') or {})} files{', ' + model['path'] if model.get('path') else ''})")
     base = record.get("base_model")
     if isinstance(base, Mapping):
-        lines.append(f"  base model: {base.get('name')}  fingerprint {_short(base.get('fingerprint'))}")
+        lines.append(f"  base model: {base.get('name')}  fingerprint {abbreviated(base.get('fingerprint'))}")
     eval_set = record.get("eval_set")
     if isinstance(eval_set, Mapping):
         ids = eval_set.get("task_ids") or []
-        lines.append(f"  eval set  : {eval_set.get('count')} tasks, sha256 {_short(eval_set.get('sha256'))}"
+        lines.append(f"  eval set  : {eval_set.get('count')} tasks, sha256 {abbreviated(eval_set.get('sha256'))}"
                      + (f" ({ids[0]} … {ids[-1]})" if ids else ""))
     if "merged" in record:
         merged = record["merged"]
-        lines.append(f"  merged    : {merged.get('rows')} rows, eval set {_short(merged.get('eval_set_sha256'))}"
+        lines.append(f"  merged    : {merged.get('rows')} rows, eval set {abbreviated(merged.get('eval_set_sha256'))}"
                      f"{'' if merged.get('complete') else ' (INCOMPLETE: differs from the planned set)'}")
     env_rec = record.get("env")
     if isinstance(env_rec, Mapping):
         pk = ", ".join(f"{k} {v}" for k, v in (env_rec.get("packages") or {}).items())
-        lines.append(f"  env       : {env_rec.get('name')}/{env_rec.get('split')}  code {_short(env_rec.get('code_sha256'))}"
+        lines.append(f"  env       : {env_rec.get('name')}/{env_rec.get('split')}  code {abbreviated(env_rec.get('code_sha256'))}"
                      + (f"  ({pk})" if pk else ""))
-    files = _get(record, "data_files.files") or []
+    files = get_dotted(record, "data_files.files") or []
     if files or "data_files" in record:
-        shown = ", ".join(f"{f['name']} {_short(f['sha256'], 8)}" for f in files[:3])
-        lines.append(f"  data files: {len(files)} (sha256 {_short(_get(record, 'data_files.sha256'))})"
+        shown = ", ".join(f"{f['name']} {abbreviated(f['sha256'], 8)}" for f in files[:3])
+        lines.append(f"  data files: {len(files)} (sha256 {abbreviated(get_dotted(record, 'data_files.sha256'))})"
                      + (f": {shown}" + (" …" if len(files) > 3 else "") if files else ""))
     for dataset in record.get("datasets") or []:
-        lines.append(f"  dataset   : {dataset.get('name')} sha256 {_short(dataset.get('sha256'))}"
+        lines.append(f"  dataset   : {dataset.get('name')} sha256 {abbreviated(dataset.get('sha256'))}"
                      f"  provenance {dataset.get('provenance') or '–'}")
     for up in record.get("upstream") or []:
         if isinstance(up, Mapping):
             lines.append(f"  input     : {Path(str(up.get('file'))).name}  "
-                         + (f"eval set {_short(up.get('eval_set_sha256'))}, model {_short(up.get('model_fingerprint'))}"
+                         + (f"eval set {abbreviated(up.get('eval_set_sha256'))}, model {abbreviated(up.get('model_fingerprint'))}"
                             if up.get("provenance") else "no provenance"))
     settings = record.get("settings") or {}
-    lines.append(f"  settings  : {len(settings)} keys, sha256 {_short(record.get('settings_sha256'))}")
+    lines.append(f"  settings  : {len(settings)} keys, sha256 {abbreviated(record.get('settings_sha256'))}")
     shards = record.get("shards") or {}
     if shards:
         mixed = [k for k, v in shards.items() if "environment" in v]

@@ -15,9 +15,9 @@ from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.file_lock import terminate_on_signals
-from densepolicy.provenance import record_sampling_shard
 from densepolicy.results_io import is_fix_then_rerun
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem, shard_slice
+from densepolicy.sampling.run_record import record_sampling_shard
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings
 from densepolicy.sampling.shard_writer import ShardWriter
 
