@@ -93,7 +93,7 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level="WARNING")
     serving_common = ["kv_cache_gb=1", "max_model_len=2048"] + args.overrides
-    device = load_serving_config(None, serving_common).device
+    device = load_serving_config(None, serving_common).resolved_device
     sampler = [f"max_tasks={args.tasks}", f"base={args.base}", f"max_steps={args.steps}", "window_size=8",
                "max_sample_number=4", f"max_runs={args.runs}", "in_context_number=0", f"max_tokens={args.max_tokens}",
                "progress=false", "max_concurrency=16", f"task_concurrency={args.tasks}",

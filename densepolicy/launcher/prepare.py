@@ -76,7 +76,8 @@ def server_groups(cfg: LauncherConfig) -> list[list[str]]:
         gpu_ids = detect_gpus(cfg.gpus)
         tp = 1
         if gpu_ids:
-            tp = serving.load_serving_config("gpu", serving_overrides(cfg)).tensor_parallel_size
+            # null (configs/serving.yaml): one server per GPU, as the original
+            tp = serving.load_serving_config("gpu", serving_overrides(cfg)).tensor_parallel_size or 1
         return local_server_groups(gpu_ids, tp)
     except (GPUError, ConfigError) as exc:
         raise LaunchError(str(exc), EXIT_ENVIRONMENT) from None

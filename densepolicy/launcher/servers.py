@@ -43,10 +43,12 @@ def load_serving_config(device: str, overrides: list[str], tensor_parallel_size:
 
 
 def server_process(model: str, serving_cfg, log_file: Path, port: int, gpus: list[str]) -> ServerProcess:
-    """argv + environment of one vLLM server for `model` on `port` using `gpus` ([] = as the environment says)."""
+    """argv + environment of one vLLM server for `model` on `port` using `gpus` ([] = as the environment says,
+    e.g. Slurm's CUDA_VISIBLE_DEVICES). A server given `gpus` spans exactly them when the serving config's
+    tensor_parallel_size is null."""
     from densepolicy.serving.server import VLLMServer
 
-    server = VLLMServer(model, serving_cfg, log_file, port=port)
+    server = VLLMServer(model, serving_cfg, log_file, port=port, gpus=list(gpus) or None)
     env = {k: str(v) for k, v in server.environment().items()}
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)

