@@ -15,12 +15,14 @@ they run the same arguments; only node 0 checks and writes the output directory,
 """
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from densepolicy.config import ConfigError  # noqa: E402
+from densepolicy.training.gpu_memory import ALLOW_ENV  # noqa: E402
 from densepolicy.training.slurm_train import split_slurm_overrides, submit  # noqa: E402
 from densepolicy.training.train import TrainingError, train  # noqa: E402
 
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue in an existing output dir from its last checkpoint")
     parser.add_argument("--skip-template-check", action="store_true",
                         help="do not compare LLaMA-Factory's template with the model's chat template")
+    parser.add_argument("--allow-busy-gpus", action="store_true",
+                        help="train even when a GPU already has 10 %% or more of its memory in use (a vLLM server "
+                             "left running); same as DENSEPOLICY_ALLOW_BUSY_GPUS=1")
     parser.add_argument("--slurm", action="store_true",
                         help="submit the run as one multi-node Slurm job (sbatch + srun); settings in "
                              "configs/train_slurm.yaml, overridden as slurm.key=value")
@@ -45,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     slurm_overrides, overrides = split_slurm_overrides(args.overrides)
     try:
         if args.slurm:
+            if args.allow_busy_gpus:  # sbatch passes this process's environment to the job (--export=ALL)
+                os.environ[ALLOW_ENV] = "1"
             return submit(args.config, args.dataset, args.model, args.output_dir, overrides, args.dataset_dir,
                           template_check=not args.skip_template_check, resume=args.resume,
                           slurm_overrides=slurm_overrides, slurm_config=args.slurm_config)
@@ -52,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{(slurm_overrides or ['--slurm-config'])[0]}: Slurm settings need --slurm")
         result = train(args.config, dataset=args.dataset, model=args.model, output_dir=args.output_dir,
                        overrides=overrides, dataset_dir=args.dataset_dir,
-                       template_check=not args.skip_template_check, resume=args.resume)
+                       template_check=not args.skip_template_check, resume=args.resume,
+                       allow_busy_gpus=args.allow_busy_gpus)
     except (ConfigError, TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

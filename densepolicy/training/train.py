@@ -53,6 +53,7 @@ from densepolicy.training.launch import (
     visible_gpus,
 )
 from densepolicy.training import lf_fast
+from densepolicy.training.gpu_memory import GpusBusyError, check_gpus_free
 from densepolicy.training.lf_args import (
     coerce_args,
     llamafactory_fields,
@@ -566,16 +567,23 @@ def train(
     template_check: bool = True,
     progress: bool = True,
     resume: bool = False,
+    allow_busy_gpus: bool = False,
 ) -> TrainResult:
     """Train (and for LoRA merge) a DPO or SFT model (the config's `stage`); see the module docstring for
     the output layout.
 
     Refuses to write into a non-empty `output_dir` unless `resume` (LLaMA-Factory then continues from
-    the last checkpoint-*/ in it).
+    the last checkpoint-*/ in it), and to start on GPUs whose memory is already largely in use (a vLLM server
+    left running, `gpu_memory.check_gpus_free`) unless `allow_busy_gpus` or $DENSEPOLICY_ALLOW_BUSY_GPUS=1.
     """
     args = build_train_args(config, dataset, model, output_dir, overrides, dataset_dir)
     out = Path(args["output_dir"])
     launch_env = distributed_env(args, source=str(config_path(config)))  # torchrun settings, {} for one process
+    if not allow_busy_gpus:
+        try:  # this node's GPUs (each node of a multi-node run checks its own)
+            check_gpus_free(visible_gpus())
+        except GpusBusyError as exc:
+            raise TrainingError(str(exc)) from None
     check_launchable(args, {**subprocess_env(), **launch_env}, main_python(), out / "train_config.yaml")
     command = train_command(args, out / "train_config.yaml", launch_env)
     lora = args.get("finetuning_type", "lora") == "lora"
