@@ -16,10 +16,11 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Literal
 
-from densepolicy.config import ConfigError, describe, help_field, load_config
-from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals, tree_to_plot
+from densepolicy.config import ConfigError, describe, help_field
+from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, merged_csv, move_aside,
+                                     stop_on_signals, tree_to_plot)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
@@ -51,6 +52,11 @@ class DemoConfig:
     output_dir: str = help_field("eval_results/demo", help="Where every artefact of the demo goes.")
     proc_per_server: int = help_field(2, help="Workers per server (PROC_PER_GPU of distributed_test.sh).")
     tmux_start_id: int = help_field(70, help="First TMUX_START_ID; each launcher run uses a block of 10 ids.")
+    device: Literal["auto", "cpu", "gpu"] = help_field(
+        "auto", help="Where the loop serves and trains: auto = the device configs/serving.yaml resolves to (its own "
+                     "auto: the serving venv `make setup SERVE=cpu|gpu` built); gpu also applies the `gpu` keys.")
+    gpu: dict[str, Any] = help_field({}, help="Keys of this config that replace the values above when device is "
+                                              "gpu (key=value on the command line still wins).")
     serving: dict[str, str | int | float | bool] = help_field({}, help="Overrides of configs/serving.yaml.")
     sampler: dict[str, str | int | float | bool] = help_field({}, help="Settings forwarded to every worker.")
     train_config: str = help_field("cpu_tiny", help="TreeDPO/configs/<name>.yaml.")
@@ -187,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_signals()
     try:
-        cfg = load_config(DemoConfig, args.config, args.overrides)
+        cfg = load_loop_config(DemoConfig, args.config, args.overrides)
         return Demo(cfg).main()
     except KeyboardInterrupt as exc:
         print(f"demo: interrupted ({exc or 'SIGINT'}); workers stopped", file=sys.stderr)

@@ -30,11 +30,12 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
-from densepolicy.config import (ConfigError, describe, from_dict, help_field, load_config, parse_overrides, read_yaml,
+from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
-from densepolicy.loop_stages import LoopStages, StageError, merged_csv, move_aside, stop_on_signals
+from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, merged_csv, move_aside,
+                                     stop_on_signals)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.results_io import iter_csv
@@ -97,6 +98,11 @@ class ExperimentConfig:
     eval_seed: int = help_field(1000, help="Sampler seed of sample 0 (sample k: eval_seed + k; screen: eval_seed + 100 + k).")
     proc_per_server: int = help_field(2, help="Workers per dataset (PROC_PER_GPU of distributed_test.sh).")
     tmux_start_id: int = help_field(150, help="First TMUX_START_ID; each launcher run uses a block of 10 ids.")
+    device: Literal["auto", "cpu", "gpu"] = help_field(
+        "auto", help="Where the loop serves and trains: auto = the device configs/serving.yaml resolves to (its own "
+                     "auto: the serving venv `make setup SERVE=cpu|gpu` built); gpu also applies the `gpu` keys.")
+    gpu: dict[str, Any] = help_field({}, help="Keys of this config that replace the values above when device is "
+                                              "gpu (key=value on the command line still wins).")
     serving: dict[str, str | int | float | bool] = help_field({}, help="Overrides of configs/serving.yaml.")
     sampler: dict[str, str | int | float | bool] = help_field({}, help="Settings forwarded to every worker.")
     train_config: str = help_field("cpu_dpo", help="TreeDPO/configs/<name>.yaml.")
@@ -166,11 +172,24 @@ def task_ids_setting(ids: list[str]) -> str:
     return "task_ids=" + json.dumps(ids)
 
 
-def dpo_steps(cfg: ExperimentConfig, n_pairs: int) -> int:
-    """ceil(dpo_epochs * pairs / effective batch), capped at dpo_max_steps x budget."""
+def training_processes(train_yaml: dict[str, Any]) -> int:
+    """How many processes `TreeDPO/train.py` trains with here: one per visible GPU when it launches torchrun
+    (more than one GPU, or a DeepSpeed config on a GPU; densepolicy/training/launch.py), else 1."""
+    from densepolicy.training.launch import visible_gpus
+
+    gpus = visible_gpus()
+    return len(gpus) if len(gpus) > 1 or (gpus and train_yaml.get("deepspeed")) else 1
+
+
+def dpo_steps(cfg: ExperimentConfig, n_pairs: int, processes: int | None = None) -> int:
+    """ceil(dpo_epochs * pairs / global batch), capped at dpo_max_steps x budget. The global batch is
+    per_device_train_batch_size x gradient_accumulation_steps x training processes (`training_processes`;
+    8 on an 8-GPU box)."""
     train_yaml = read_yaml(PROJECT_ROOT / "TreeDPO" / "configs" / f"{cfg.train_config}.yaml")
     train_yaml.update(parse_overrides(cfg.train_overrides, "train_overrides"))
-    batch = int(train_yaml.get("per_device_train_batch_size", 1)) * int(train_yaml.get("gradient_accumulation_steps", 1))
+    processes = training_processes(train_yaml) if processes is None else processes
+    batch = (int(train_yaml.get("per_device_train_batch_size", 1)) * int(train_yaml.get("gradient_accumulation_steps", 1))
+             * max(1, processes))
     return max(1, min(cfg.scaled(cfg.dpo_max_steps), math.ceil(cfg.dpo_epochs * n_pairs / batch)))
 
 
@@ -307,6 +326,9 @@ class Experiment:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"key 'resume': {shown(path)} cannot be read ({exc}); nothing to resume") from None
         now = json.loads(json.dumps(to_dict(self.cfg), default=str))  # as run.json stores it
+        if "device" not in before and isinstance(before, dict):  # made before the device key: a CPU run
+            before = {**before, "device": "cpu", "gpu": now.get("gpu"),
+                      "serving": {**(before.get("serving") or {}), "device": "cpu"}}
         diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
                  if k != "resume" and before.get(k) != now.get(k)]
         if diffs:
@@ -639,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stop_on_signals()
     try:
-        cfg = load_config(ExperimentConfig, args.config, args.overrides)
+        cfg = load_loop_config(ExperimentConfig, args.config, args.overrides)
         experiment = Experiment(cfg)
         return experiment.report_only() if args.report_only else experiment.main()
     except KeyboardInterrupt as exc:
