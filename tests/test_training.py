@@ -63,8 +63,18 @@ def _cached_keys(fn):
     return _KEYS_CACHE["keys"]
 
 
-def test_paper_config_matches_spec(dataset_dir):
-    args = build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=embedded_model_dir(),
+def llama3_like_model(path):
+    """A model directory with a Llama-3-Instruct chat template (the header markers `detect_template` reads)."""
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "max_position_embeddings": 8192}))
+    (path / "chat_template.jinja").write_text(
+        "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+        "{{ m['content'] | trim }}<|eot_id|>{% endfor %}")
+    return path
+
+
+def test_paper_config_matches_spec(dataset_dir, tmp_path):
+    args = build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=llama3_like_model(tmp_path / "llama"),
                             dataset_dir=dataset_dir, known_keys=KEYS)
     assert args["finetuning_type"] == "full" and args["template"] == "llama3" and args["cutoff_len"] == 8192
     assert args["learning_rate"] == pytest.approx(7.2e-8) and args["lr_scheduler_type"] == "cosine"
@@ -381,7 +391,7 @@ def test_shipped_sft_configs_use_only_known_llamafactory_keys(name, tmp_path):
         assert args["bf16"] is False and args["finetuning_type"] == "full"
         assert args["default_system"] == SMOLLM_SYSTEM and args["template"] == "smollm2"
     else:
-        assert args["bf16"] is True and args["template"] == "llama3"
+        assert args["bf16"] is True and args["template"] == "smollm2"  # auto: the model's (here the embedded one)
         assert args["per_device_train_batch_size"] * args["gradient_accumulation_steps"] * 8 == 32
     if name == "gpu_sft_full":
         assert args["deepspeed"] == str(PROJECT_ROOT / "TreeDPO/configs/ds_z3_config.json")

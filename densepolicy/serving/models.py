@@ -6,11 +6,18 @@
 The context length is never hard-coded: it is the model's own limit (``max_position_embeddings`` in
 config.json, ``model_max_length`` in tokenizer_config.json) capped by the served ``max_model_len``
 (registry entry, or the serving config's override).
+
+A directory that is not a registered path is named after the model, not the folder: a Hugging Face cache
+snapshot ``.../models--Qwen--Qwen2.5-7B-Instruct/snapshots/<hash>`` is ``Qwen2.5-7B-Instruct``. When that name
+(or the folder's) is a registered one, case aside, the directory gets that entry's settings. Its LLaMA-Factory
+chat template (`spec.template`, what ``template: auto`` in TreeDPO/configs resolves to) is the entry's
+``template``, else detected from the model's own chat template and config.json (`detect_template`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,9 @@ class ModelEntry:
     max_model_len: int | None = help_field(None, help="Context served by vLLM; default: the model's own limit.")
     stop: list[str] = help_field([], help="Extra chat stop strings sent with every request.")
     dtype: str = help_field("auto", help="vLLM --dtype: auto, bfloat16, float16 or float32.")
+    template: str | None = help_field(
+        None, help="LLaMA-Factory chat template for training (template: auto in TreeDPO/configs); default: "
+                   "detected from the model's own chat template (detect_template).")
 
 
 @dataclass
@@ -61,6 +71,8 @@ class ModelSpec:
     """Chat stop strings to send with every request."""
     dtype: str = "auto"
     """vLLM --dtype."""
+    template: str | None = None
+    """LLaMA-Factory template name (registry entry, else `detect_template`; None: not recognised)."""
 
 
 def load_registry(path: str | Path | None = None) -> ModelRegistry:
@@ -115,15 +127,81 @@ def resolve_model(name_or_path: str | None = None, max_model_len: int | None = N
         raise ModelError(f"context length of {model_dir} unknown: config.json has no max_position_embeddings; "
                          f"set max_model_len in configs/models.yaml or configs/serving.yaml")
     return ModelSpec(name=name, path=model_dir.resolve(), served_name=entry.served_name or name,
-                     context_length=min(lengths), stop=tuple(entry.stop), dtype=entry.dtype)
+                     context_length=min(lengths), stop=tuple(entry.stop), dtype=entry.dtype,
+                     template=entry.template or detect_template(model_dir))
+
+
+def model_template(model_dir: str | Path, registry: ModelRegistry | str | Path | None = None) -> str | None:
+    """LLaMA-Factory template of a model directory: its registry entry's `template` (the entry listing this path,
+    else the one of its model's name), else `detect_template`; None when neither knows."""
+    reg = registry if isinstance(registry, ModelRegistry) else load_registry(registry)
+    _, entry = _entry_for_dir(reg, resolve(model_dir))
+    return entry.template or detect_template(resolve(model_dir))
+
+
+_HF_CACHE_REPO = re.compile(r"^models--(?P<org>[^/]+?)--(?P<name>[^/]+)$")
+
+
+def model_dir_name(model_dir: str | Path) -> str:
+    """The model's name for a directory: a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/<hash>``,
+    what ``huggingface-cli download`` and ``from_pretrained`` leave) is NAME; any other directory is itself."""
+    path = Path(model_dir).resolve()
+    if path.parent.name == "snapshots":
+        match = _HF_CACHE_REPO.match(path.parent.parent.name)
+        if match:
+            return match.group("name")
+    return path.name
 
 
 def _entry_for_dir(reg: ModelRegistry, model_dir: Path) -> tuple[str, ModelEntry]:
-    """A registered entry whose path is `model_dir`, else a plain entry named after the directory."""
+    """A registered entry whose path is `model_dir`; else the entry registered under the model's name
+    (`model_dir_name`, case aside) with this directory as its path; else a plain entry of that name."""
     for name, entry in reg.models.items():
         if resolve(entry.path).resolve() == model_dir.resolve():
             return name, entry
-    return model_dir.resolve().name, ModelEntry(path=str(model_dir))
+    own = model_dir_name(model_dir)
+    for name, entry in reg.models.items():
+        if own.lower() in (name.lower(), (entry.served_name or "").lower()):
+            return name, replace(entry, path=str(model_dir))
+    return own, ModelEntry(path=str(model_dir))
+
+
+def _chat_template(model_dir: Path) -> str:
+    """The model's own chat template: chat_template.jinja, else tokenizer_config.json's chat_template."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        try:
+            return jinja.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return ""
+    value = _read_json(model_dir / "tokenizer_config.json").get("chat_template")
+    if isinstance(value, list):  # [{"name": "default", "template": ...}, ...]
+        value = next((t.get("template") for t in value if isinstance(t, dict) and t.get("name") == "default"), None)
+    return value if isinstance(value, str) else ""
+
+
+def detect_template(model_dir: str | Path) -> str | None:
+    """LLaMA-Factory's template for a model directory, from its own chat template and config.json:
+
+    ``<|start_header_id|>`` (Llama-3 / 3.1 Instruct) -> llama3; ``<|im_start|>`` with model_type qwen3 -> qwen3,
+    with another Qwen model_type / architecture or Qwen's system prompt -> qwen (Qwen2 / 2.5); ``<|im_start|>`` with SmolLM's system prompt -> smollm2; anything else -> None
+    (set ``template`` in configs/models.yaml or on the training command line).
+    """
+    model_dir = Path(model_dir)
+    text = _chat_template(model_dir)
+    config = _read_json(model_dir / "config.json")
+    model_type = str(config.get("model_type") or (config.get("text_config") or {}).get("model_type") or "").lower()
+    architectures = " ".join(str(a) for a in config.get("architectures") or []).lower()
+    if "<|start_header_id|>" in text:
+        return "llama3"
+    if "<|im_start|>" in text:
+        if model_type.startswith("qwen3") or "qwen3" in architectures:
+            return "qwen3"
+        if model_type.startswith("qwen") or "qwen" in architectures or "You are Qwen" in text:
+            return "qwen"
+        if "SmolLM" in text:
+            return "smollm2"
+    return None
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -136,5 +214,5 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["ConfigError", "ModelEntry", "ModelError", "ModelRegistry", "ModelSpec", "load_registry",
-           "model_context_limit", "resolve_model"]
+__all__ = ["ConfigError", "ModelEntry", "ModelError", "ModelRegistry", "ModelSpec", "detect_template",
+           "load_registry", "model_context_limit", "model_dir_name", "model_template", "resolve_model"]

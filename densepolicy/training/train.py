@@ -201,8 +201,27 @@ def _numbers(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def default_output_dir(model: Path, finetuning_type: str, dataset: str) -> Path:
-    """The original's layout: TreeDPO/saves/<model name>/<full|lora>/<dataset>."""
-    return SAVES_DIR / model.name / finetuning_type / dataset.replace(",", "+")
+    """The original's layout: TreeDPO/saves/<model name>/<full|lora>/<dataset> (a Hugging Face cache snapshot is
+    named after its repository, not its hash: `models.model_dir_name`)."""
+    from densepolicy.serving.models import model_dir_name
+
+    return SAVES_DIR / model_dir_name(model) / finetuning_type / dataset.replace(",", "+")
+
+
+def resolve_template(args: dict[str, Any], source: str) -> str:
+    """`template: auto` -> the model's LLaMA-Factory template (configs/models.yaml entry, else detected from its
+    chat template: `models.model_template`); any other value is kept. Raises `ConfigError` when auto finds none."""
+    template = str(args.get("template", ""))
+    if template != "auto":
+        return template
+    from densepolicy.serving.models import model_template
+
+    found = model_template(args["model_name_or_path"])
+    if found is None:
+        raise ConfigError(f"{source}: key 'template' is auto, but {args['model_name_or_path']} has no template in "
+                          f"configs/models.yaml and its chat template is not one DensePolicy recognises (Llama-3, "
+                          f"Qwen2.5/3, SmolLM2): set template=NAME (a LLaMA-Factory template) on the command line")
+    return found
 
 
 def build_train_args(
@@ -247,6 +266,8 @@ def build_train_args(
     if "model_name_or_path" not in args:
         raise ConfigError(f"{path}: no model given (use --model or model_name_or_path=...)")
     args["model_name_or_path"] = str(resolve_model(args["model_name_or_path"]))
+    if "template" in args:
+        args["template"] = resolve_template(args, str(path))
     args["dataset_dir"] = str(resolve(args.get("dataset_dir") or DEFAULT_DATASET_DIR))
     check_dataset(str(args["dataset"]), args["dataset_dir"])
     if not args.get("output_dir"):
