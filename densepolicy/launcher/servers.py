@@ -6,9 +6,13 @@ runs itself inside tmux or a Slurm task.
 """
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 
 class ModelNotFound(RuntimeError):
@@ -82,6 +86,54 @@ def find_free_ports(start: int, count: int, taken: set[int] = frozenset(), span:
             ports.append(port)
         port += 1
     return ports
+
+
+PORT_LOCK_ENV = "DENSEPOLICY_PORT_LOCK_DIR"
+"""Folder of the per-port claim files (default <tmp>/densepolicy-ports: node-local, like the ports)."""
+
+
+def port_lock_dir() -> Path:
+    """Where port claims live: $DENSEPOLICY_PORT_LOCK_DIR, else <tmp>/densepolicy-ports (created on demand)."""
+    path = Path(os.environ.get(PORT_LOCK_ENV) or Path(tempfile.gettempdir()) / "densepolicy-ports")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class PortClaim:
+    """A port this process has claimed: the flock on `<port_lock_dir>/<port>.lock` is held while `handle` is
+    open (the OS drops it when the process ends, even on SIGKILL), so no other claimant on this node takes it."""
+
+    port: int
+    handle: IO[str]
+
+    def release(self) -> None:
+        self.handle.close()
+
+
+def claim_free_port(start: int, span: int = 2000, host: str = "127.0.0.1") -> PortClaim:
+    """The first port >= `start` that nothing listens on and no other process of this node has claimed, claimed.
+
+    Array tasks of one Slurm job (or of several jobs) that share a node each start a vLLM server, which binds its
+    port only tens of seconds later; a bind test alone lets two tasks pick the same free port in that window.
+    The claim closes it: a task skips ports another task holds. Raises `NoFreePort`.
+    """
+    folder = port_lock_dir()
+    last = min(65535, start + span)
+    for port in range(start, last + 1):
+        handle = open(folder / f"{port}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # claimed by another process (or another claim of this one)
+            handle.close()
+            continue
+        if port_is_free(port, host):
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            return PortClaim(port, handle)
+        handle.close()
+    raise NoFreePort(f"no free unclaimed port in {start}..{last} (claims in {folder}); set base_port=... "
+                     f"or stop other servers")
 
 
 def base_url(port: int, host: str = "127.0.0.1") -> str:

@@ -36,12 +36,22 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
             proc.kill()
 
 
+_PORT_CLAIMS: list = []
+"""Port claims of this task's server, held until the task process exits (`servers.claim_free_port`)."""
+
+
 def server_command(plan: dict, slot: Slot) -> tuple[list[str], dict[str, str], str]:
-    """argv, env and base URL of this task's vLLM server (GPUs come from Slurm's CUDA_VISIBLE_DEVICES)."""
+    """argv, env and base URL of this task's vLLM server (GPUs come from Slurm's CUDA_VISIBLE_DEVICES).
+
+    The port is the first free one from base_port + array task id that no other task on this node has claimed;
+    the claim lasts as long as this task's process, so tasks sharing a node never pick the same port even while
+    their servers are still starting."""
     from densepolicy.launcher import servers as serving
 
     task_id = int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
-    port = serving.find_free_ports(plan["base_port"] + task_id, 1)[0]
+    claim = serving.claim_free_port(plan["base_port"] + task_id)
+    _PORT_CLAIMS.append(claim)
+    port = claim.port
     tp = int(plan.get("gpus_per_task") or 0)
     cfg = serving.load_serving_config("gpu" if tp else "cpu", plan["serving_overrides"], tp or None)
     proc = serving.server_process(plan["model"], cfg, Path(slot.log), port, gpus=[])
