@@ -17,7 +17,7 @@ import pytest
 
 from densepolicy.config import ConfigError
 from densepolicy.launcher.config import load_launcher_config, sampler_args
-from densepolicy.launcher.gpus import GPUError, detect_gpus, group_gpus
+from densepolicy.gpus import GPUError, detect_gpus, group_gpus
 from densepolicy.launcher.manifest import ManifestMismatch, check_or_write_manifest, make_manifest
 from densepolicy.launcher.plan import RunPlan, RunRequest, build_record, shards_for, worker_argv
 from densepolicy.launcher.progress import shard_progress

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from densepolicy.launcher.config import LauncherConfig
-from densepolicy.launcher.gpus import group_gpus
+from densepolicy.gpus import group_gpus
 from densepolicy.launcher.naming import server_session, worker_session
 from densepolicy.launcher.registry import RunRecord, Slot
 from densepolicy.paths import main_python, resolve

@@ -4,7 +4,7 @@ from __future__ import annotations
 from densepolicy.config import ConfigError, to_dict
 from densepolicy.launcher import servers as serving
 from densepolicy.launcher.config import LauncherConfig, sampler_args, serving_overrides
-from densepolicy.launcher.gpus import GPUError, detect_gpus
+from densepolicy.gpus import GPUError, detect_gpus
 from densepolicy.launcher.manifest import ManifestMismatch, check_or_write_manifest, make_manifest
 from densepolicy.launcher.naming import UnknownName, check_worker_settings, default_output_dir
 from densepolicy.launcher.plan import (EXIT_ENVIRONMENT, EXIT_MODEL, EXIT_USAGE, LaunchError, RunPlan,

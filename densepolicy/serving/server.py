@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from densepolicy.config import ConfigError, describe, help_field, load_config
+from densepolicy.gpus import detect_gpus
 from densepolicy.serving.models import ModelError, ModelSpec, resolve_model
 from densepolicy.paths import PROJECT_ROOT, resolve, serve_python
 
@@ -360,8 +361,6 @@ class VLLMServer:
         $CUDA_VISIBLE_DEVICES / nvidia-smi) lowered to what the model's attention heads allow."""
         if self.cfg.tensor_parallel_size is not None:
             return self.cfg.tensor_parallel_size
-        from densepolicy.launcher.gpus import detect_gpus
-
         gpus = self.gpus if self.gpus is not None else detect_gpus("auto")
         return tensor_parallel_for(len(gpus), *attention_heads(self.model.path))
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from densepolicy.config import ConfigError
+from densepolicy.gpus import detect_gpus
 
 TORCHRUN_KEYS = ("FORCE_TORCHRUN", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT")
 NODE_TIMEOUT_ENV = "DENSEPOLICY_NODE_TIMEOUT"
@@ -43,8 +44,6 @@ DEFAULT_NODE_TIMEOUT_S = 1800.0
 
 def visible_gpus(environ: Mapping[str, str] | None = None) -> list[str]:
     """GPU ids this run may use: $CUDA_VISIBLE_DEVICES when set (empty or -1: none), else nvidia-smi."""
-    from densepolicy.launcher.gpus import detect_gpus
-
     return detect_gpus("auto", dict(os.environ if environ is None else environ))
 
 
