@@ -13,13 +13,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agents.codeact_agent import run_agent_task
+from agents.codeact_agent_tree import EpisodePool, TreeTask
+from agents.runtime import TokenCounter, WorkerContext
 from densepolicy.config import ConfigError
 from densepolicy.file_lock import terminate_on_signals
+from densepolicy.paths import data_dir
 from densepolicy.results_io import is_fix_then_rerun
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem, shard_slice
 from densepolicy.sampling.run_record import record_sampling_shard
 from densepolicy.sampling.shard_identity import check_shard_settings, lock_shard, record_shard_settings
 from densepolicy.sampling.shard_writer import ShardWriter
+from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, LLMRejectedError
+from densepolicy.serving.models import ModelError, resolve_model
+from envs import load_env
+from envs.base import EnvError
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,6 @@ def load_task_env(cfg: SamplerConfig) -> Any:
     """The env of `cfg.env`: a registry name (envs.load_env) or 'module:Factory' (custom envs, tests),
     rendering observations in `cfg.prompt_style`. A missing data directory or data file is a `ConfigError`
     naming it."""
-    from densepolicy.paths import data_dir
-    from envs.base import EnvError
     kwargs = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
     if cfg.data_dir and not data_dir(cfg.data_dir).is_dir():
         raise ConfigError(f"key 'data_dir': {data_dir(cfg.data_dir)} is not a directory")
@@ -50,7 +56,6 @@ def load_task_env(cfg: SamplerConfig) -> Any:
             raise ConfigError(f"key 'env': cannot load custom env {cfg.env!r}: {exc}") from None
         env.prompt_style = cfg.prompt_style
         return env
-    from envs import load_env
     try:
         return load_env(cfg.env, split=cfg.split, prompt_style=cfg.prompt_style, **kwargs)
     except EnvError as exc:
@@ -90,7 +95,6 @@ class ModelInfo:
 def model_info(model: str, cfg: SamplerConfig) -> ModelInfo:
     """Resolve `--model` (registry name or directory). An unknown model (e.g. a fake server's) is
     accepted when `context_length` is configured."""
-    from densepolicy.serving.models import ModelError, resolve_model
     try:
         spec = resolve_model(model)
     except (ModelError, ConfigError) as exc:
@@ -145,11 +149,6 @@ class Progress:
 
 async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url: str, todo: list[str],
                      writer: ShardWriter, progress: Progress, client: Any = None) -> dict[str, Any]:
-    from agents.codeact_agent import run_agent_task
-    from agents.codeact_agent_tree import EpisodePool, TreeTask
-    from agents.runtime import TokenCounter, WorkerContext
-    from densepolicy.serving.llm_client import ContextLengthError, LLMClient, LLMError, LLMRejectedError
-
     if client is None:
         client = LLMClient(server_url, model.served_name, max_concurrency=cfg.max_concurrency,
                            timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
