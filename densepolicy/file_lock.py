@@ -44,6 +44,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from densepolicy.results_io import OutputWriteError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_STALE_AFTER_S = 300.0
@@ -237,7 +239,6 @@ class OutputLock:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
-                from densepolicy.results_io import OutputWriteError
                 raise OutputWriteError(self.path, exc) from None
             raise
         try:

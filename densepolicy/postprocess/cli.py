@@ -7,9 +7,11 @@ import sys
 from typing import Callable
 
 from densepolicy.config import ConfigError, describe, from_dict, load_config, parse_overrides, to_dict, update_only_keys
+from densepolicy.file_lock import LockHeldError, Terminated
 from densepolicy.paths import resolve
 from densepolicy.postprocess.config import PostprocessConfig
 from densepolicy.presets import with_preset
+from densepolicy.results_io import OutputWriteError, is_fix_then_rerun
 
 DEFAULT_CONFIG = "configs/postprocess.yaml"
 
@@ -42,9 +44,6 @@ def run(main: Callable[[], int | None]) -> None:
     (settings, corrupt or missing files), 4 when another process holds an output's lock, 5 when an
     output cannot be written (disk full, read-only, permissions: fix, then rerun), 130 on Ctrl-C, 143 on
     SIGTERM."""
-    from densepolicy.file_lock import LockHeldError, Terminated
-    from densepolicy.results_io import OutputWriteError, is_fix_then_rerun
-
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = main()
