@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 from densepolicy.file_lock import OutputLock, lock_path, terminate_on_signals
 from densepolicy.results_io import (CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header,
-                                                writing)
+                                    writing)
 from densepolicy.sampling.shard_identity import read_settings, settings_diffs, settings_path
 from densepolicy.provenance import FILE_NAME as PROVENANCE_FILE
 from densepolicy.provenance import merged_columns, read_provenance

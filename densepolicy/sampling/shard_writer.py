@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from densepolicy.results_io import (CorruptFileError, atomic_open, iter_jsonl, json_line, json_text, undecodable,
-                                                without_surrogates, writing)
+                                    without_surrogates, writing)
 
 log = logging.getLogger(__name__)
 
