@@ -6,7 +6,10 @@ Each selected pair becomes
     {"conversations": [human, gpt, human, …, human], "chosen": {"from": "gpt", …}, "rejected": {…}}
 (plus "system" if the prompt starts with a system message). Pairs whose prompt + chosen or
 prompt + rejected, rendered with the model's own chat template, is longer than `cutoff_len` tokens are
-dropped and counted. The JSON goes to `<output_dir>/<name>.json` (never overwritten without
+dropped and counted. Every message content is written as the model's own chat template (the one vLLM renders)
+renders it: Meta-Llama-3-Instruct's trims each content, LLaMA-Factory's `llama3` template does not, so an
+observation "42\n" is written "42" (`densepolicy.serving.chat_template`); a pair whose two answers are then the
+same is dropped and counted. The JSON goes to `<output_dir>/<name>.json` (never overwritten without
 `overwrite`) and `<output_dir>/dataset_info.json` gets the entry `name` (other entries kept; atomic).
 `name` is a plain file name (no path separator, no `..`). Both files are written under the lock
 `<output_dir>/dataset_info.json.lock` (densepolicy.file_lock), taken before the "already exists" check,
@@ -33,6 +36,7 @@ from densepolicy.config import to_dict
 from densepolicy.paths import resolve
 from densepolicy.postprocess.config import DatasetConfig
 from densepolicy.results_io import ensure_new, write_json_atomic
+from densepolicy.serving.chat_template import content_rules, describe_rules, served_sharegpt
 from densepolicy.provenance import record_dataset
 
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt"}
@@ -172,6 +176,16 @@ def pair_token_lengths(tokenizer, records: Sequence[dict[str, Any]], batch_size:
     return lengths
 
 
+def served_pairs(records: Sequence[dict[str, Any]], rules) -> tuple[list[dict[str, Any]], int]:
+    """(records with every content as the served chat template renders it (`rules` of `content_rules`),
+    how many pairs were dropped because their two answers are then the same text)."""
+    if not any(rule.changes_contents for rule in dict(rules).values()):
+        return list(records), 0
+    out = [served_sharegpt(record, rules) for record in records]
+    kept = [record for record in out if record["chosen"]["value"] != record["rejected"]["value"]]
+    return kept, len(out) - len(kept)
+
+
 def register_dataset(info_path: str | os.PathLike, name: str, entry: dict[str, Any]) -> None:
     """Insert or update `name` in dataset_info.json, keeping every other entry (atomic write)."""
     info = read_dataset_info(info_path)
@@ -204,9 +218,16 @@ class DatasetReport:
     written_pairs: int = 0
     mixed: dict[str, int] = field(default_factory=dict)
     max_tokens_kept: int = 0
+    served_contents: str = ""
+    """What the model's chat template does to contents, as written ('' when it keeps them)."""
+    same_answers: int = 0
+    """Pairs dropped because chosen and rejected are the same text as the served template renders them."""
 
     def text(self) -> str:
         lines = [f"read {self.rows} pair rows ({self.unselected} not selected, skipped)",
+                 *([f"contents written as the model's chat template renders them ({self.served_contents}); "
+                    f"dropped {self.same_answers} pair(s) whose answers are then the same"]
+                   if self.served_contents else []),
                  f"dropped {self.dropped_long} pair(s) longer than the cutoff"
                  + (f" (longest {self.longest_dropped} tokens)" if self.dropped_long else ""),
                  f"wrote {self.written_pairs} tree pairs (longest kept {self.max_tokens_kept} tokens)"
@@ -272,6 +293,13 @@ def _prepare_locked(pairs_path: Path, cfg: DatasetConfig, name: str, output_dir:
                            f"selected): nothing to train on; pass --allow_empty to write an empty dataset anyway")
     if records:
         tokenizer = tokenizer or load_tokenizer(cfg.model)
+    rules = content_rules(tokenizer) if records else {}
+    report.served_contents = describe_rules(rules)
+    records, report.same_answers = served_pairs(records, rules)
+    if report.same_answers and not records and not allow_empty:
+        raise DatasetError(f"{pairs_path}: the two answers of all {report.same_answers} selected pairs are the same "
+                           f"text as the model's chat template renders them ({report.served_contents}): nothing "
+                           f"to train on; pass --allow_empty to write an empty dataset anyway")
     kept = []
     for record, (n_chosen, n_rejected) in zip(records, pair_token_lengths(tokenizer, records,
                                                                           show_progress=show_progress)):
@@ -287,7 +315,8 @@ def _prepare_locked(pairs_path: Path, cfg: DatasetConfig, name: str, output_dir:
         raise DatasetError(f"{pairs_path}: all {len(records)} selected pairs are longer than cutoff_len="
                            f"{cfg.cutoff_len} tokens: nothing to train on; raise dataset.cutoff_len, or pass "
                            f"--allow_empty")
-    others = [(spec, read_pairwise_json(resolve_mix_source(spec, output_dir)), ratio) for spec, ratio in mix]
+    others = [(spec, served_pairs(read_pairwise_json(resolve_mix_source(spec, output_dir)), rules)[0], ratio)
+              for spec, ratio in mix]
     combined, report.mixed = mix_records(kept, others, cfg.seed)
     write_json_atomic(report.output, combined, indent=1)
     has_system = any("system" in r for r in combined)

@@ -26,6 +26,7 @@ from typing import Any, Literal, Optional, Sequence
 from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
+from densepolicy.serving.chat_template import content_rules, served_sharegpt
 from densepolicy.results_io import ensure_new, write_json_atomic
 from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plan,
                                          expert_plans, replay)
@@ -258,6 +259,8 @@ def build_expert_dataset(cfg: ExpertDataConfig, dataset_dir: Path | None = None,
         print(f"{env_name}: collecting {wanted} expert trajectories", flush=True)
         records += collect_env(cfg, env_name, wanted, tokenizer, summary,
                                log=lambda text: print(text, flush=True))
+    rules = content_rules(tokenizer)  # contents as the served chat template renders them (Llama-3 trims them)
+    records = [served_sharegpt(record, rules) for record in records]
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, records, indent=1)
     register_dataset(out_dir / "dataset_info.json", cfg.name, dataset_info_entry(cfg.name))

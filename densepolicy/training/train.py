@@ -26,6 +26,7 @@ Output directory layout (default ``TreeDPO/saves/<model>/<full|lora>/<dataset>``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -42,6 +43,13 @@ import yaml
 from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
 from densepolicy.provenance import record_trained_model
+from densepolicy.serving.chat_template import (
+    ContentRule,
+    content_rules,
+    default_system_prompt,
+    describe_rules,
+    served_messages,
+)
 from densepolicy.training.launch import (
     NodeGroup,
     check_launchable,
@@ -381,6 +389,60 @@ class TemplatePair:
         return [self.compare(messages[:i + 1], system)
                 for i, message in enumerate(messages) if message["role"] == "assistant"]
 
+    def agrees(self, messages: list[dict[str, str]], system: str = "") -> bool:
+        """True if every assistant turn of `messages` renders the same both ways (`compare_turns`)."""
+        return all(turn.agree for turn in self.compare_turns(messages, system))
+
+    @functools.cached_property
+    def serving_rules(self) -> dict[str, ContentRule]:
+        """What the model's own chat template does to message contents, per role (e.g. Llama-3-Instruct trims
+        them); LLaMA-Factory's templates insert contents as they are."""
+        return content_rules(self.tokenizer)
+
+    def diagnose(self, messages: list[dict[str, str]], system: str = "") -> TemplateDiagnosis | None:
+        """None if the conversation renders the same both ways; else which side has to change, found by
+        trying each fix: the data (contents as the served template renders them), `default_system` (both
+        sides given the same system prompt), or else `template`."""
+        if self.agrees(messages, system):
+            return None
+        served = served_messages(messages, self.serving_rules)
+        served_system = self.serving_rules["system"].apply(system) if system else system
+        data_differs = served != messages or served_system != system
+        probe = "You are a helpful assistant."
+        if data_differs and self.agrees(served, served_system):
+            sides: tuple[str, ...] = ("data",)
+        elif not system and self.agrees(served, probe):
+            sides = ("data", "default_system") if data_differs and not self.agrees(messages, probe) else \
+                ("default_system",)
+        else:
+            sides = ("template",)
+        return TemplateDiagnosis(sides, self.first_difference(messages, system))
+
+    def first_difference(self, messages: list[dict[str, str]], system: str = "") -> str:
+        """Both renderings around the first token where they differ (first disagreeing turn)."""
+        for turn in self.compare_turns(messages, system):
+            if turn.agree:
+                continue
+            if turn.training_prompt_ids != turn.serving_prompt_ids:
+                label, training, serving = "prompt", turn.training_prompt_ids, turn.serving_prompt_ids
+            else:
+                label, training, serving = "answer", turn.training_full_ids, turn.serving_full_ids
+            i = next((k for k, (a, b) in enumerate(zip(training, serving)) if a != b), min(len(training), len(serving)))
+            window = slice(max(0, i - 6), i + 6)
+            return (f"{label} token {i}: LLaMA-Factory ...{self.tokenizer.decode(training[window])!r}... vs "
+                    f"served ...{self.tokenizer.decode(serving[window])!r}...")
+        return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class TemplateDiagnosis:
+    """Why a record renders differently for training and serving: `sides` to change, among "data" (the
+    record's contents are not what the served template renders), "default_system" and "template" (the
+    training config's keys), and where the token ids first differ."""
+
+    sides: tuple[str, ...]
+    first_difference: str
+
 
 def template_pair(args: dict[str, Any]) -> TemplatePair:
     """The `TemplatePair` of a training config: its tokenizer (or model) directory, template and system."""
@@ -398,18 +460,67 @@ def check_chat_template(args: dict[str, Any], records: int = 3, pair: TemplatePa
     if entry.get("formatting") != "sharegpt":
         log.warning("template check skipped: dataset %s is not in sharegpt format", dataset)
         return
-    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
     pair = pair or template_pair(args)
     for record in _dataset_records(dataset, args["dataset_dir"], records):
         messages, system = sharegpt_messages(record, entry)
-        if not all(turn.agree for turn in pair.compare_turns(messages, system)):
-            raise ConfigError(
-                f"chat template mismatch: LLaMA-Factory template {args['template']!r} "
-                f"(default_system={args.get('default_system')!r}) and the chat template of "
-                f"{tokenizer_dir} render a record of {dataset!r} differently, so the model would be trained "
-                f"on a prompt format it is not served with. Fix `template`/`default_system` "
-                f"(or skip with --skip-template-check)."
-            )
+        diagnosis = pair.diagnose(messages, system)
+        if diagnosis is not None:
+            raise ConfigError(_mismatch_message(args, dataset, pair, diagnosis))
+    check_served_contents(args, pair)
+
+
+def check_served_contents(args: dict[str, Any], pair: TemplatePair) -> None:
+    """Fail if any record (up to `max_samples`) holds a message content that the model's chat template renders
+    differently (Llama-3-Instruct trims every content): LLaMA-Factory would train on it as it is, a prompt
+    the server never sends. A string check over every record, so it also finds the records the token-level
+    check of the first few does not look at."""
+    rules = pair.serving_rules
+    if not any(rule.changes_contents for rule in rules.values()):
+        return
+    dataset = str(args["dataset"]).split(",")[0].strip()
+    entry = registered_datasets(args["dataset_dir"])[dataset]
+    if entry.get("formatting") != "sharegpt":
+        return
+    records = _dataset_records(dataset, args["dataset_dir"], limit=int(args.get("max_samples") or 10**9))
+    for index, record in enumerate(records):
+        messages, system = sharegpt_messages(record, entry)
+        rejected = record.get(entry.get("columns", {}).get("rejected", "rejected"))
+        if isinstance(rejected, dict):
+            messages = messages + [{"role": "assistant", "content": rejected.get("value", rejected.get("content", ""))}]
+        if system:
+            messages = [{"role": "system", "content": system}] + messages
+        if served_messages(messages, rules) != messages:
+            raise ConfigError(_mismatch_message(args, dataset, pair, TemplateDiagnosis(
+                ("data",), f"record {index}: a content with whitespace the served template strips")))
+
+
+def _mismatch_message(args: dict[str, Any], dataset: str, pair: TemplatePair, diagnosis: TemplateDiagnosis) -> str:
+    """The error of a chat-template mismatch: what differs and which side to change."""
+    tokenizer_dir = args.get("tokenizer_name_or_path") or args["model_name_or_path"]
+    head = (f"chat template mismatch: LLaMA-Factory template {args['template']!r} "
+            f"(default_system={args.get('default_system')!r}) and the chat template of {tokenizer_dir} (what vLLM "
+            f"renders) render a record of {dataset!r} differently ({diagnosis.first_difference}), so the model would "
+            f"be trained on prompts the server never sends.")
+    advice = []
+    if "data" in diagnosis.sides:
+        advice.append(
+            f"Change the data, not the config: the model's chat template {describe_rules(pair.serving_rules)}, "
+            f"LLaMA-Factory's {args['template']!r} inserts contents as they are, and the dataset was not written for "
+            f"this model. Write it again for the served model: `prepare_dataset.py --model {tokenizer_dir}` "
+            f"(pairs) or `scripts/build_expert_data.py model={tokenizer_dir}` (expert SFT data); both write every "
+            f"content as the model's chat template renders it.")
+    if "default_system" in diagnosis.sides:
+        served = default_system_prompt(pair.tokenizer)
+        advice.append(
+            "Change the config: LLaMA-Factory's default system prompt is not the model's; set "
+            + (f"default_system={served!r}" if served else "no default_system (the model's chat template has none)")
+            + " in the training config.")
+    if "template" in diagnosis.sides:
+        advice.append(
+            "Change the config: LLaMA-Factory's template does not render this model's chat format; set `template` "
+            "to the one of the model's family (llama3 for Llama-3-Instruct, qwen for Qwen2.5-Instruct, smollm2 for "
+            "SmolLM2, with its default_system).")
+    return " ".join([head, *advice, "(Skip the check with --skip-template-check.)"])
 
 
 def record_length(pair: TemplatePair, record: dict[str, Any], entry: dict[str, Any]) -> int:
