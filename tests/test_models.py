@@ -93,3 +93,49 @@ def test_registry_with_unknown_key_is_rejected(tmp_path):
 def test_embedded_model_context_is_read_from_its_files():
     spec = resolve_model("SmolLM2-135M-Instruct")
     assert spec.context_length == 2048  # min(config.json 8192, registry max_model_len 2048)
+
+
+def _llama_like(path, eot_id=128009):
+    """A model directory in Llama-3-Instruct's layout: its chat template and the published special-token ids."""
+    model_dir = make_model(path)
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{{ '<|start_header_id|>' + messages[0]['content'] | trim + '<|eot_id|>' }}",
+        "added_tokens_decoder": {"128000": {"content": "<|begin_of_text|>", "special": True},
+                                 "128001": {"content": "<|end_of_text|>", "special": True},
+                                 str(eot_id): {"content": "<|eot_id|>", "special": True}}}))
+    return model_dir
+
+
+def test_stop_token_ids_come_from_the_registry_and_are_checked_against_the_tokenizer(tmp_path):
+    """A checkpoint whose generation_config.json lacks <|eot_id|> would generate to max_tokens: the registry's
+    stop_token_ids go with every request; an id that is not one of the model's special tokens is refused."""
+    model_dir = _llama_like(tmp_path / "llama")
+    spec = resolve_model("a", registry=registry(tmp_path, a={"path": str(model_dir), "stop_token_ids": [128009]}))
+    assert spec.stop_token_ids == (128009,)
+    with pytest.raises(ConfigError, match=r"key 'models.a.stop_token_ids': \[42\] are not special tokens .*128009 <\|eot_id\|>"):
+        resolve_model("a", registry=registry(tmp_path, a={"path": str(model_dir), "stop_token_ids": [42]}))
+
+
+def test_a_directory_without_an_entry_stops_at_its_familys_end_of_turn_token(tmp_path):
+    """A trained or local checkpoint that no entry names (its folder is the dataset's name) still stops at
+    <|eot_id|> (Llama-3) / <|im_end|> (Qwen), looked up in its own tokenizer; SmolLM2-like chats get none."""
+    assert resolve_model(str(_llama_like(tmp_path / "tree_dpo_math", eot_id=7)), registry=registry(tmp_path)).stop_token_ids == (7,)
+    qwen = make_model(tmp_path / "run2")
+    (qwen / "config.json").write_text(json.dumps({"max_position_embeddings": 4096, "model_type": "qwen2"}))
+    (qwen / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{{ '<|im_start|>' + messages[0]['content'] + '<|im_end|>' }}",
+        "added_tokens_decoder": {"151643": {"content": "<|endoftext|>"}, "151644": {"content": "<|im_start|>"},
+                                 "151645": {"content": "<|im_end|>"}}}))
+    assert resolve_model(str(qwen), registry=registry(tmp_path)).stop_token_ids == (151645,)
+    assert resolve_model(str(make_model(tmp_path / "plain")), registry=registry(tmp_path)).stop_token_ids == ()
+
+
+def test_the_shipped_registry_stops_llama3_and_qwen_at_their_end_of_turn_ids():
+    """The ids are the published tokenizers' (tests/fixtures/chat_templates)."""
+    from tests.chat_template_fixtures import fixture
+
+    models = load_registry().models
+    assert models["Meta-Llama-3-8B-Instruct"].stop_token_ids == [
+        fixture("Meta-Llama-3-8B-Instruct")["special_tokens"]["<|eot_id|>"]] == [128009]
+    assert models["Qwen2.5-7B-Instruct"].stop_token_ids == [
+        fixture("Qwen2.5-7B-Instruct")["special_tokens"]["<|im_end|>"]] == [151645]

@@ -1,7 +1,7 @@
 """Model registry: MODEL on the command line is a registered name (configs/models.yaml) or a directory.
 
     spec = resolve_model("SmolLM2-135M-Instruct")          # or resolve_model("TreeDPO/saves/.../full/run")
-    spec.path, spec.served_name, spec.context_length, spec.stop
+    spec.path, spec.served_name, spec.context_length, spec.stop, spec.stop_token_ids
 
 The context length is never hard-coded: it is the model's own limit (``max_position_embeddings`` in
 config.json, ``model_max_length`` in tokenizer_config.json) capped by the served ``max_model_len``
@@ -41,6 +41,11 @@ class ModelEntry:
     served_name: str | None = help_field(None, help="--served-model-name for vLLM; default: the registry name.")
     max_model_len: int | None = help_field(None, help="Context served by vLLM; default: the model's own limit.")
     stop: list[str] = help_field([], help="Extra chat stop strings sent with every request.")
+    stop_token_ids: list[int] = help_field(
+        [], help="Token ids that end a generation, sent with every request (vLLM's stop_token_ids), so a checkpoint "
+                 "whose generation_config.json lacks its end-of-turn token still stops there; each must be a special "
+                 "token of the model's tokenizer. Default for a directory without an entry: the end-of-turn token "
+                 "of its detected chat family (llama3: <|eot_id|>, qwen/qwen3: <|im_end|>).")
     dtype: str = help_field("auto", help="vLLM --dtype: auto, bfloat16, float16 or float32.")
     template: str | None = help_field(
         None, help="LLaMA-Factory chat template for training (template: auto in TreeDPO/configs); default: "
@@ -69,6 +74,8 @@ class ModelSpec:
     """Usable context in tokens: min(model limit, served max_model_len)."""
     stop: tuple[str, ...] = ()
     """Chat stop strings to send with every request."""
+    stop_token_ids: tuple[int, ...] = ()
+    """Token ids that end a generation, sent with every request (`ModelEntry.stop_token_ids`)."""
     dtype: str = "auto"
     """vLLM --dtype."""
     template: str | None = None
@@ -126,9 +133,50 @@ def resolve_model(name_or_path: str | None = None, max_model_len: int | None = N
     if not lengths:
         raise ModelError(f"context length of {model_dir} unknown: config.json has no max_position_embeddings; "
                          f"set max_model_len in configs/models.yaml or configs/serving.yaml")
+    template = entry.template or detect_template(model_dir)
     return ModelSpec(name=name, path=model_dir.resolve(), served_name=entry.served_name or name,
-                     context_length=min(lengths), stop=tuple(entry.stop), dtype=entry.dtype,
-                     template=entry.template or detect_template(model_dir))
+                     context_length=min(lengths), stop=tuple(entry.stop), dtype=entry.dtype, template=template,
+                     stop_token_ids=stop_token_ids(name, entry, model_dir, template))
+
+
+END_OF_TURN = {"llama3": "<|eot_id|>", "qwen": "<|im_end|>", "qwen3": "<|im_end|>"}
+"""The end-of-turn token of each chat family (LLaMA-Factory template name), for directories without an entry."""
+
+
+def special_tokens(model_dir: str | Path) -> dict[int, str]:
+    """Id -> text of the tokenizer's added (special) tokens: tokenizer_config.json's added_tokens_decoder, else
+    tokenizer.json's added_tokens; {} when neither file says."""
+    model_dir = Path(model_dir)
+    decoder = _read_json(model_dir / "tokenizer_config.json").get("added_tokens_decoder")
+    if isinstance(decoder, dict) and decoder:
+        return {int(i): str(t.get("content")) for i, t in decoder.items() if isinstance(t, dict) and str(i).isdigit()}
+    added = _read_json(model_dir / "tokenizer.json").get("added_tokens") if (model_dir / "tokenizer.json").is_file() \
+        else None
+    if isinstance(added, list):
+        return {int(t["id"]): str(t.get("content")) for t in added if isinstance(t, dict) and isinstance(t.get("id"), int)}
+    return {}
+
+
+def stop_token_ids(name: str, entry: ModelEntry, model_dir: Path, template: str | None) -> tuple[int, ...]:
+    """The entry's `stop_token_ids`, each checked against the model's special tokens (a `ConfigError` naming the
+    key for one that is not); an entry without any: the family's end-of-turn token (`END_OF_TURN`) when the
+    tokenizer has it, else none."""
+    wanted = END_OF_TURN.get(template or "")
+    if not entry.stop_token_ids and not wanted:
+        return ()
+    tokens = special_tokens(model_dir)
+    if entry.stop_token_ids:
+        wrong = [i for i in entry.stop_token_ids if tokens and i not in tokens]
+        if wrong:
+            raise ConfigError(f"key 'models.{name}.stop_token_ids': {wrong} are not special tokens of {model_dir} "
+                              f"(its end-of-turn tokens: {_named(tokens)})")
+        return tuple(entry.stop_token_ids)
+    return tuple(i for i, text in tokens.items() if text == wanted)
+
+
+def _named(tokens: dict[int, str]) -> str:
+    ends = {i: t for i, t in tokens.items() if t in END_OF_TURN.values() or "end" in t or "eot" in t}
+    return ", ".join(f"{i} {t}" for i, t in sorted(ends.items())[:8]) or "none found"
 
 
 def model_template(model_dir: str | Path, registry: ModelRegistry | str | Path | None = None) -> str | None:
@@ -214,5 +262,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-__all__ = ["ConfigError", "ModelEntry", "ModelError", "ModelRegistry", "ModelSpec", "detect_template",
-           "load_registry", "model_context_limit", "model_dir_name", "model_template", "resolve_model"]
+__all__ = ["END_OF_TURN", "ConfigError", "ModelEntry", "ModelError", "ModelRegistry", "ModelSpec", "detect_template",
+           "load_registry", "model_context_limit", "model_dir_name", "model_template", "resolve_model",
+           "special_tokens", "stop_token_ids"]
