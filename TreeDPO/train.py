@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.config import ConfigError  # noqa: E402
-from densepolicy.training.gpu_memory import ALLOW_ENV  # noqa: E402
-from densepolicy.training.slurm_train import split_slurm_overrides, submit  # noqa: E402
-from densepolicy.training.train import TrainingError, train  # noqa: E402
+from densepolicy.config import ConfigError
+from densepolicy.training.gpu_memory import ALLOW_ENV
+from densepolicy.training.slurm_train import split_slurm_overrides, submit
+from densepolicy.training.train import TrainingError, train
 
 
 def main(argv: list[str] | None = None) -> int:

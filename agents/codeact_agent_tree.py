@@ -22,8 +22,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from agents.parser import parse_generation
 from agents.runtime import (MESSAGE_OVERHEAD_TOKENS, StepOutcome, WorkerContext, execute_generation, generated_text,
@@ -63,7 +64,7 @@ class TreeNode:
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
 
     @classmethod
-    def from_record(cls, rec: dict[str, Any]) -> "TreeNode":
+    def from_record(cls, rec: dict[str, Any]) -> TreeNode:
         return cls(node=parse_node_key(rec["node_id"]), temperature=rec["temperature"],
                    assistant=rec["assistant"], observation=rec["observation"], terminal=rec["terminal"],
                    success=rec["success"], status=rec["status"], turns=rec["turns"],
@@ -322,7 +323,7 @@ class TreeTask:
                 self.pool.touch(node)
                 try:
                     return await self.ctx.blocking(node.episode.fork)
-                except Exception as exc:  # noqa: BLE001 - rebuild from an ancestor once, then give up
+                except Exception as exc:
                     if attempt == 2:
                         raise
                     log.warning("task %s: fork of node %s failed (%s); rebuilding it by replay",

@@ -9,8 +9,8 @@ Two styles (`envs.base.PROMPT_STYLES`, the sampler's `prompt_style`): `original`
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from envs.base import PROMPT_STYLES, Tool
 

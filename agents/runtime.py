@@ -9,9 +9,10 @@ import asyncio
 import hashlib
 import logging
 import random
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from agents.incontext import example_pool
 from agents.parser import parse_generation
@@ -91,7 +92,7 @@ class TokenCounter:
         self.tokenizer = tokenizer
 
     @classmethod
-    def for_model_dir(cls, model_dir: Any) -> "TokenCounter":
+    def for_model_dir(cls, model_dir: Any) -> TokenCounter:
         """Load the tokenizer of a local model directory (falls back to the estimate on failure)."""
         try:
             from transformers import AutoTokenizer

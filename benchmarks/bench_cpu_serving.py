@@ -66,8 +66,8 @@ def main() -> int:
                 for n in args.concurrency:
                     start = time.monotonic()
                     with concurrent.futures.ThreadPoolExecutor(n) as pool:
-                        generated = sum(pool.map(lambda i: chat(server.base_url, server.served_name, i + 1000 * n,
-                                                                args.max_tokens), range(n)))
+                        generated = sum(pool.map(lambda i, n=n, server=server: chat(
+                            server.base_url, server.served_name, i + 1000 * n, args.max_tokens), range(n)))
                     wall = time.monotonic() - start
                     rows.append({"dtype": dtype, "concurrent": n, "generated_tokens": generated,
                                  "wall_s": round(wall, 2), "tokens_per_s": round(generated / wall, 1)})

@@ -30,7 +30,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from envs import load_env
+from envs import load_env  # noqa: E402 - after the sys.path set-up above
 
 RESULTS = ROOT / "benchmarks" / "results" / "math_step.csv"
 ACTIONS = [

@@ -165,7 +165,8 @@ def tree_token_stats(records: list[dict], roots: dict[str, list[dict]], tokenize
         uncached += len(root)  # prefilled once per tree
         prompts: dict[str, list[int]] = {}
 
-        def prompt_of(node_id: str) -> list[int]:
+        def prompt_of(node_id: str, prompts: dict[str, list[int]] = prompts, task_id: str = task_id,
+                      nodes: dict = nodes) -> list[int]:
             """Ids of the request prompt of node `node_id` (root + its ancestors' steps)."""
             if node_id not in prompts:
                 parts = node_id.split("-")

@@ -25,13 +25,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.postprocess.budget import merge_all_pairs  # noqa: E402
-from densepolicy.postprocess.merge import merge_distributed  # noqa: E402
-from densepolicy.postprocess.pairs import extract_pairs_file, read_task_meta  # noqa: E402
-from densepolicy.postprocess.config import Budget, MergePairsConfig  # noqa: E402
-from densepolicy.testing.synthetic_trees import random_tree  # noqa: E402
-from agents.tree_rules import PairRule  # noqa: E402
-from benchmarks.results_table import print_and_write  # noqa: E402
+from densepolicy.postprocess.budget import merge_all_pairs
+from densepolicy.postprocess.merge import merge_distributed
+from densepolicy.postprocess.pairs import extract_pairs_file, read_task_meta
+from densepolicy.postprocess.config import Budget, MergePairsConfig
+from densepolicy.testing.synthetic_trees import random_tree
+from agents.tree_rules import PairRule
+from benchmarks.results_table import print_and_write
 
 RESULTS = Path(__file__).resolve().parent / "results" / "postprocess.csv"
 COLUMNS = ["task_id", "dataset", "split", "method", "model", "status", "score", "runs", "nodes", "task_type",

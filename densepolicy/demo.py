@@ -15,8 +15,9 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from densepolicy.config import ConfigError, describe, help_field
 from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, merged_csv, move_aside,
@@ -166,7 +167,7 @@ class Demo:
 
     def summary(self, sample_dirs, merged_pairs, trained, table) -> None:
         st = self.stages
-        print("\n[demo] finished in %.0f s. Artefacts:" % st.elapsed())
+        print(f"\n[demo] finished in {st.elapsed():.0f} s. Artefacts:")
         evals = ", ".join(shown(p) for p in sorted(self.root.glob("eval_*")))
         rows = [("tree samples (CSV + trees/*.jsonl)", shown(self.root / "sample")),
                 ("pairs per env", ", ".join(shown(p / "pairs") for p in sample_dirs.values())),

@@ -29,8 +29,9 @@ import math
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
@@ -55,13 +56,13 @@ class ExperimentDataset:
     name: str = help_field(help="Dataset name (configs/tasks/<name>.yaml).")
     sample_tasks: int = help_field(20, help="Train tasks for tree sampling (x budget), a seeded sample of the train split.")
     sample: list[str] = help_field([], help="sample_tree.py key=value settings for tree sampling.")
-    eval_split: Optional[str] = help_field(None, help="Held-out split (null = the codeact_agent split of the task config).")
-    valid_split: Optional[str] = help_field(None, help="Validation split, train- and test-disjoint (used with "
+    eval_split: str | None = help_field(None, help="Held-out split (null = the codeact_agent split of the task config).")
+    valid_split: str | None = help_field(None, help="Validation split, train- and test-disjoint (used with "
                                                        "heldout=valid; null = this env has none and is left out).")
     eval_tasks: int = help_field(50, help="Held-out tasks (x budget, at most the split size), a seeded sample.")
     evaluate: list[str] = help_field([], help="sample_tree.py key=value settings for the evaluation of every model.")
     evaluate_base: bool = help_field(True, help="Evaluate the base model on this env too (with evaluate_base).")
-    eval_samples: Optional[int] = help_field(None, help="Sampled episodes per held-out task (null = the top-level "
+    eval_samples: int | None = help_field(None, help="Sampled episodes per held-out task (null = the top-level "
                                                          "eval_samples).")
     screen_tasks: int = help_field(0, help="Candidate train tasks screened by rollouts (x budget); 0 = no screen, "
                                            "trees on sample_tasks seeded train tasks.")
@@ -404,7 +405,7 @@ class Experiment:
         return max(1, math.ceil(self.cfg.proc_per_server / max(1, runs_per_dataset)))
 
     def evaluate(self, model: str, url: str, name: str, tasks: dict[str, list[str]], with_examples: bool,
-                 datasets: Optional[list[str]] = None) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+                 datasets: list[str] | None = None) -> tuple[dict[str, Path], dict[str, list[Path]]]:
         """The greedy run and the sampled runs of one model on the held-out tasks, all at once against `url`.
 
         Returns (dataset -> greedy run dir, dataset -> [sampled run dirs]); sample k ran with sampler seed

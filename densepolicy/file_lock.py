@@ -41,8 +41,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from densepolicy.results_io import OutputWriteError
 
@@ -171,7 +172,7 @@ class OutputLock:
         self._thread: threading.Thread | None = None
 
     # -- public -----------------------------------------------------------------------------------
-    def acquire(self) -> "OutputLock":
+    def acquire(self) -> OutputLock:
         """Take the lock, taking over a stale one; raises `LockHeldError` if a live process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(10):
@@ -211,7 +212,7 @@ class OutputLock:
                 self.path.unlink(missing_ok=True)
             self._held = False
 
-    def __enter__(self) -> "OutputLock":
+    def __enter__(self) -> OutputLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:

@@ -35,9 +35,10 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from densepolicy.paths import PROJECT_ROOT, data_dir, embedded_model_dir, main_python
 
@@ -142,7 +143,7 @@ class GpuCheck:
             status, detail = "SKIP", str(exc)
         except Failed as exc:
             status, detail = "FAIL", str(exc)
-        except Exception as exc:  # any other error is a failure of this check, not of the self-check
+        except Exception as exc:  # noqa: BLE001 - any other error is a failure of this check, not of the self-check
             status, detail = "FAIL", _one_line(exc)
             (self.work / f"{name}.traceback.txt").write_text(traceback.format_exc())
         result = CheckResult(name, status, round(time.monotonic() - started, 1), detail)

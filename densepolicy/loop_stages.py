@@ -19,8 +19,9 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 from densepolicy.config import (ConfigError, from_dict, load_config, merge_dicts, parse_overrides, read_yaml,
                                 to_dict, update_only_keys)

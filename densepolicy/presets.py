@@ -10,7 +10,8 @@ an explicit key replaces are logged. `preset=none` (the default) changes nothing
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from densepolicy.config import ConfigError, merge_dicts
 

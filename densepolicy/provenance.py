@@ -37,9 +37,10 @@ import platform
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.paths import PROJECT_ROOT, cache_dir, data_dir, serve_python
@@ -417,7 +418,8 @@ def upstream_summary(path: str | os.PathLike) -> dict[str, Any]:
     if found is not None:
         prov_file, key, record = found
         summary.update(provenance=f"{prov_file}#{key}", stage=record.get("stage"),
-                       eval_set_sha256=get_dotted(record, "eval_set.sha256"), eval_set_count=get_dotted(record, "eval_set.count"),
+                       eval_set_sha256=get_dotted(record, "eval_set.sha256"),
+                       eval_set_count=get_dotted(record, "eval_set.count"),
                        model_fingerprint=get_dotted(record, "model.fingerprint"),
                        settings_sha256=record.get("settings_sha256"))
     return summary
@@ -607,10 +609,12 @@ def comparability_problems(idents: Sequence[ResultIdentity]) -> list[tuple[str, 
             diff = _first_difference(files_a, files_b)
             if diff:
                 problems.append((dataset, f"{pair}: different data files: {diff}"))
-            diff = _first_difference(get_dotted(ref.record, "env.packages") or {}, get_dotted(other.record, "env.packages") or {})
+            diff = _first_difference(get_dotted(ref.record, "env.packages") or {},
+                                     get_dotted(other.record, "env.packages") or {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader package versions: {diff}"))
-            diff = _first_difference(get_dotted(ref.record, "env.code_files") or {}, get_dotted(other.record, "env.code_files") or {})
+            diff = _first_difference(get_dotted(ref.record, "env.code_files") or {},
+                                     get_dotted(other.record, "env.code_files") or {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader code: {diff}"))
     return problems
@@ -631,8 +635,8 @@ def identity_rows(idents: Sequence[ResultIdentity]) -> list[list[str]]:
             packages = ", ".join(f"{k} {v}" for k, v in (get_dotted(record, "env.packages") or {}).items())
             env = abbreviated(get_dotted(record, "env.code_sha256"), 8) + (f" ({packages})" if packages else "")
         rows.append([ident.label, ident.dataset, f"{abbreviated(ident.eval_set)} ({len(ident.task_ids)})",
-                     abbreviated(ident.model_fingerprint), abbreviated(get_dotted(record, "data_files.sha256")) if record else "–",
-                     env, commit])
+                     abbreviated(ident.model_fingerprint),
+                     abbreviated(get_dotted(record, "data_files.sha256")) if record else "–", env, commit])
     return rows
 
 
@@ -687,7 +691,8 @@ def _describe_record(record: Mapping[str, Any]) -> str:
     env_rec = record.get("env")
     if isinstance(env_rec, Mapping):
         pk = ", ".join(f"{k} {v}" for k, v in (env_rec.get("packages") or {}).items())
-        lines.append(f"  env       : {env_rec.get('name')}/{env_rec.get('split')}  code {abbreviated(env_rec.get('code_sha256'))}"
+        code = abbreviated(env_rec.get("code_sha256"))
+        lines.append(f"  env       : {env_rec.get('name')}/{env_rec.get('split')}  code {code}"
                      + (f"  ({pk})" if pk else ""))
     files = get_dotted(record, "data_files.files") or []
     if files or "data_files" in record:
@@ -700,7 +705,8 @@ def _describe_record(record: Mapping[str, Any]) -> str:
     for up in record.get("upstream") or []:
         if isinstance(up, Mapping):
             lines.append(f"  input     : {Path(str(up.get('file'))).name}  "
-                         + (f"eval set {abbreviated(up.get('eval_set_sha256'))}, model {abbreviated(up.get('model_fingerprint'))}"
+                         + (f"eval set {abbreviated(up.get('eval_set_sha256'))}, "
+                            f"model {abbreviated(up.get('model_fingerprint'))}"
                             if up.get("provenance") else "no provenance"))
     settings = record.get("settings") or {}
     lines.append(f"  settings  : {len(settings)} keys, sha256 {abbreviated(record.get('settings_sha256'))}")

@@ -18,8 +18,9 @@ import re
 import sys
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, TextIO
+from typing import Any, TextIO
 
 csv.field_size_limit(sys.maxsize)  # histories can be megabytes in one cell
 

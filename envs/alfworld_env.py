@@ -35,7 +35,7 @@ class ALFWorldGameHandle(GameHandle):
         self.done, self.success = bool(reply["done"]), bool(reply["won"])
         return reply["observation"]
 
-    def fork(self) -> "ALFWorldGameHandle":
+    def fork(self) -> ALFWorldGameHandle:
         child = ALFWorldGameHandle.__new__(ALFWorldGameHandle)
         child.__dict__.update(self.__dict__)
         child._remote = self._remote.fork()

@@ -144,7 +144,7 @@ class BabyAIGameHandle(GameHandle):
     def tool(self, name: str, args: list[str]) -> str:
         return self.game.act(action_text(name, args))
 
-    def fork(self) -> "BabyAIGameHandle":
+    def fork(self) -> BabyAIGameHandle:
         return BabyAIGameHandle(copy.deepcopy(self.game))
 
     def close(self) -> None:

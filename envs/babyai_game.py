@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from envs.babyai_planner import DIR_TO_VEC, DROP, FORWARD, LEFT, PICKUP, RIGHT, TOGGLE, is_walkable, plan_path
 
@@ -68,7 +68,7 @@ class BabyAIGame:
     are not (the keys of `_plans()`) into the line shown."""
 
     def __init__(self, level: str, seed: int, style: str = "original",
-                 render_actions: Optional[Callable[[list[str], list[str]], str]] = None):
+                 render_actions: Callable[[list[str], list[str]], str] | None = None):
         if style not in ("original", "compact"):
             raise ValueError(f"unknown BabyAI observation style {style!r}; expected 'original' or 'compact'")
         if style == "compact" and render_actions is None:

@@ -69,14 +69,14 @@ class Episode(abc.ABC):
             done=self.done, success=self.success)
 
     @abc.abstractmethod
-    def fork(self) -> "Episode":
+    def fork(self) -> Episode:
         """An independent episode in the same state, without replaying actions."""
 
     @abc.abstractmethod
     def close(self) -> None:
         """End every process this episode started. Idempotent."""
 
-    def __enter__(self) -> "Episode":
+    def __enter__(self) -> Episode:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -109,5 +109,5 @@ class Env(abc.ABC):
         """The data files this env read, by a stable name (e.g. `gsm8k/test.jsonl`), for provenance."""
         return {}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: envs without shared resources keep the no-op
         """Release shared resources (zygote processes, ...)."""

@@ -296,7 +296,9 @@ _ISOLATION: list[str] = []
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
-    enc = (lambda s: None if s is None else s.encode())
+    def enc(s: str | None) -> bytes | None:
+        return None if s is None else s.encode()
+
     return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
 
 
@@ -401,7 +403,7 @@ class _ImportView:
                     self._expose(path, fd, is_dir, entries)
             except OSError:
                 pass  # reported by _warn_unreadable
-        for path, fd, _is_dir, entries in self.plan:
+        for _path, fd, _is_dir, entries in self.plan:
             os.close(fd)
             for _name, kind, ref in entries or ():
                 if kind != "link":

@@ -32,7 +32,7 @@ class GameHandle(abc.ABC):
         """Execute tool `name` with string arguments; return its observation text."""
 
     @abc.abstractmethod
-    def fork(self) -> "GameHandle":
+    def fork(self) -> GameHandle:
         """An independent handle in the same game state."""
 
     @abc.abstractmethod
@@ -135,7 +135,7 @@ class ToolEpisode(Episode):
         return StepResult(observation, self.done, self.success,
                           info={"tool_calls": len(self._calls), "timed_out": bool(result.timed_out)})
 
-    def fork(self) -> "ToolEpisode":
+    def fork(self) -> ToolEpisode:
         """Same game state and interpreter state, independent from here on (no replay)."""
         child = ToolEpisode.__new__(ToolEpisode)
         child.__dict__.update(self.__dict__)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.config import ConfigError, describe  # noqa: E402
-from densepolicy.results_io import OutputExistsError  # noqa: E402
-from densepolicy.training.expert_data import ExpertDataConfig, build_expert_dataset, load_expert_data_config  # noqa: E402
+from densepolicy.config import ConfigError, describe
+from densepolicy.results_io import OutputExistsError
+from densepolicy.training.expert_data import ExpertDataConfig, build_expert_dataset, load_expert_data_config
 
 
 def main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.training.train import TrainingError, servable_model_spec  # noqa: E402
+from densepolicy.training.train import TrainingError, servable_model_spec
 
 
 def main(argv: list[str] | None = None) -> int:

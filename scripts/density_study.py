@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.config import ConfigError, describe, load_config  # noqa: E402
-from densepolicy.training.density import DensityStudyConfig, run_study  # noqa: E402
-from densepolicy.training.train import TrainingError  # noqa: E402
+from densepolicy.config import ConfigError, describe, load_config
+from densepolicy.training.density import DensityStudyConfig, run_study
+from densepolicy.training.train import TrainingError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.postprocess.significance import (exact_mcnemar, expected_sd_diff,  # noqa: E402
+from densepolicy.postprocess.significance import (exact_mcnemar, expected_sd_diff,
                                                   minimum_detectable_effect, sign_flip_permutation_p)
 
 

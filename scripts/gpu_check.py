@@ -3,7 +3,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from densepolicy.gpu_check import main  # noqa: E402
+from densepolicy.gpu_check import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.config import ConfigError, describe  # noqa: E402
-from densepolicy.training.train import TrainingError  # noqa: E402
-from densepolicy.training.warm_start import WarmStartConfig, ensure_warm_start, warm_start_state  # noqa: E402
+from densepolicy.config import ConfigError, describe
+from densepolicy.training.train import TrainingError
+from densepolicy.training.warm_start import WarmStartConfig, ensure_warm_start, warm_start_state
 
 
 def main(argv: list[str] | None = None) -> int:

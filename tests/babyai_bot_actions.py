@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densepolicy.training.expert.babyai_bot import bot_actions, main  # noqa: E402,F401
+from densepolicy.training.expert.babyai_bot import bot_actions, main  # noqa: F401
 
 if __name__ == "__main__":
     main(sys.argv[1:])

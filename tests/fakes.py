@@ -59,7 +59,7 @@ class ScriptedEpisode(Episode):
             return StepResult("Your answer is correct.", True, True)
         return StepResult("Your answer is incorrect.", False, False)
 
-    def fork(self) -> "ScriptedEpisode":
+    def fork(self) -> ScriptedEpisode:
         _count("fork")
         assert not self.closed, "fork of a closed episode"
         child = ScriptedEpisode(self.task_id, self.target, self.state)

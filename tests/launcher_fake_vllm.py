@@ -16,7 +16,7 @@ def main() -> None:
     probe = {"argv": argv, "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "pid": os.getpid()}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             body = {"/v1/models": {"data": [{"id": name}]}, "/launcher_probe": probe}.get(self.path)
             self.send_response(200 if body else 404)
             self.end_headers()

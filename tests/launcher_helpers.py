@@ -30,7 +30,7 @@ class Launcher:
         server = libtmux.Server(socket_name=self.socket)
         try:
             return {s.session_name for s in server.sessions} if server.is_alive() else set()
-        except Exception:
+        except Exception:  # noqa: BLE001 - libtmux: various errors once the server is gone
             return set()
 
     def wait_sessions_gone(self, names: set[str], timeout: float) -> None:
@@ -46,7 +46,7 @@ class Launcher:
         try:
             if server.is_alive():
                 server.kill()
-        except Exception:
+        except Exception:  # noqa: BLE001 - libtmux: various errors once the server is gone
             pass
 
 

@@ -4,7 +4,8 @@
                             --output_dir D [max_tasks=20] [key=value ...]
 
 Tasks are "0".."max_tasks-1"; `<output_dir>/stub_worker.json` may set {"sleep": s, "fail_shard": k}
-(settings only the stand-in knows, so they cannot go through the sampler's key=value). Shard K gets the contiguous block ceil(tasks/N) * K ... (like the sampler).
+(settings only the stand-in knows, so they cannot go through the sampler's key=value). Shard K gets the
+contiguous block ceil(tasks/N) * K ... (like the sampler).
 Each finished task appends one whole CSV line (flush + fsync), so a killed worker resumes without
 duplicates. It checks the server answers GET /models first (exit 3 if not), shows a tqdm bar, and
 exits 0 when its shard is complete.

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from densepolicy.sampling.shard_writer import CSV_COLUMNS
 from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl

@@ -58,7 +58,8 @@ def test_clean_checkout_unpacks_the_split_into_the_cache(tmp_path):
 
 
 def test_unknown_split_and_task_id_are_clear_errors(env):
-    with pytest.raises(EnvError, match=r"unknown alfworld split 'test'; expected one of \['train', 'valid_seen', 'valid_unseen'\]"):
+    with pytest.raises(EnvError, match=r"unknown alfworld split 'test'; "
+                                       r"expected one of \['train', 'valid_seen', 'valid_unseen'\]"):
         load_env("alfworld", split="test")
     with pytest.raises(EnvError, match="unknown alfworld task id 'pick_and_place_simple-Nope-1/trial_T0'.*e.g."):
         env.start("pick_and_place_simple-Nope-1/trial_T0")
@@ -145,8 +146,10 @@ HOSTILE = [
     "from envs.forkable import host_callback\nhost_callback('__setattr__', 'done', True)",
     # the stub's closure holds the raw RPC function: unknown names are refused by the trusted side
     "rpc = [c.cell_contents for c in goto.__closure__ if callable(c.cell_contents)][0]\nrpc('_game', 'won')",
-    "rpc = [c.cell_contents for c in goto.__closure__ if callable(c.cell_contents)][0]\nrpc('put', 'bowl 1', 'shelf 1', won=True)",
-    "import gc\nprint([type(o).__name__ for o in gc.get_objects() if 'Episode' in type(o).__name__ or 'ALFWorldGame' in type(o).__name__])",
+    "rpc = [c.cell_contents for c in goto.__closure__ if callable(c.cell_contents)][0]\n"
+    "rpc('put', 'bowl 1', 'shelf 1', won=True)",
+    "import gc\nprint([type(o).__name__ for o in gc.get_objects()\n"
+    "       if 'Episode' in type(o).__name__ or 'ALFWorldGame' in type(o).__name__])",
     "goto({'__class__': 'x'})",
     "goto('a' * 10000)",
     "while True:\n    inventory()",

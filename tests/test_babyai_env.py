@@ -189,7 +189,8 @@ HOSTILE = [
     "import gymnasium, minigrid\ne = gymnasium.make('BabyAI-GoToRedBallGrey-v0')\ne.reset(seed=0)\nprint('won')",
     "import envs.babyai_game",
     "rpc = [c.cell_contents for c in go_to.__closure__ if callable(c.cell_contents)][0]\nrpc('_game')",
-    "rpc = [c.cell_contents for c in go_to.__closure__ if callable(c.cell_contents)][0]\nrpc('go_to', obj='red ball 1', success=True)",
+    "rpc = [c.cell_contents for c in go_to.__closure__ if callable(c.cell_contents)][0]\n"
+    "rpc('go_to', obj='red ball 1', success=True)",
     "raise RuntimeError('success')",
     "import os\nos._exit(0)",
     "go_to({'obj': 'red ball 1'})",

@@ -105,7 +105,8 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_plot_density_draws_one_panel_per_dataset_and_trial(tmp_path):
-    rows = [{"density": d, "acc_math@4": a, "acc_math@10": a + 2} for d, a in ((1.0, 83.1), (0.5, 79.5), (0.25, 81.8), (0.125, 80.1))]
+    rows = [{"density": d, "acc_math@4": a, "acc_math@10": a + 2}
+            for d, a in ((1.0, 83.1), (0.5, 79.5), (0.25, 81.8), (0.125, 80.1))]
     out = plot_density(rows, ["acc_math@4", "acc_math@10"], tmp_path / "fig.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import matplotlib.image

@@ -139,7 +139,7 @@ def test_sampled_episodes_give_per_task_rates_and_a_paired_rate_test(tmp_path):
         k = seed - cfg.eval_seed
         return (i + k) % 4 == 0 if model == warm_dir else (i + k) % 2 == 0
 
-    exp = run_offline(cfg, tmp_path, solved)
+    run_offline(cfg, tmp_path, solved)
     with open(root / "paired_rate_tests.csv", newline="") as fh:
         (test,) = list(csv.DictReader(fh))
     assert (test["model_a"], test["model_b"], test["tasks"], test["samples_per_task"]) == (TREEDPO, WARM, "40", "4")
@@ -207,7 +207,7 @@ def test_report_only_rebuilds_the_report_of_an_interrupted_run_from_what_finishe
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
         f"output_dir={root}", "budget=1", "evaluate_base=true", "eval_samples=4",
         "datasets=[{name: gsm8k, sample_tasks: 3, eval_tasks: 5, evaluate: [max_turn=1]}]"])
-    exp = run_offline(cfg, tmp_path, lambda model, task: model.endswith("treedpo_model"))
+    run_offline(cfg, tmp_path, lambda model, task: model.endswith("treedpo_model"))
     # as if the run had been stopped during the base model's evaluation: shards written, merge not done
     (merged_base,) = (root / "eval_base" / "gsm8k").glob("*.None.csv")
     merged_base.rename(merged_base.with_name("gsm8k.test.0.csv"))
@@ -243,7 +243,8 @@ def test_a_run_started_with_sigint_ignored_still_stops_on_sigint_and_sigterm(sig
     # `make experiment &` from a script starts Python with SIGINT ignored; stop_on_signals turns both signals
     # into KeyboardInterrupt, which the stages answer by stopping their workers
     code = ("import time\nfrom densepolicy.loop_stages import stop_on_signals\nstop_on_signals()\n"
-            "try:\n    print('ready', flush=True)\n    time.sleep(60)\nexcept KeyboardInterrupt as exc:\n    print('stopped', exc)")
+            "try:\n    print('ready', flush=True)\n    time.sleep(60)\n"
+            "except KeyboardInterrupt as exc:\n    print('stopped', exc)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.stdout.readline() == "ready\n"
@@ -257,7 +258,7 @@ def test_heldout_valid_evaluates_on_the_validation_split_and_leaves_out_envs_wit
         f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0", "heldout=valid",
         "datasets=[{name: gsm8k, sample_tasks: 2, eval_tasks: 5},"
         " {name: babyai, sample_tasks: 2, eval_tasks: 6, valid_split: valid}]"])
-    exp = run_offline(cfg, tmp_path, lambda model, task: False)
+    run_offline(cfg, tmp_path, lambda model, task: False)
     tasks = json.loads((root / "tasks.json").read_text())
     assert list(tasks["evaluation"]) == ["babyai"] and len(tasks["evaluation"]["babyai"]) == 6
     seeds = {int(t.rsplit(":", 1)[1]) for t in tasks["evaluation"]["babyai"]}

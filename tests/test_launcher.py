@@ -258,7 +258,8 @@ def _fake_gpu_box(tmp_path: Path, busy_pid: int | None = None) -> tuple[dict, Pa
                    f"  --query-compute-apps=gpu_uuid,pid) echo '{apps}' ;;\nesac\n")
     smi.chmod(0o755)
     fake_python = bin_dir / "fake-vllm-python"
-    fake_python.write_text(f"#!/bin/sh\nshift 2\nexec {main_python_path()} {Path('tests/launcher_fake_vllm.py').resolve()} \"$@\"\n")
+    fake_vllm = Path("tests/launcher_fake_vllm.py").resolve()
+    fake_python.write_text(f"#!/bin/sh\nshift 2\nexec {main_python_path()} {fake_vllm} \"$@\"\n")
     fake_python.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
     env.pop("CUDA_VISIBLE_DEVICES", None)

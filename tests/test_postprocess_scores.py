@@ -1,4 +1,5 @@
-"""`post_process_test_result.py --see_score`: Max-Trial accuracy, ALFWorld per type + macro, BabyAI (docs/original.md §0.1, §2.7)."""
+"""`post_process_test_result.py --see_score`: Max-Trial accuracy, ALFWorld per type + macro, BabyAI
+(docs/original.md §0.1, §2.7)."""
 from __future__ import annotations
 
 import csv

@@ -255,8 +255,8 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
 
 def _append_many(prov_file: str, worker: int, n: int) -> None:
     for i in range(n):
-        provenance.update_record(Path(prov_file), "run", lambda old: {"shards": (old or {}).get("shards", [])
-                                                                      + [f"{worker}-{i}"]})
+        provenance.update_record(Path(prov_file), "run", lambda old, i=i: {"shards": (old or {}).get("shards", [])
+                                                                           + [f"{worker}-{i}"]})
 
 
 def test_concurrent_writers_lose_no_update(tmp_path):

@@ -52,7 +52,9 @@ def test_sigkill_at_random_moments_then_resume_gives_identical_outputs(fake_serv
         proc = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         state = out / "state" / "gsm8k.train.0"
-        journal_bytes = lambda: sum(p.stat().st_size for p in state.glob("*.jsonl"))  # noqa: E731
+        def journal_bytes(state: Path = state) -> int:
+            return sum(p.stat().st_size for p in state.glob("*.jsonl"))
+
         before = journal_bytes()
         deadline = time.monotonic() + 120
         while proc.poll() is None and journal_bytes() == before and time.monotonic() < deadline:

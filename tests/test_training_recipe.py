@@ -108,7 +108,8 @@ def fake_main_venv(root: Path) -> Path:
     (bin_dir / "python").symlink_to(sys.executable)
     _executable(bin_dir / "llamafactory-cli",
                 f"#!/bin/sh\n\"{bin_dir / 'python'}\" -c 'import json, os, sys; "
-                f"json.dump({{\"env\": dict(os.environ), \"argv\": sys.argv[1:]}}, open(\"{root / 'launch.json'}\", \"w\"))' \"$@\"\n"
+                f"json.dump({{\"env\": dict(os.environ), \"argv\": sys.argv[1:]}}, "
+                f"open(\"{root / 'launch.json'}\", \"w\"))' \"$@\"\n"
                 "exit 3\n")
     _executable(bin_dir / "torchrun", "#!/bin/sh\nexit 0\n")
     fake_ds = root / "site" / "deepspeed"  # find_spec('deepspeed') must succeed for the DeepSpeed config

@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from densepolicy.config import ConfigError, help_field, load_config
 from densepolicy.paths import PROJECT_ROOT
@@ -25,14 +25,14 @@ class SlurmConfig:
     gpus_per_task: int = help_field(
         1, help="GPUs per array task (= tensor-parallel size of its server). 0 = CPU-only tasks (vLLM-CPU).")
     cpus_per_task: int = help_field(8, help="`--cpus-per-task` of each array task.")
-    mem: Optional[str] = help_field(None, help="`--mem` of each array task (e.g. '64G'); null = cluster default.")
-    time: Optional[str] = help_field(
+    mem: str | None = help_field(None, help="`--mem` of each array task (e.g. '64G'); null = cluster default.")
+    time: str | None = help_field(
         None, help="`--time` limit of each array task, quoted: '24:00:00' or '1-00:00:00' (unquoted YAML "
                    "reads 24:00:00 as the number 86400, which is refused).")
-    partition: Optional[str] = help_field(None, help="`--partition`; null = the cluster's default partition.")
+    partition: str | None = help_field(None, help="`--partition`; null = the cluster's default partition.")
     max_concurrent: int = help_field(0, help="Run at most this many array tasks at once (`--array=..%N`); 0 = no limit.")
     extra_args: list[str] = help_field([], help="More sbatch arguments, e.g. ['--account=abc', '--qos=high'].")
-    python: Optional[str] = help_field(
+    python: str | None = help_field(
         None, help="Python of the main venv as seen from the compute nodes; null = this checkout's .venv.")
     sbatch: str = help_field("sbatch", help="sbatch executable.")
     squeue: str = help_field("squeue", help="squeue executable.")
@@ -60,7 +60,7 @@ class LauncherConfig:
     server: Literal["vllm", "external"] = help_field(
         "vllm", help="vllm: start one vLLM server per GPU (one vLLM-CPU server without GPUs); "
                      "external: use the already running OpenAI-compatible server at `server_url`.")
-    server_url: Optional[str] = help_field(
+    server_url: str | None = help_field(
         None, help="Base URL of the external server (e.g. http://host:8000/v1); required when server=external.")
     gpus: str = help_field(
         "auto", help="auto: $CUDA_VISIBLE_DEVICES, else nvidia-smi; 'none': CPU mode; or a list like '0,1,2,3'.")
@@ -68,7 +68,7 @@ class LauncherConfig:
     server_start_timeout_s: float = help_field(1200.0, help="Give up when a server is not healthy after this long.")
     tmux_socket: str = help_field(
         "densepolicy", help="tmux socket name (`tmux -L NAME`); sessions of other sockets are never touched.")
-    output_dir: Optional[str] = help_field(
+    output_dir: str | None = help_field(
         None, help="Run output directory; null = eval_results/<method>.<model>/<run_name>/ (the original's naming).")
     worker_script: str = help_field("sample_tree.py", help="The worker program (relative to the project root).")
     sampler: dict[str, Any] = help_field(

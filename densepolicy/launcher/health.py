@@ -4,8 +4,8 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from densepolicy.launcher.files import tail_lines
 
@@ -20,7 +20,7 @@ class PendingServer:
 
     name: str
     url: str
-    log: Optional[str] = None
+    log: str | None = None
     is_running: Callable[[], bool] = lambda: True
 
 

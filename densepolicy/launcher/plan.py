@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 from densepolicy.launcher.config import LauncherConfig
 from densepolicy.gpus import group_gpus
@@ -91,7 +90,7 @@ def build_record(plan: RunPlan, backend: str) -> RunRecord:
                      external_server=external)
 
 
-def worker_argv(plan: RunPlan, shard: int, server_url: str, python: Optional[str] = None) -> list[str]:
+def worker_argv(plan: RunPlan, shard: int, server_url: str, python: str | None = None) -> list[str]:
     """The sample_tree.py command of one shard. `--model` is MODEL as given: the worker resolves it exactly
     like the server does (same served name, context length and tokenizer)."""
     req = plan.request
@@ -100,8 +99,8 @@ def worker_argv(plan: RunPlan, shard: int, server_url: str, python: Optional[str
             "--model", req.model, "--output_dir", str(plan.output_dir), *plan.sampler_args]
 
 
-def supervised(argv: list[str], slot: Slot, grace: float, env: Optional[dict[str, str]] = None,
-               python: Optional[str] = None) -> list[str]:
+def supervised(argv: list[str], slot: Slot, grace: float, env: dict[str, str] | None = None,
+               python: str | None = None) -> list[str]:
     """`argv` wrapped in the supervisor (log tee + exit-code file + process-group cleanup)."""
     wrapped = [python or str(main_python()), "-m", "densepolicy.launcher.supervise",
                "--log", slot.log, "--status", slot.status, "--grace", str(grace)]

@@ -6,7 +6,6 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from densepolicy.launcher.files import tail_lines
 
@@ -19,12 +18,12 @@ class ShardProgress:
     """What a shard has produced so far."""
 
     done: int                 # distinct finished tasks in the shard CSV
-    total: Optional[int]      # tasks in the shard (from the worker's progress bar), None if not known yet
+    total: int | None      # tasks in the shard (from the worker's progress bar), None if not known yet
     pairs: int                # sum of the `pairs` column (tree sampling), 0 otherwise
-    csv_path: Optional[Path]
+    csv_path: Path | None
 
 
-def shard_csv(output_dir: str | Path, dataset: str, shard: int) -> Optional[Path]:
+def shard_csv(output_dir: str | Path, dataset: str, shard: int) -> Path | None:
     """`<dataset>.<split>.<shard>.csv` in the output dir, or in `distributed_result/` once merged."""
     for folder in (Path(output_dir), Path(output_dir) / "distributed_result"):
         matches = sorted(folder.glob(f"{glob_escape(dataset)}.*.{shard}.csv"))

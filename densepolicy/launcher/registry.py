@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from densepolicy.launcher.files import read_json, write_json_atomic
 from densepolicy.paths import resolve
@@ -23,9 +23,9 @@ class Slot:
     log: str                      # log file
     status: str                   # supervisor status file (JSON)
     gpus: list[str] = field(default_factory=list)
-    port: Optional[int] = None    # servers
-    url: Optional[str] = None     # servers: OpenAI base URL; workers: the URL they use
-    server_index: Optional[int] = None  # workers: which server they talk to
+    port: int | None = None    # servers
+    url: str | None = None     # servers: OpenAI base URL; workers: the URL they use
+    server_index: int | None = None  # workers: which server they talk to
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RunRecord:
     num_shards: int
     servers: list[Slot] = field(default_factory=list)
     workers: list[Slot] = field(default_factory=list)
-    slurm_job_id: Optional[str] = None
+    slurm_job_id: str | None = None
     external_server: bool = False
 
     def slots(self) -> list[Slot]:
@@ -50,7 +50,7 @@ class RunRecord:
         return [*self.servers, *self.workers]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunRecord":
+    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
         data = dict(data)
         data["servers"] = [Slot(**s) for s in data.get("servers", [])]
         data["workers"] = [Slot(**s) for s in data.get("workers", [])]

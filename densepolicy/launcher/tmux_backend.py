@@ -33,7 +33,7 @@ def alive_sessions(server) -> set[str]:
         if not server.is_alive():
             return set()
         return {s.session_name for s in server.sessions}
-    except Exception:  # libtmux raises various errors when the server vanished meanwhile
+    except Exception:  # noqa: BLE001 - libtmux raises various errors when the server vanished meanwhile
         return set()
 
 
@@ -99,7 +99,7 @@ def stop_slots(server, slots: list[Slot], grace: float, progress=print) -> list[
         if slot.session in alive_sessions(server):
             try:
                 server.kill_session(slot.session)
-            except Exception:
+            except Exception:  # noqa: BLE001 - the session ended meanwhile (libtmux: various errors)
                 pass
         status = read_json(slot.status)
         pgid = status.get("pgid")
@@ -114,5 +114,5 @@ def kill_server_if_empty(server) -> None:
     try:
         if server.is_alive() and not server.sessions:
             server.kill()
-    except Exception:
+    except Exception:  # noqa: BLE001 - the server ended meanwhile (libtmux: various errors)
         pass

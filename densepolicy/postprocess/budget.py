@@ -16,9 +16,9 @@ import math
 import os
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from tqdm import tqdm
 

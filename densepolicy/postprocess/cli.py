@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from densepolicy.config import ConfigError, describe, from_dict, load_config, parse_overrides, to_dict, update_only_keys
 from densepolicy.file_lock import LockHeldError, Terminated

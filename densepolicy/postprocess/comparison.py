@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from agents.parser import parse_generation
 from densepolicy.results_io import iter_csv

@@ -101,8 +101,8 @@ class PostprocessConfig:
     """Everything the three post-processing scripts read from configs/postprocess.yaml."""
 
     preset: Literal["none", "paper"] = help_field(
-        "none", help="paper: the original's behaviour (pairs.visit_counting=faithful, pairs.arithmetic=faithful); keys given on the "
-                     "command line win over the preset (docs/deviations.md).")
+        "none", help="paper: the original's behaviour (pairs.visit_counting=faithful, pairs.arithmetic=faithful); "
+                     "keys given on the command line win over the preset (docs/deviations.md).")
     pairs: PairsConfig = field(default_factory=PairsConfig, metadata={"help": "pair extraction"})
     merge_all_pairs: MergePairsConfig = field(default_factory=MergePairsConfig, metadata={"help": "pair budgets"})
     dataset: DatasetConfig = field(default_factory=DatasetConfig, metadata={"help": "LLaMA-Factory dataset"})

@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
@@ -125,7 +126,8 @@ def resolve_mix_source(spec: str, output_dir: Path) -> Path:
     raise DatasetError(f"--mix source {spec!r} is neither a file nor a local dataset in {info_path}")
 
 
-def mix_records(ours: list[dict], others: Iterable[tuple[str, list[dict], float]], seed: int) -> tuple[list[dict], dict[str, int]]:
+def mix_records(ours: list[dict], others: Iterable[tuple[str, list[dict], float]],
+                seed: int) -> tuple[list[dict], dict[str, int]]:
     """Add round(ratio * len(ours)) records of each other dataset (upsampled with replacement if
     it is smaller), then shuffle everything with `seed` (our order is kept when nothing is mixed).
     Returns (records, count per source)."""

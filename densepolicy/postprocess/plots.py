@@ -7,15 +7,15 @@ depth-first order, an inner node sits at the mean x of its children, y = -depth.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Iterable, Mapping
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from agents.tree_rules import NodeStats, PairRule, SiblingPair  # noqa: E402
+from agents.tree_rules import NodeStats, PairRule, SiblingPair
 
 
 def pairs_histogram(selected_per_task: Iterable[int], path: str | os.PathLike, title: str = "") -> Path:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from densepolicy.postprocess.config import ScoresConfig
 from densepolicy.results_io import iter_csv
@@ -30,7 +29,7 @@ def is_alfworld(dataset: str) -> bool:
     return dataset == "alfworld" or dataset.startswith("alfworld_")
 
 
-def _alfworld_score(by_dataset: dict[str, "FileScore"]) -> "FileScore | None":
+def _alfworld_score(by_dataset: dict[str, FileScore]) -> FileScore | None:
     """One label's ALFWorld score: the per-type counts of all its alfworld* files (a type may come from
     one file only, otherwise it would be counted twice)."""
     files = [s for d, s in by_dataset.items() if is_alfworld(d)]
@@ -87,8 +86,10 @@ def _solved(cell: str) -> bool:
         return False
 
 
-def score_file(path: str | os.PathLike, cfg: ScoresConfig = ScoresConfig(), label: str | None = None) -> FileScore:
-    """Stream one result CSV and count solved tasks (per attempt budget and per task type)."""
+def score_file(path: str | os.PathLike, cfg: ScoresConfig | None = None, label: str | None = None) -> FileScore:
+    """Stream one result CSV and count solved tasks (per attempt budget and per task type); `cfg`
+    defaults to `ScoresConfig()`."""
+    cfg = ScoresConfig() if cfg is None else cfg
     path = Path(path)
     result = FileScore(path=path, label=label or default_label(path), dataset="",
                        solved_within=[0] * cfg.max_trial)
@@ -153,8 +154,10 @@ def _label_rows(scores: Iterable[FileScore]) -> dict[str, dict[str, FileScore]]:
     return rows
 
 
-def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig = ScoresConfig()) -> ScoreTables:
-    """Table 1 (math @t), Table 2 (ALFWorld types + macro avg, BabyAI) and other datasets' success."""
+def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig | None = None) -> ScoreTables:
+    """Table 1 (math @t), Table 2 (ALFWorld types + macro avg, BabyAI) and other datasets' success
+    (`cfg` defaults to `ScoresConfig()`)."""
+    cfg = ScoresConfig() if cfg is None else cfg
     rows = _label_rows(scores)
     datasets = list(dict.fromkeys(s.dataset for s in scores))
     math_ds = [d for d in MATH_DATASETS if d in datasets]

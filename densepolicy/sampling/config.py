@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
 from densepolicy.paths import PROJECT_ROOT
@@ -33,10 +34,10 @@ class SamplerConfig:
     dataset: str = help_field("gsm8k", help="Dataset name (configs/tasks/<dataset>.yaml).")
     env: str = help_field("gsm8k", help="Env registry name (envs.load_env) or 'module:Factory' for a custom env.")
     split: str = help_field("train", help="Env split (tree: train splits; evaluation: test splits).")
-    task_type: Optional[str] = help_field(
+    task_type: str | None = help_field(
         None, help="Keep only tasks whose task_info()['task_type'] equals this (alfworld_put: 'put').")
-    data_dir: Optional[str] = help_field(None, help="Data directory for the env (null = densepolicy.paths.data_dir()).")
-    max_tasks: Optional[int] = help_field(None, help="Use only the first N tasks of the split (before sharding).")
+    data_dir: str | None = help_field(None, help="Data directory for the env (null = densepolicy.paths.data_dir()).")
+    max_tasks: int | None = help_field(None, help="Use only the first N tasks of the split (before sharding).")
     task_ids: list[str] = help_field([], help="Explicit task ids (before sharding); empty = the whole split.")
     seed: int = help_field(62471893, help="Seed of everything: per-task RNGs and per-request seeds derive from it.")
     # -- agent (docs/original.md §2) ----------------------------------------------------------
@@ -49,16 +50,16 @@ class SamplerConfig:
         "compact", help="compact: a short instruction, one line per tool, BabyAI observations in fewer tokens "
                         "(same information); original: the original's wording (preset=paper; docs/deviations.md). "
                         "The warm start's expert data must use the same style (configs/expert_data.yaml).")
-    max_steps: Optional[int] = help_field(
+    max_steps: int | None = help_field(
         None, help="Agent: step limit (ALFWorld/BabyAI 30). Tree: the tree depth (required).")
-    max_turn: Optional[int] = help_field(None, help="Agent: answer-attempt limit (math 10); the tree ignores it.")
+    max_turn: int | None = help_field(None, help="Agent: answer-attempt limit (math 10); the tree ignores it.")
     max_tokens: int = help_field(512, help="Completion cap per step (the original had none; the fork 1024).")
     stop: list[str] = help_field(
         ["End Action"], help="Stop strings added to the model's own (one action per message); "
                              "a cut 'End Action' is restored in the stored message.")
     temperature: float = help_field(0.0, help="Agent: sampling temperature (greedy evaluation).")
     top_p: float = help_field(1.0, help="top_p of every request.")
-    context_length: Optional[int] = help_field(
+    context_length: int | None = help_field(
         None, help="Model context in tokens; null = read from the model's config (densepolicy.serving.models).")
     min_completion_tokens: int = help_field(
         120, help="A step whose prompt leaves fewer free context tokens ends the run as context_overflow.")
@@ -82,8 +83,8 @@ class SamplerConfig:
     explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
     preset: Literal["none", "paper"] = help_field(
         "none", help="paper: every quirk of the original below set to its original value (visit_counting, "
-                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); keys given on "
-                     "the command line win over the preset (docs/deviations.md).")
+                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); "
+                     "keys given on the command line win over the preset (docs/deviations.md).")
     visit_counting: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
     gap_refresh: Literal["fixed", "faithful"] = help_field(
@@ -118,7 +119,7 @@ class SamplerConfig:
     request_timeout_s: float = help_field(
         300.0, help="Per-attempt timeout of one LLM request (a CPU server can need minutes for 512 tokens; "
                     "a hung server is retried, then reported, after this long).")
-    max_retries: Optional[int] = help_field(
+    max_retries: int | None = help_field(
         None, help="Most retries of one failed LLM request (null = as many as retry_window_s allows).")
     backoff_s: float = help_field(0.5, help="First retry delay of the LLM client (doubles per retry, at most 10 s).")
     retry_window_s: float = help_field(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from densepolicy.config import to_dict
 from densepolicy.provenance import (FILE_NAME, ProvenanceMismatch, abbreviated, data_files_record, digest,

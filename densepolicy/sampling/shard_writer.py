@@ -34,8 +34,9 @@ import os
 import re
 import threading
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from densepolicy.results_io import (CorruptFileError, atomic_open, iter_jsonl, json_line, json_text, undecodable,
                                     without_surrogates, writing)
@@ -109,12 +110,12 @@ class _JournalSyncer:
     """One daemon thread per process that fsyncs the journals holding unsynced lines, every interval."""
 
     def __init__(self) -> None:
-        self._dirty: "weakref.WeakSet[TaskJournal]" = weakref.WeakSet()
+        self._dirty: weakref.WeakSet[TaskJournal] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def mark(self, journal: "TaskJournal") -> None:
+    def mark(self, journal: TaskJournal) -> None:
         with self._lock:
             self._dirty.add(journal)
             if self._thread is None or not self._thread.is_alive():
@@ -370,7 +371,7 @@ class ShardWriter:
         except (OSError, ValueError):
             return None
 
-    def journal(self, task_id: str) -> "BoundJournal":
+    def journal(self, task_id: str) -> BoundJournal:
         """The resume journal of `task_id` (records written by killed runs are loaded)."""
         return BoundJournal(TaskJournal(self._journal_path(task_id)), task_id)
 

@@ -27,8 +27,9 @@ import logging
 import random
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -205,7 +206,7 @@ class LLMClient:
         self._counts = {"calls": 0, "retries": 0, "failures": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     # -- lifecycle -------------------------------------------------------------------------------
-    async def __aenter__(self) -> "LLMClient":
+    async def __aenter__(self) -> LLMClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:

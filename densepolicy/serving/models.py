@@ -232,7 +232,8 @@ def detect_template(model_dir: str | Path) -> str | None:
     """LLaMA-Factory's template for a model directory, from its own chat template and config.json:
 
     ``<|start_header_id|>`` (Llama-3 / 3.1 Instruct) -> llama3; ``<|im_start|>`` with model_type qwen3 -> qwen3,
-    with another Qwen model_type / architecture or Qwen's system prompt -> qwen (Qwen2 / 2.5); ``<|im_start|>`` with SmolLM's system prompt -> smollm2; anything else -> None
+    with another Qwen model_type / architecture or Qwen's system prompt -> qwen (Qwen2 / 2.5); ``<|im_start|>``
+    with SmolLM's system prompt -> smollm2; anything else -> None
     (set ``template`` in configs/models.yaml or on the training command line).
     """
     model_dir = Path(model_dir)

@@ -402,7 +402,7 @@ class VLLMServer:
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.environment().items())
         return f"env {env} {shlex.join(self.command())}"
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         """Spawn the server (own process group) and wait for /health; raises `ServerError`."""
         if self.proc is not None and self.proc.poll() is None:
             raise ServerError(f"server for {self.model.name} is already running (pid {self.proc.pid})")
@@ -452,7 +452,7 @@ class VLLMServer:
         _signal_group(pgid, signal.SIGKILL)
         proc.wait()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

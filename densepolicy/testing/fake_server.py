@@ -44,8 +44,9 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def start(self) -> "FakeOpenAIServer":
+    def start(self) -> FakeOpenAIServer:
         """Bind a free port on `host` and serve in a daemon thread."""
         self._listen(0)
         return self
@@ -211,7 +212,7 @@ class FakeOpenAIServer:
         self._slots.close()
         self._close_listener()
 
-    def __enter__(self) -> "FakeOpenAIServer":
+    def __enter__(self) -> FakeOpenAIServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -286,7 +287,7 @@ class FakeOpenAIServer:
             max_tokens = min(max_tokens or self.max_model_len, self.max_model_len - prompt_tokens)
         try:
             raw_texts = self._replies(messages, body, n)
-        except Exception as exc:  # a scripting mistake must fail the test quickly, not be retried
+        except Exception as exc:  # noqa: BLE001 - a scripting mistake must fail the test quickly, not be retried
             return 400, _error(f"fake server responder failed: {type(exc).__name__}: {exc}", "BadRequestError", 400)
 
         slots = min(n, self.batch_capacity)
@@ -382,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the client's connection pool is exercised
     fake: FakeOpenAIServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("fake server: " + format, *args)
 
     def _send(self, status: int, payload: dict[str, Any] | str, content_type: str = "application/json") -> None:
@@ -393,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/health":
             self._send(200, "", "text/plain")
@@ -404,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, _error(f"no route {path}", "NotFoundError", 404))
 
-    def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+    def do_POST(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""

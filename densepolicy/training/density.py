@@ -31,9 +31,10 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 from densepolicy.config import ConfigError, help_field
 from densepolicy.paths import PROJECT_ROOT, main_python, resolve
@@ -77,7 +78,7 @@ class DensityStudyConfig:
     group: str = help_field("math", help="Budget group: '<dataset>' or '<dataset>_<task_type>' (other pairs dropped).")
     pair_budget: int = help_field(22331, help="Pairs per trained dataset (the same for every N).")
     task_counts: list[int] = help_field([347, 694, 1388, 2776], help="The N values (tasks the budget is spread over).")
-    reference_tasks: Optional[int] = help_field(None, help="N of density 1.0; null = min(task_counts).")
+    reference_tasks: int | None = help_field(None, help="N of density 1.0; null = min(task_counts).")
     seed: int = help_field(42, help="Seed of the per-task subsampling.")
     cutoff_len: int = help_field(4096, help="prepare_dataset length filter (tokens).")
     tokenizer: str = help_field("", help="Tokenizer for the length filter; '' = the training model's.")

@@ -18,10 +18,11 @@ import logging
 import random
 import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal
 
 from densepolicy.config import help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, resolve
@@ -58,7 +59,7 @@ class ExpertDataConfig:
                         "trained on.")
     model: str = help_field("", help="Tokenizer (configs/models.yaml name or directory); '' = the embedded model.")
     env_threads: int = help_field(2, help="Tasks replayed in parallel.")
-    data_dir: Optional[str] = help_field(None, help="Offline data directory (null = densepolicy.paths.data_dir()).")
+    data_dir: str | None = help_field(None, help="Offline data directory (null = densepolicy.paths.data_dir()).")
     babyai_train_seeds: int = help_field(25, help="BabyAI train split: seeds 1..N of each of the 40 levels.")
     babyai_search_budget: int = help_field(60, help="Game actions the high-level plan search may try per task.")
     babyai_max_high_level_actions: int = help_field(12, help="Longest high-level plan kept.")
@@ -267,7 +268,8 @@ def build_expert_dataset(cfg: ExpertDataConfig, dataset_dir: Path | None = None,
     write_json_atomic(out_dir / f"{cfg.name}.summary.json",
                       {"name": cfg.name, "file": path.name, "counts": summary.counts, "attempted": summary.attempted,
                        "dropped_long": summary.dropped_long, "errors": summary.errors,
-                       "token_stats": summary.token_stats, "sources": summary.sources, "seconds": summary.seconds, "config": asdict(cfg)})
+                       "token_stats": summary.token_stats, "sources": summary.sources, "seconds": summary.seconds,
+                       "config": asdict(cfg)})
     print(summary.table(), flush=True)
     if any(summary.errors.values()):
         print(f"env errors during replays (counted as failures): {summary.errors}", flush=True)

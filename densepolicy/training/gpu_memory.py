@@ -16,7 +16,7 @@ import dataclasses
 import os
 import shutil
 import subprocess
-from typing import Mapping
+from collections.abc import Mapping
 
 BUSY_FRACTION = 0.10
 """A GPU with at least this share of its memory in use is busy (a vLLM server holds 0.9; a desktop, ~0.01)."""

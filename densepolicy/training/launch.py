@@ -30,8 +30,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.gpus import detect_gpus

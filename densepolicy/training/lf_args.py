@@ -57,7 +57,7 @@ def llamafactory_fields() -> dict[str, Any]:
     for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments, GeneratingArguments):
         try:
             hints = typing.get_type_hints(cls)
-        except Exception:  # an unresolvable annotation somewhere: fall back to the raw ones
+        except Exception:  # noqa: BLE001 - an unresolvable annotation somewhere: fall back to the raw ones
             hints = {}
         for f in dataclasses.fields(cls):
             fields.setdefault(f.name, hints.get(f.name, f.type))

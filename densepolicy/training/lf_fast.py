@@ -32,9 +32,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from densepolicy.config import ConfigError
+
+if TYPE_CHECKING:  # for the annotations only; the functions that compute import torch themselves
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ def check_args(args: dict[str, Any], source: str = "config") -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------ the maths
 
 
-def _scored_positions(labels: "torch.Tensor") -> "torch.Tensor":
+def _scored_positions(labels: torch.Tensor) -> torch.Tensor:
     """Positions t (of a 1-D or [B, L] label tensor) whose next-token label is scored, as sorted 1-D
     indices (for [B, L]: the union over rows)."""
     import torch
@@ -96,8 +100,8 @@ def _scored_positions(labels: "torch.Tensor") -> "torch.Tensor":
     return torch.nonzero(nxt, as_tuple=False).flatten()
 
 
-def _gather_logps(logits: "torch.Tensor", positions: "torch.Tensor", labels: "torch.Tensor") -> tuple[
-        "torch.Tensor", "torch.Tensor"]:
+def _gather_logps(logits: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor]:
     """(sum of log p(label[t+1]) over scored t, number of scored t) per row, from `logits` [B, K, V] computed at
     `positions` [K] of rows whose labels are `labels` [B, L] (unscored positions contribute nothing)."""
     import torch
@@ -109,7 +113,7 @@ def _gather_logps(logits: "torch.Tensor", positions: "torch.Tensor", labels: "to
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
-def _common_prefix(a: "torch.Tensor", b: "torch.Tensor") -> int:
+def _common_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
     n = min(a.numel(), b.numel())
     if n == 0:
         return 0
@@ -117,7 +121,7 @@ def _common_prefix(a: "torch.Tensor", b: "torch.Tensor") -> int:
     return int(diff[0]) if diff.numel() else n
 
 
-def _row_lengths(attention_mask: "torch.Tensor") -> list[int] | None:
+def _row_lengths(attention_mask: torch.Tensor) -> list[int] | None:
     """Lengths of right-padded rows; None when some row is not a block of ones followed by zeros."""
     lengths = attention_mask.sum(-1)
     import torch
@@ -128,8 +132,8 @@ def _row_lengths(attention_mask: "torch.Tensor") -> list[int] | None:
     return [int(n) for n in lengths]
 
 
-def scored_logps(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.Tensor", labels: "torch.Tensor",
-                 scored_logits: bool = True) -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+def scored_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                 scored_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-row (sum of label log-probs, scored-token count, logits used) of a padded batch in one forward,
     with logits only at scored positions (`scored_logits`) or at all positions."""
     if scored_logits:
@@ -146,15 +150,15 @@ def scored_logps(model: Any, input_ids: "torch.Tensor", attention_mask: "torch.T
     return logps, counts, logits
 
 
-def _arange(n: int, device: Any) -> "torch.Tensor":
+def _arange(n: int, device: Any) -> torch.Tensor:
     import torch
 
     return torch.arange(n, device=device)
 
 
-def shared_prefix_logps(model: Any, chosen_ids: "torch.Tensor", chosen_labels: "torch.Tensor",
-                        rejected_ids: "torch.Tensor", rejected_labels: "torch.Tensor",
-                        scored_logits: bool = True) -> tuple["torch.Tensor", "torch.Tensor", list, list]:
+def shared_prefix_logps(model: Any, chosen_ids: torch.Tensor, chosen_labels: torch.Tensor,
+                        rejected_ids: torch.Tensor, rejected_labels: torch.Tensor,
+                        scored_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor, list, list]:
     """(log-prob sums [2], scored-token counts [2], chosen logits used, rejected logits used) of one pair
     (unpadded 1-D ids and labels, chosen first): the common token prefix runs once with a key/value cache, the
     two suffixes as a batch of two on it. Gradients flow through the cache into the prefix."""
@@ -210,7 +214,7 @@ def shared_prefix_logps(model: Any, chosen_ids: "torch.Tensor", chosen_labels: "
     return logps, counts, used[0], used[1]
 
 
-def pair_key(input_ids: "torch.Tensor", labels: "torch.Tensor", length: int) -> bytes:
+def pair_key(input_ids: torch.Tensor, labels: torch.Tensor, length: int) -> bytes:
     """A digest of one (unpadded) sequence's token and label ids."""
     h = hashlib.blake2b(digest_size=16)
     h.update(input_ids[:length].cpu().numpy().tobytes())

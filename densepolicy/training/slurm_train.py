@@ -14,8 +14,8 @@ import dataclasses
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from densepolicy.config import ConfigError, help_field, load_config
 from densepolicy.paths import PROJECT_ROOT, main_python, resolve
@@ -34,18 +34,18 @@ class SlurmTrainSettings:
                 "(the local test runs 2 on one node).")
     gpus_per_node: int = help_field(8, help="`--gres=gpu:N` per node; torchrun starts one process per GPU. 0 = CPU.")
     cpus_per_task: int = help_field(16, help="`--cpus-per-task` of each train.py task.")
-    mem: Optional[str] = help_field(None, help="`--mem` per node (e.g. '512G'); null = the cluster default.")
-    time: Optional[str] = help_field(
+    mem: str | None = help_field(None, help="`--mem` per node (e.g. '512G'); null = the cluster default.")
+    time: str | None = help_field(
         None, help="`--time` limit, quoted: '24:00:00' (unquoted YAML reads 24:00:00 as a number, refused).")
-    partition: Optional[str] = help_field(None, help="`--partition`; null = the cluster's default.")
+    partition: str | None = help_field(None, help="`--partition`; null = the cluster's default.")
     job_name: str = help_field("treedpo", help="`--job-name`.")
     extra_args: list[str] = help_field([], help="More sbatch arguments, e.g. ['--account=abc', '--exclusive'].")
     node_timeout_s: float = help_field(
         1800.0, help="How long the nodes wait for each other (and for node 0's checks) before torchrun starts.")
     wait: bool = help_field(False, help="Wait for the job to end (`sbatch --wait`); exit with its exit code.")
-    logs_dir: Optional[str] = help_field(
+    logs_dir: str | None = help_field(
         None, help="Job script and slurm-<job>.out; null = <output_dir>.slurm beside the output directory.")
-    python: Optional[str] = help_field(
+    python: str | None = help_field(
         None, help="Python of the main venv as seen from the compute nodes; null = this checkout's .venv.")
     sbatch: str = help_field("sbatch", help="sbatch executable.")
     srun: str = help_field("srun", help="srun executable (on the compute nodes).")

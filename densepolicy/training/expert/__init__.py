@@ -10,8 +10,8 @@ a sympy program prints), BabyAI -> `babyai` (high-level plan, else BabyAIBot), A
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from densepolicy.training.expert.replay import ExpertPlan, Replay, replay
 from envs.base import Env

@@ -2,7 +2,7 @@
 primitive actions (`babyai_bot`, in one subprocess per batch with a wall-clock limit per task)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from densepolicy.training.expert.babyai_bot import bot_runs
 from densepolicy.training.expert.babyai_plan import high_level_plan, tool_call

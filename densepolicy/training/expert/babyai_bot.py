@@ -17,7 +17,7 @@ import select
 import subprocess
 import sys
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 PRIMITIVE_TEXT = {0: "turn left", 1: "turn right", 2: "move forward", 3: "pickup", 4: "drop", 5: "toggle", 6: "done"}
 

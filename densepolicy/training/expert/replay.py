@@ -6,8 +6,8 @@ function the sampling and evaluation agents call for each step. Nothing is typed
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from agents.prompts import initial_messages
 from agents.runtime import execute_generation
