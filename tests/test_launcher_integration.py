@@ -64,7 +64,7 @@ def test_cpu_mode_kill_rerun_merge_stop(tmp_path, vllm_lock):
         rows_at_kill = len(read_shard_rows(shard1))
         assert rows_at_kill < TASKS // 2, "shard 1 finished before it could be killed; make the tasks longer"
         status = launcher("status", "0").stdout
-        line = next(l for l in status.splitlines() if l.strip().startswith("agent1"))
+        line = next(s for s in status.splitlines() if s.strip().startswith("agent1"))
         # "exited <code>" once the supervisor has written its status file, "killed" if status looks first
         assert " exited " in line or " killed " in line, status
 

@@ -3,7 +3,8 @@
 What this covers: `backend=slurm` writes an sbatch array script and submits it; every array task runs
 its real sample_tree.py workers on real MATH tasks, each on its contiguous shard, into the shared
 output dir. `server=external`: a scripted fake OpenAI server in this process stands in for vLLM to stay
-within CI time, so no vLLM is started inside the array tasks (the CPU-mode tmux test starts a real one); `status` reads the task states from squeue; resubmitting while the job runs is refused;
+within CI time, so no vLLM is started inside the array tasks (the CPU-mode tmux test starts a real one);
+`status` reads the task states from squeue; resubmitting while the job runs is refused;
 `stop` = scancel, and every worker process is gone afterwards; resubmitting resumes every shard to
 completion without duplicates. Not covered: GPUs (`--gres`), vLLM inside an array task, several nodes.
 """

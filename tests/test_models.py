@@ -119,7 +119,8 @@ def test_stop_token_ids_come_from_the_registry_and_are_checked_against_the_token
 def test_a_directory_without_an_entry_stops_at_its_familys_end_of_turn_token(tmp_path):
     """A trained or local checkpoint that no entry names (its folder is the dataset's name) still stops at
     <|eot_id|> (Llama-3) / <|im_end|> (Qwen), looked up in its own tokenizer; SmolLM2-like chats get none."""
-    assert resolve_model(str(_llama_like(tmp_path / "tree_dpo_math", eot_id=7)), registry=registry(tmp_path)).stop_token_ids == (7,)
+    llama_dir = _llama_like(tmp_path / "tree_dpo_math", eot_id=7)
+    assert resolve_model(str(llama_dir), registry=registry(tmp_path)).stop_token_ids == (7,)
     qwen = make_model(tmp_path / "run2")
     (qwen / "config.json").write_text(json.dumps({"max_position_embeddings": 4096, "model_type": "qwen2"}))
     (qwen / "tokenizer_config.json").write_text(json.dumps({
