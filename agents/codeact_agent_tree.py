@@ -323,7 +323,7 @@ class TreeTask:
                 self.pool.touch(node)
                 try:
                     return await self.ctx.blocking(node.episode.fork)
-                except Exception as exc:
+                except Exception as exc:  # rebuild from an ancestor once, then give up
                     if attempt == 2:
                         raise
                     log.warning("task %s: fork of node %s failed (%s); rebuilding it by replay",

@@ -179,7 +179,7 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
             raise ServerRejectedError(str(exc)) from None
         except LLMError as exc:
             raise ServerDownError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - a broken task must not stop the shard (configurable)
+        except Exception as exc:  # a broken task must not stop the shard (configurable)
             if cfg.on_task_error == "raise" or is_fix_then_rerun(exc) or isinstance(exc, UnicodeEncodeError):
                 # an output we cannot write (disk full, ...) or encode stops the worker: never a lost task
                 raise

@@ -383,7 +383,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, so the client's connection pool is exercised
     fake: FakeOpenAIServer
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: Any) -> None:  # the stdlib signature (format shadows the builtin)
         log.debug("fake server: " + format, *args)
 
     def _send(self, status: int, payload: dict[str, Any] | str, content_type: str = "application/json") -> None:
@@ -394,7 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # the stdlib name
         path = self.path.split("?", 1)[0].rstrip("/")
         if path == "/health":
             self._send(200, "", "text/plain")
@@ -405,7 +405,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, _error(f"no route {path}", "NotFoundError", 404))
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # the stdlib name
         path = self.path.split("?", 1)[0].rstrip("/")
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
