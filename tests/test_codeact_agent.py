@@ -51,3 +51,18 @@ def test_context_overflow_is_its_own_outcome(fake_server, tmp_path):
     (row,) = evaluate(server, tmp_path / "estimate", "context_length=3000")  # our own check stops first
     assert row["status"] == "context_overflow"
     assert "limitation 3000" in json.loads(row["extra"])["log_infos"][0]
+
+
+def test_requests_carry_the_registered_models_stop_token_ids(fake_server, tmp_path):
+    """`--model <dir>` of a Llama-3-style checkpoint: every request of the worker sends <|eot_id|>'s id (from the
+    model's own tokenizer), so generation stops there even when its generation_config.json does not say so."""
+    model_dir = tmp_path / "Meta-Llama-3-8B-Instruct-trained"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": 8192}))
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({
+        "chat_template": "{{ '<|start_header_id|>' + messages[0]['content'] | trim + '<|eot_id|>' }}",
+        "added_tokens_decoder": {"128001": {"content": "<|end_of_text|>"}, "128009": {"content": "<|eot_id|>"}}}))
+    server = fake_server(lambda messages, request: "Answer: 0")
+    cfg = resolve_sampler_config("codeact_agent", "gsm8k", ARGS)
+    run_worker(cfg, str(model_dir), server.base_url, 0, 1, tmp_path / "out")
+    assert server.requests and all(r["stop_token_ids"] == [128009] and r["top_k"] == 0 for r in server.requests)

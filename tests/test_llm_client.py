@@ -32,6 +32,26 @@ def test_chat_sends_sampling_parameters_and_returns_n_choices(fake_server):
     assert sent["stop"] == ["Observation:"] and sent["messages"] == USER and sent["model"] == "m"
 
 
+def test_every_request_fully_specifies_sampling_and_sends_the_stop_token_ids(fake_server):
+    """vLLM fills every sampling parameter a request omits from the model's generation_config.json (Qwen2.5:
+    top_k=20, repetition_penalty=1.05): each request names them all, neutral, and the model's stop token ids."""
+    server = fake_server(["x", "y", "z"])
+
+    async def go():
+        async with LLMClient(server.base_url, "m", stop_token_ids=(128009,)) as client:
+            await client.chat(USER, temperature=0.0)
+        async with LLMClient(server.base_url, "m") as client:
+            await client.chat(USER, n=2, temperature=0.8, top_p=0.95)
+
+    run(go())
+    for sent in server.requests:
+        assert {k: sent[k] for k in ("top_k", "min_p", "repetition_penalty", "presence_penalty",
+                                     "frequency_penalty")} == {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                                                               "presence_penalty": 0.0, "frequency_penalty": 0.0}
+    assert server.requests[0]["stop_token_ids"] == [128009] and server.requests[0]["temperature"] == 0.0
+    assert "stop_token_ids" not in server.requests[1] and server.requests[1]["top_p"] == 0.95
+
+
 def test_seed_and_stop_are_omitted_when_not_given(fake_server):
     server = fake_server(["x"])
     run(LLMClient(server.base_url, "m").chat(USER))

@@ -90,6 +90,8 @@ class ModelInfo:
     context_length: int
     stop: list[str]
     path: Path | None
+    stop_token_ids: tuple[int, ...] = ()
+    """End-of-turn token ids sent with every request (configs/models.yaml `stop_token_ids`)."""
 
 
 def model_info(model: str, cfg: SamplerConfig) -> ModelInfo:
@@ -102,7 +104,7 @@ def model_info(model: str, cfg: SamplerConfig) -> ModelInfo:
             raise ConfigError(f"{exc} (or set context_length=... to use an unregistered served model)") from None
         return ModelInfo(model, model, cfg.context_length, [], None)
     return ModelInfo(spec.name, spec.served_name, cfg.context_length or spec.context_length, list(spec.stop),
-                     spec.path)
+                     spec.path, spec.stop_token_ids)
 
 
 class Progress:
@@ -152,7 +154,7 @@ async def _run_tasks(cfg: SamplerConfig, env: Any, model: ModelInfo, server_url:
     if client is None:
         client = LLMClient(server_url, model.served_name, max_concurrency=cfg.max_concurrency,
                            timeout_s=cfg.request_timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
-                           retry_window_s=cfg.retry_window_s)
+                           retry_window_s=cfg.retry_window_s, stop_token_ids=model.stop_token_ids)
     counter = TokenCounter.for_model_dir(model.path) if model.path else TokenCounter(None)
     stop = list(dict.fromkeys(model.stop + cfg.stop))
     ctx = WorkerContext(cfg=cfg, env=env, client=client, context_length=model.context_length, stop=stop,

@@ -45,6 +45,14 @@ _CONTEXT_LENGTH_RE = re.compile(
     r"|longer than the maximum", re.IGNORECASE)
 _PROM_LINE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{.*\})?\s+(\S+)')
 
+NEUTRAL_SAMPLING: dict[str, float | int] = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                                            "presence_penalty": 0.0, "frequency_penalty": 0.0}
+"""Sent with every request beside temperature, top_p and max_tokens, so that sampling is fully specified.
+vLLM (``--generation-config auto``, its default) fills every sampling parameter a request omits from the
+model's generation_config.json: Qwen2.5-Instruct's would sample with top_k=20 and repetition_penalty=1.05, even
+the greedy branch. These are vLLM's own neutral values (no top-k / min-p cut, no penalties), which the
+original's vLLM 0.4 applied to requests that sent only temperature and top_p."""
+
 
 class LLMError(RuntimeError):
     """A chat request failed for good (after retries, or with a non-retryable HTTP error)."""
@@ -171,6 +179,9 @@ class LLMClient:
         retry_window_s: retryable failures are retried until this long after the request's first
             failure, then `LLMUnavailableError`.
         api_key: sent as a bearer token when given (vLLM started with ``--api-key``).
+        stop_token_ids: token ids that end a generation, sent with every request (the model's end-of-turn
+            token: configs/models.yaml ``stop_token_ids``), so a checkpoint whose generation_config.json lacks
+            it still stops there.
         clock, sleep: time source and sleep of the retry loop (tests pass a virtual clock).
 
     The client can be used from several successive event loops (e.g. repeated ``asyncio.run``):
@@ -180,7 +191,8 @@ class LLMClient:
     def __init__(self, base_url: str, model: str, max_concurrency: int = 64, timeout_s: float = 300.0,
                  max_retries: int | None = None, backoff_s: float = 0.5, api_key: str | None = None,
                  retry_window_s: float = 300.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+                 stop_token_ids: list[int] | tuple[int, ...] = ()) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if max_retries is not None and max_retries < 0:
@@ -195,6 +207,7 @@ class LLMClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.retry_window_s = retry_window_s
+        self.stop_token_ids = [int(i) for i in stop_token_ids]
         self._clock = clock
         self._sleep = sleep
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -245,10 +258,15 @@ class LLMClient:
         """One chat completion with `n` choices. Raises `ContextLengthError`, `LLMRejectedError` or
         `LLMUnavailableError` (all `LLMError`) on failure.
 
-        `seed` makes sampling repeatable on vLLM (same seed + same request -> same texts).
+        `seed` makes sampling repeatable on vLLM (same seed + same request -> same texts). Every other sampling
+        parameter is sent too (`NEUTRAL_SAMPLING`), so the server fills nothing in from the model's
+        generation_config.json; the client's `stop_token_ids` go with it.
         """
         body: dict[str, Any] = {"model": self.model, "messages": messages, "n": n,
-                                "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens}
+                                "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+                                **NEUTRAL_SAMPLING}
+        if self.stop_token_ids:
+            body["stop_token_ids"] = list(self.stop_token_ids)
         if stop:
             body["stop"] = [stop] if isinstance(stop, str) else list(stop)
         if seed is not None:
