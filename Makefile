@@ -5,15 +5,17 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 SERVE ?= cpu
+TRAIN ?= cpu
 PYTEST_ARGS ?=
 
-.PHONY: help setup test test-fast demo experiment bench lint clean warm-start
+.PHONY: help setup setup-slurm lock test test-fast demo experiment bench lint clean warm-start
 
 help:
-	@echo "make setup   install venvs, tmux, the embedded model, unpack data (idempotent; SERVE=cpu|gpu)"
-	@echo "make test    setup + full test suite (PYTEST_ARGS='-k ...' to select)"
+	@echo "make setup   install venvs from the lock files, tmux, the embedded model, unpack data (idempotent; SERVE=cpu|gpu TRAIN=cpu|gpu)"
+	@echo "make lock    recompile the lock files from requirements*.txt (UPGRADE=1: newest versions allowed)"
+	@echo "make setup-slurm  slurm-wlm + munge for the Slurm tests (root; run by make test)"
+	@echo "make test    setup + setup-slurm + full test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-fast  setup + tests not marked integration"
-	@echo "make lint    setup + ruff (rules in pyproject.toml) + the import layering contracts (lint-imports, .importlinter)"
 	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
 	@echo "make experiment  setup + base vs warm-start vs TreeDPO on held-out tasks (configs/experiment.yaml; ARGS='budget=0.1')"
 	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
@@ -21,13 +23,20 @@ help:
 	@echo "make warm-start  setup + the warm-started model (expert SFT, cached; ARGS='key=value ...')"
 
 setup:
-	SERVE=$(SERVE) ./scripts/setup.sh
+	SERVE=$(SERVE) TRAIN=$(TRAIN) ./scripts/setup.sh
 
-test: setup
-	$(PY) -m pytest -ra $(PYTEST_ARGS)
+lock:
+	UPGRADE=$(UPGRADE) ./scripts/lock.sh
+
+setup-slurm:
+	./scripts/setup_slurm.sh
+
+# As root, setup-slurm has installed Slurm, so a Slurm test that would skip fails instead.
+test: setup setup-slurm
+	$(if $(filter 0,$(shell id -u)),DENSEPOLICY_REQUIRE_SLURM=1 )$(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -ra -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=25 -m "not integration" $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py
@@ -41,16 +50,8 @@ warm-start: setup
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-# ruff (rules in pyproject.toml) and lint-imports (the layering contracts in .importlinter) come with
-# requirements.txt; an older .venv without them gets a clear message instead of a "command not found".
-LINT_TOOLS := .venv/bin/ruff .venv/bin/lint-imports
-
-lint: setup
-	@for tool in $(LINT_TOOLS); do [ -x $$tool ] || { echo "make lint: $$tool is missing; rerun make setup" \
-	  "(requirements.txt pins ruff==0.17.6 and import-linter==2.17)" >&2; exit 1; }; done
+lint:
 	$(PY) -m compileall -q densepolicy agents envs *.py scripts benchmarks tests
-	.venv/bin/ruff check .
-	.venv/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf eval_results benchmarks/results .pytest_cache

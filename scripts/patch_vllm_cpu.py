@@ -9,6 +9,7 @@ sample a chunked request gets, never crash.
 
 Usage: python scripts/patch_vllm_cpu.py SITE_PACKAGES_DIR
 """
+import os
 import sys
 from pathlib import Path
 
@@ -25,7 +26,10 @@ def patch(site_packages: Path) -> str:
         return "already patched"
     if OLD not in text:
         raise SystemExit(f"patch_vllm_cpu: expected code not found in {target}; vLLM version changed?")
-    target.write_text(text.replace(OLD, NEW))
+    # A new file, not a write in place: uv hard-links installed files to its cache, which must stay unpatched.
+    tmp = target.with_name(target.name + ".densepolicy-tmp")
+    tmp.write_text(text.replace(OLD, NEW))
+    os.replace(tmp, target)
     return "patched"
 
 
