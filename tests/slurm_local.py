@@ -1,7 +1,7 @@
 """A throw-away single-node Slurm cluster for tests (Debian's slurm-wlm + munge), all state in a temp dir.
 
-`start_local_slurm(tmp)` installs the packages with apt-get when they are missing (root only),
-starts munged (own key and socket), slurmctld and slurmd in the foreground as child processes with a
+The packages are installed by `make setup-slurm` (scripts/setup_slurm.sh, run by `make test`), never here.
+`start_local_slurm(tmp)` raises `SlurmNotInstalled` when a binary is missing, then starts munged (own key and socket), slurmctld and slurmd in the foreground as child processes with a
 minimal slurm.conf (`SLURM_CONF`), and waits for the node to be idle. `LocalSlurm.stop()` cancels
 remaining jobs and stops the three daemons by their PIDs.
 """
@@ -15,11 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel")
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo", "srun")
+# Set by `make test` as root, where `make setup-slurm` has installed Slurm: a missing binary then fails.
+REQUIRE_ENV = "DENSEPOLICY_REQUIRE_SLURM"
 
 
 class SlurmUnavailable(RuntimeError):
-    """Slurm could not be installed or started here; the message says which step failed."""
+    """Slurm could not be started here; the message says which step failed."""
+
+
+class SlurmNotInstalled(SlurmUnavailable):
+    """slurm-wlm/munge are not installed: `make setup-slurm` (root) installs them."""
 
 
 def _which(name: str) -> str | None:
@@ -27,17 +33,27 @@ def _which(name: str) -> str | None:
                                        if p.exists()), None)
 
 
-def ensure_packages() -> None:
-    """apt-get install slurm-wlm munge unless every binary is already there."""
-    if all(_which(d) for d in DAEMONS):
-        return
-    if os.geteuid() != 0:
-        raise SlurmUnavailable("slurm-wlm/munge are not installed and installing them needs root")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"]):
-        out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if out.returncode != 0:
-            raise SlurmUnavailable(f"{' '.join(cmd)} failed: {out.stderr.strip()[-500:]}")
+def check_installed() -> None:
+    """Raise `SlurmNotInstalled` unless every binary is there (this module installs nothing)."""
+    missing = [d for d in DAEMONS if not _which(d)]
+    if missing:
+        raise SlurmNotInstalled(f"slurm-wlm/munge are not installed (missing {', '.join(missing)}): "
+                                "run `make setup-slurm` as root")
+
+
+def start_or_skip(root: Path) -> "LocalSlurm":
+    """`start_local_slurm(root)` for a test fixture: skips when Slurm is not installed (fails instead when
+    $DENSEPOLICY_REQUIRE_SLURM=1, as in `make test` run by root), fails when it is installed but does not start."""
+    import pytest
+
+    try:
+        return start_local_slurm(root)
+    except SlurmNotInstalled as exc:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{exc} ({REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(str(exc))
+    except SlurmUnavailable as exc:
+        pytest.fail(f"could not start a local Slurm: {exc}", pytrace=False)
 
 
 def _free_port() -> int:
@@ -70,8 +86,8 @@ class LocalSlurm:
 
 
 def start_local_slurm(root: Path) -> LocalSlurm:
-    """Install if needed, configure under `root`, start the daemons, wait for an idle node."""
-    ensure_packages()
+    """Check the binaries, configure under `root`, start the daemons, wait for an idle node."""
+    check_installed()
     host = socket.gethostname()
     for sub in ("munge", "state", "spool", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -60,6 +60,7 @@ def checkout_copy(tmp_path_factory):
     return dest, python, env
 
 
+@pytest.mark.timeout(1500)  # copies the checkout (fixture), then a pytest run with a 900 s limit
 def test_math_env_tests_pass_from_a_checkout_in_the_temp_folder(checkout_copy):
     dest, python, env = checkout_copy
     assert str(dest).startswith(os.path.realpath(tempfile.gettempdir()) + "/")

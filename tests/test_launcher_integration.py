@@ -43,6 +43,7 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(2400)  # two launcher runs of up to 900 s each plus the waits
 def test_cpu_mode_kill_rerun_merge_stop(tmp_path, vllm_lock):
     launcher = Launcher(tmp_path, f"dpint-{uuid.uuid4().hex[:8]}")
     out = tmp_path / "run"

