@@ -16,6 +16,7 @@ help:
 	@echo "make setup-slurm  slurm-wlm + munge for the Slurm tests (root; run by make test)"
 	@echo "make test    setup + setup-slurm + full test suite (PYTEST_ARGS='-k ...' to select)"
 	@echo "make test-fast  setup + tests not marked integration"
+	@echo "make lint    setup + ruff (rules in pyproject.toml) + the import layering contracts (lint-imports, .importlinter)"
 	@echo "make demo    setup + the whole loop on the embedded model (configs/demo.yaml)"
 	@echo "make experiment  setup + base vs warm-start vs TreeDPO on held-out tasks (configs/experiment.yaml; ARGS='budget=0.1')"
 	@echo "make bench   setup + benchmarks (tables printed, CSVs in benchmarks/results/)"
@@ -50,8 +51,16 @@ warm-start: setup
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-lint:
+# ruff (rules in pyproject.toml) and lint-imports (the layering contracts in .importlinter) come with
+# requirements.txt; an older .venv without them gets a clear message instead of a "command not found".
+LINT_TOOLS := .venv/bin/ruff .venv/bin/lint-imports
+
+lint: setup
+	@for tool in $(LINT_TOOLS); do [ -x $$tool ] || { echo "make lint: $$tool is missing; rerun make setup" \
+	  "(requirements.txt pins ruff==0.17.6 and import-linter==2.17)" >&2; exit 1; }; done
 	$(PY) -m compileall -q densepolicy agents envs *.py scripts benchmarks tests
+	.venv/bin/ruff check .
+	.venv/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf eval_results benchmarks/results .pytest_cache
