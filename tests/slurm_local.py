@@ -1,9 +1,9 @@
 """A throw-away single-node Slurm cluster for tests (Debian's slurm-wlm + munge), all state in a temp dir.
 
 The packages are installed by `make setup-slurm` (scripts/setup_slurm.sh, run by `make test`), never here.
-`start_local_slurm(tmp)` raises `SlurmNotInstalled` when a binary is missing, then starts munged (own key and socket), slurmctld and slurmd in the foreground as child processes with a
-minimal slurm.conf (`SLURM_CONF`), and waits for the node to be idle. `LocalSlurm.stop()` cancels
-remaining jobs and stops the three daemons by their PIDs.
+`start_local_slurm(tmp)` raises `SlurmNotInstalled` when a binary is missing, then starts munged (own key and
+socket), slurmctld and slurmd in the foreground as child processes with a minimal slurm.conf (`SLURM_CONF`),
+and waits for the node to be idle. `LocalSlurm.stop()` cancels remaining jobs and stops the three daemons by their PIDs.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def check_installed() -> None:
                                 "run `make setup-slurm` as root")
 
 
-def start_or_skip(root: Path) -> "LocalSlurm":
+def start_or_skip(root: Path) -> LocalSlurm:
     """`start_local_slurm(root)` for a test fixture: skips when Slurm is not installed (fails instead when
     $DENSEPOLICY_REQUIRE_SLURM=1, as in `make test` run by root), fails when it is installed but does not start."""
     import pytest
