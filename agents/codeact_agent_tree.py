@@ -425,7 +425,7 @@ def tree_rules(cfg: Any) -> TreeRules:
         proposal_factor=cfg.proposal_factor, proposals_per_window=cfg.proposals_per_window,
         thre_value=cfg.thre_value, thre_max=cfg.thre_max, gap_weight=cfg.gap_weight, gap_power=cfg.gap_power,
         depth_weight=cfg.depth_weight, explore_weight=cfg.explore_weight, visit_counting=cfg.visit_counting,
-        gap_refresh=cfg.gap_refresh, select_leaves=cfg.select_leaves, dedup=cfg.dedup,
+        select_leaves=cfg.select_leaves, dedup=cfg.dedup,
         update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure,
         arithmetic=cfg.arithmetic,
         stop_if_uniform_after=cfg.stop_if_uniform_after)

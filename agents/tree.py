@@ -8,7 +8,7 @@
 
 Indices are tuples of branch labels. A *full index* has length `max_steps`; its *run index* is the
 prefix that was really executed (it ends at the first terminal node). Quirks of the original are
-kept behind switches (`visit_counting`, `gap_refresh`, `select_leaves`, `dedup`, `update_rows`,
+kept behind switches (`visit_counting`, `select_leaves`, `dedup`, `update_rows`,
 `overflow_counts_as_failure`, `arithmetic`; all at once: `preset=paper`); the defaults are the fixed behaviour
 (see docs/deviations.md). Where the original would have died, the faithful mode raises `OriginalCrash`.
 """
@@ -67,8 +67,6 @@ class TreeRules:
     explore_weight: float = 2.0
     visit_counting: Mode = "fixed"
     """fixed: visits = finished runs through the node; faithful: +1 new, +2 per revisit, +1 per selection."""
-    gap_refresh: Mode = "fixed"
-    """fixed: sibling gaps from current values; faithful: gaps refreshed only on updated paths (stale)."""
     select_leaves: bool = False
     """True (original): selection may pick terminal or full-depth nodes, which yield no proposals."""
     dedup: Mode = "fixed"
@@ -88,7 +86,7 @@ class TreeRules:
     selection score's depth term). See `agents.tree_rules`."""
 
     def __post_init__(self) -> None:
-        for name in ("visit_counting", "gap_refresh", "dedup", "update_rows", "arithmetic"):
+        for name in ("visit_counting", "dedup", "update_rows", "arithmetic"):
             check_mode(name, getattr(self, name))
         for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
             if getattr(self, name) < 1:
@@ -111,7 +109,6 @@ class NodeStats:
     outcomes: list[float] = field(default_factory=list)
     remaining: list[int] = field(default_factory=list)
     avg_remaining: float = 0.0
-    gaps: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -143,7 +140,7 @@ class MCValueTree:
             s = self.stats.get(node)
             if s is None:
                 s = NodeStats(visits=1, runs=1, score_sum=y, value=y, outcomes=[y], remaining=[rem],
-                              avg_remaining=float(rem), gaps=[0.0] * self.rules.base)
+                              avg_remaining=float(rem))
                 self.stats[node] = s
                 self.children.setdefault(node[:-1], []).append(node[-1])
             else:
@@ -156,17 +153,10 @@ class MCValueTree:
                 s.outcomes.append(y)
                 s.remaining.append(rem)
                 s.avg_remaining = sum(s.remaining) / len(s.remaining)
-            for label in self.children.get(node[:-1], []):
-                if label != node[-1]:
-                    sib = self.stats[node[:-1] + (label,)]
-                    gap = abs(s.value - sib.value)
-                    s.gaps[label] = gap
-                    sib.gaps[node[-1]] = gap
 
     def max_gap(self, node: NodeId) -> float:
-        """Largest value gap to a sibling (stale stored gaps in `faithful` gap mode)."""
-        if self.rules.gap_refresh == "faithful":
-            return max(self.stats[node].gaps)
+        """Largest value gap to a sibling, from the current values (the original stored the gaps and refreshed
+        them on the updated path, which is where values change: the same numbers, docs/deviations.md)."""
         value = self.stats[node].value
         gaps = [abs(value - self.stats[node[:-1] + (k,)].value)
                 for k in self.children.get(node[:-1], []) if k != node[-1]]

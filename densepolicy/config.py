@@ -155,6 +155,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    removed = getattr(cls, "REMOVED_KEYS", {})
+    for key in sorted(set(data) & set(removed)):
+        raise ConfigError(f"{source}: key {prefix + key!r} was removed ({removed[key]}); delete it")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(

@@ -24,7 +24,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "none": {},
         "paper": {
             "visit_counting": "faithful",          # +1 new, +2 per revisit, +1 per selection (docs/original.md §3.4-3.5)
-            "gap_refresh": "faithful",             # sibling gaps refreshed on updated paths only
             "select_leaves": True,                 # selection may pick nodes that cannot expand (§10.8)
             "dedup": "faithful",                   # only successful runs block their extensions (§3.6)
             "update_rows": "faithful",             # last len(queue) rows: the task fails after a duplicate

@@ -20,7 +20,7 @@ from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["base=2", "max_steps=3", "window_size=8", "max_sample_number=100"]
-PAPER_SAMPLER = {"visit_counting": "faithful", "gap_refresh": "faithful", "select_leaves": True, "dedup": "faithful",
+PAPER_SAMPLER = {"visit_counting": "faithful", "select_leaves": True, "dedup": "faithful",
                  "update_rows": "faithful", "overflow_counts_as_failure": True, "prompt_style": "original",
                  "stop_if_uniform_after": 0, "arithmetic": "faithful", "incontext_draw": "first_step"}
 
@@ -53,7 +53,7 @@ def _search(cfg):
 def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
     default, paper = _sampler(), _sampler("preset=paper")
     assert {k: getattr(default, k) for k in PAPER_SAMPLER} == {
-        "visit_counting": "fixed", "gap_refresh": "fixed", "select_leaves": False, "dedup": "fixed",
+        "visit_counting": "fixed", "select_leaves": False, "dedup": "fixed",
         "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact",
         "stop_if_uniform_after": 0, "arithmetic": "fixed", "incontext_draw": "task"}
     assert {k: getattr(paper, k) for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]

@@ -70,18 +70,35 @@ def test_selection_score_formula_and_leaf_exclusion():
     assert len(chosen) == 1 and len(chosen[0]) < 3 and chosen[0] != (0, 1)   # never a leaf
 
 
-def test_stale_gap_mode_gives_the_same_tree():
-    """Values change only on updated paths, where both gap entries are refreshed: no real staleness."""
+def test_sibling_gaps_equal_the_originals_stored_gaps():
+    """The original stored each node's sibling gaps and refreshed them only on the updated path (its
+    removed `gap_refresh=faithful`); values change only there, so gaps from current values are the same."""
     rng = random.Random(5)
-    a, b = MCValueTree(TreeRules(base=3, max_steps=4)), MCValueTree(TreeRules(base=3, max_steps=4, gap_refresh="faithful"))
+    tree = MCValueTree(TreeRules(base=3, max_steps=4))
+    stored: dict = {}
     for _ in range(200):
         run = tuple(rng.randrange(3) for _ in range(rng.randint(1, 4)))
-        if any(run[:d] in a.stats for d in range(1, len(run))) and run in a.stats:
+        if any(run[:d] in tree.stats for d in range(1, len(run))) and run in tree.stats:
             continue
-        y = rng.random() < 0.4
-        a.update(run, y)
-        b.update(run, y)
-    assert all(a.max_gap(n) == pytest.approx(b.max_gap(n)) for n in a.stats)
+        tree.update(run, rng.random() < 0.4)
+        for depth in range(len(run), 0, -1):  # the original's refresh: the updated node and its siblings
+            node = run[:depth]
+            stored.setdefault(node, [0.0] * 3)
+            for label in tree.children.get(node[:-1], []):
+                if label != node[-1]:
+                    gap = abs(tree.stats[node].value - tree.stats[node[:-1] + (label,)].value)
+                    stored[node][label] = gap
+                    stored.setdefault(node[:-1] + (label,), [0.0] * 3)[node[-1]] = gap
+    assert len(tree.stats) > 50
+    assert all(tree.max_gap(n) == max(stored[n]) for n in tree.stats)
+
+
+def test_removed_gap_refresh_key_is_refused_with_its_reason():
+    from densepolicy.config import ConfigError
+    from densepolicy.sampling.config import resolve_sampler_config
+
+    with pytest.raises(ConfigError, match=r"'gap_refresh' was removed \(both of its modes grew the same trees"):
+        resolve_sampler_config("codeact_agent_tree", "gsm8k", overrides=["gap_refresh=faithful"])
 
 
 def test_proposals_are_distinct_full_length_extensions():
@@ -205,3 +222,14 @@ def test_faithful_selection_score_groups_the_depth_term_like_the_original():
         tree = MCValueTree(TreeRules(base=2, max_steps=5, arithmetic=arithmetic))
         tree.update((0, 0), 0.0)                     # node (0,): avg remaining depth 1, no sibling, 1 run
         assert tree.priority((0,)) == 0.8 * 0.0 ** 0.25 + depth_term + 2.0 * math.sqrt(2) / 3
+
+
+def test_a_shard_recorded_with_the_removed_gap_refresh_key_still_resumes():
+    from densepolicy.sampling.config import resolve_sampler_config
+    from densepolicy.sampling.shard_identity import settings_diffs, shard_settings
+
+    cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k")
+    for mode in ("fixed", "faithful"):
+        old = {**shard_settings(cfg, "m"), "gap_refresh": mode}
+        assert settings_diffs(old, shard_settings(cfg, "m")) == []
+    assert settings_diffs({**shard_settings(cfg, "m"), "dedup": "faithful"}, shard_settings(cfg, "m"))

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
 from densepolicy.paths import PROJECT_ROOT
@@ -27,6 +27,12 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 @dataclass
 class SamplerConfig:
     """Everything one worker needs. Defaults are the original's values where it had one."""
+
+    # Keys of earlier versions: a config that names one is refused with the reason (not "unknown key").
+    REMOVED_KEYS: ClassVar[dict[str, str]] = {
+        "gap_refresh": "both of its modes grew the same trees: the original's stored sibling gaps are refreshed "
+                       "on the updated path, the only place values change (docs/deviations.md)",
+    }
 
     # -- what to run -------------------------------------------------------------------------------
     method: Literal["codeact_agent", "codeact_agent_tree"] = help_field(
@@ -83,12 +89,10 @@ class SamplerConfig:
     explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
     preset: Literal["none", "paper"] = help_field(
         "none", help="paper: every quirk of the original below set to its original value (visit_counting, "
-                     "gap_refresh, select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); "
+                     "select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); "
                      "keys given on the command line win over the preset (docs/deviations.md).")
     visit_counting: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
-    gap_refresh: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: sibling gaps from current values; faithful: stale gaps as in the original.")
     select_leaves: bool = help_field(False, help="True = the original: selection may pick nodes that cannot expand.")
     dedup: Literal["fixed", "faithful"] = help_field(
         "fixed", help="fixed: every finished run blocks its extensions; faithful: only successful runs.")

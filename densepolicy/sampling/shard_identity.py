@@ -33,6 +33,8 @@ SETTINGS_SUFFIX = ".settings.json"
 # Settings added with a default that differs from what shards made before them did: a record without the key
 # was made with this value, not with today's default.
 FORMER_VALUES = {"prompt_style": "original"}
+# Settings removed since (they did not change results): a record that has one still matches.
+REMOVED_KEYS = {"gap_refresh"}
 
 
 def settings_path(csv_path: str | os.PathLike) -> Path:
@@ -65,7 +67,7 @@ def settings_diffs(previous: dict[str, Any], current: dict[str, Any]) -> list[st
     A key the older record lacks (a setting added since) counts as its default value (or its former
     behaviour, `FORMER_VALUES`)."""
     defaults = {**_defaults(), **FORMER_VALUES}
-    keys = sorted((set(previous) | set(current)) - RUNTIME_ONLY_KEYS)
+    keys = sorted((set(previous) | set(current)) - RUNTIME_ONLY_KEYS - REMOVED_KEYS)
     old = {k: previous[k] if k in previous else defaults.get(k) for k in keys}
     new = {k: current[k] if k in current else defaults.get(k) for k in keys}
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys if old[k] != new[k]]
