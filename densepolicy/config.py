@@ -52,18 +52,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def split_override(item: str, source: str = "command line") -> tuple[str, Any, str]:
+    """One ``key=value`` override -> (key, value parsed as a YAML scalar/list, the value's text as typed).
+
+    The one home of the override syntax (configs here, LLaMA-Factory keys in `training.lf_args`): `--key`
+    and `key-name` mean `key_name`; an empty value is ""; text YAML cannot parse stays text.
+    """
+    if "=" not in item:
+        raise ConfigError(f"{source}: override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip().lstrip("-").replace("-", "_")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value, raw.strip()
+
+
 def parse_overrides(overrides: list[str], source: str = "command line") -> dict[str, Any]:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are parsed as YAML scalars/lists."""
     nested: dict[str, Any] = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: override {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip().lstrip("-").replace("-", "_")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        key, value, _ = split_override(item, source)
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import random
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, m
                                      stop_on_signals)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
+from densepolicy.provenance import git_state
 from densepolicy.results_io import iter_csv
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
@@ -519,7 +519,7 @@ class Experiment:
         settings = {"config": to_dict(cfg), "models": {BASE: cfg.base_model, WARM: warm, TREEDPO: treedpo},
                     "tasks": {"train": train_tasks, "evaluation": eval_tasks}, **self.info,
                     "timings_s": {t: round(s, 1) for t, s in self.stages.timings},
-                    "git_commit": git_commit()}
+                    "git_commit": git_state()["commit"] or ""}
         return write_report(self.root, comparisons, settings)
 
 
@@ -574,11 +574,6 @@ def tree_nodes(sample_dirs: dict[str, Path]) -> dict[str, int]:
 def per_thousand(pairs: int, nodes: int) -> str:
     """Selected pairs per 1,000 tree nodes, as text ('–' without nodes)."""
     return f"{1000 * pairs / nodes:.1f}" if nodes else "–"
-
-
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def write_report(root: Path, comparisons: list[comparison.EnvComparison], settings: dict) -> Path:

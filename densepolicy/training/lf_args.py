@@ -23,9 +23,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-import yaml
-
-from densepolicy.config import ConfigError
+from densepolicy.config import ConfigError, split_override
 
 # warmup_steps below 1 is a ratio: transformers warms up for ceil(total_steps * ratio) steps. This ratio
 # gives every step of any run shorter than a billion steps, i.e. "warm up over the whole run".
@@ -73,16 +71,8 @@ def parse_lf_overrides(overrides: list[str], source: str = "command line") -> tu
     values: dict[str, Any] = {}
     raw: dict[str, str] = {}
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"{source}: override {item!r} is not of the form key=value")
-        key, text = item.split("=", 1)
-        key = key.strip().lstrip("-").replace("-", "_")
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
-        values[key] = value
-        raw[key] = text.strip()
+        key, value, text = split_override(item, source)
+        values[key], raw[key] = value, text
     return values, raw
 
 
