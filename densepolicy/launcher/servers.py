@@ -27,15 +27,15 @@ class ServerProcess:
     env: dict[str, str]
 
 
-def resolve_model(name_or_path: str) -> tuple[str, str]:
-    """(resolved model directory, served name) of MODEL: a name from configs/models.yaml or a directory."""
-    from densepolicy.serving.models import resolve_model as _resolve
+def model_directory(name_or_path: str) -> str:
+    """The model directory of MODEL (a name from configs/models.yaml or a directory), as
+    `densepolicy.serving.models.resolve_model` finds it; `ModelNotFound` with its message otherwise."""
+    from densepolicy.serving.models import resolve_model
 
     try:
-        spec = _resolve(name_or_path)
+        return str(resolve_model(name_or_path).path)
     except ValueError as exc:  # ModelError / ConfigError name the model and what is missing
         raise ModelNotFound(str(exc)) from None
-    return str(spec.path), spec.served_name
 
 
 def load_serving_config(device: str, overrides: list[str], tensor_parallel_size: int | None = None):

@@ -300,7 +300,7 @@ def run_study(cfg: DensityStudyConfig, evaluator: Evaluator | None = None, progr
     """Run (or resume) the study; returns the result rows (also in density_study.csv / .png)."""
     from tqdm import tqdm
 
-    from densepolicy.training.train import resolve_model, train
+    from densepolicy.training.train import model_directory, train
 
     pairs_file = resolve(cfg.pairs_file) if cfg.pairs_file else None
     if pairs_file is None or not pairs_file.is_file():
@@ -312,7 +312,7 @@ def run_study(cfg: DensityStudyConfig, evaluator: Evaluator | None = None, progr
         (paths.root / sub).mkdir(exist_ok=True)
     tokenizer = cfg.tokenizer or cfg.train.model or ""
     if tokenizer:
-        tokenizer = str(resolve_model(tokenizer))
+        tokenizer = str(model_directory(tokenizer))
     if evaluator is None:
         evaluator = make_evaluator(cfg.evaluation, paths.root / "evaluation.log")
     columns = RESULT_COLUMNS + accuracy_columns(cfg)

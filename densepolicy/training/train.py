@@ -160,8 +160,9 @@ def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
             raise ConfigError(f"dataset {name!r}: file {Path(dataset_dir) / file_name} does not exist")
 
 
-def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """A model directory: a path, a name from configs/models.yaml, or a name under models/."""
+def model_directory(name_or_path: str | os.PathLike) -> Path:
+    """The directory of the weights to train: a path, a name from configs/models.yaml, or a name under models/
+    (no serving checks: `densepolicy.serving.models.resolve_model` is the model as served)."""
     from densepolicy.serving.models import load_registry
 
     raw = str(name_or_path)
@@ -274,7 +275,7 @@ def build_train_args(
         raise ConfigError(f"{path}: no dataset given (use --dataset NAME or dataset=NAME)")
     if "model_name_or_path" not in args:
         raise ConfigError(f"{path}: no model given (use --model or model_name_or_path=...)")
-    args["model_name_or_path"] = str(resolve_model(args["model_name_or_path"]))
+    args["model_name_or_path"] = str(model_directory(args["model_name_or_path"]))
     if "template" in args:
         args["template"] = resolve_template(args, str(path))
     args["dataset_dir"] = str(resolve(args.get("dataset_dir") or DEFAULT_DATASET_DIR))

@@ -109,13 +109,13 @@ def base_model_fingerprint(model_dir: Path) -> str:
 def warm_start_inputs(cfg: WarmStartConfig) -> dict[str, Any]:
     """Everything the warm-started model depends on, as plain data (hashed into the stamp)."""
     from densepolicy.training.expert_data import load_expert_data_config
-    from densepolicy.training.train import config_path, resolve_model
+    from densepolicy.training.train import config_path, model_directory
 
     sft_path = config_path(cfg.sft_config)
     sft_yaml = read_yaml(sft_path)
     if sft_yaml.get("stage") != "sft":
         raise ConfigError(f"sft_config: {sft_path} has stage {sft_yaml.get('stage')!r}, expected 'sft'")
-    base = resolve_model(cfg.base_model)
+    base = model_directory(cfg.base_model)
     expert_cfg = load_expert_data_config(flatten_overrides(cfg.expert_data))
     return {
         "version": VERSION,
