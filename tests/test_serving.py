@@ -304,6 +304,49 @@ def test_wait_healthy_without_process_times_out(tmp_path):
         wait_healthy(f"http://127.0.0.1:{port}/v1", timeout=0.5, poll_s=0.1)
 
 
+def _http_server(routes: dict[str, int]):
+    """A local HTTP server answering each path in `routes` with its status (others 404), in a thread."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(routes.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+@pytest.mark.parametrize("routes, healthy", [
+    ({"/health": 200}, True),                          # vLLM
+    ({"/v1/models": 200}, True),                       # an OpenAI-compatible server without /health
+    ({"/health": 503, "/v1/models": 200}, False),      # vLLM whose engine died answers /health 503
+    ({}, False),
+])
+def test_one_health_probe_for_vllm_and_other_openai_servers(routes, healthy):
+    from densepolicy.launcher.health import PendingServer, ServerStartError, wait_all_healthy
+    from densepolicy.serving.server import is_healthy
+
+    httpd = _http_server(routes)
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    try:
+        assert is_healthy(url) is healthy
+        if healthy:  # the launcher's wait and the server's wait agree
+            wait_all_healthy([PendingServer("s", url)], timeout=5, progress=lambda _: None)
+            assert wait_healthy(url, timeout=5) >= 0
+        else:
+            with pytest.raises(ServerStartError):
+                wait_all_healthy([PendingServer("s", url)], timeout=0.3, poll_s=0.1, progress=lambda _: None)
+    finally:
+        httpd.shutdown()
+    assert is_healthy(url) is False  # nothing listening
+
+
 def test_serving_config_validation_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="command line: key 'port' must be 0..65535"):
         load_serving_config(None, ["port=70000"])

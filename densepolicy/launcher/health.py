@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from densepolicy.launcher.files import tail_lines
+from densepolicy.serving.server import is_healthy
 
 
 class ServerStartError(RuntimeError):
@@ -22,15 +21,6 @@ class PendingServer:
     url: str
     log: str | None = None
     is_running: Callable[[], bool] = lambda: True
-
-
-def is_healthy(url: str, timeout: float = 3.0) -> bool:
-    """True if `GET <url>/models` answers 200 (any OpenAI-compatible server, vLLM included)."""
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/models", timeout=timeout) as reply:
-            return reply.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def wait_all_healthy(servers: list[PendingServer], timeout: float, poll_s: float = 1.0,

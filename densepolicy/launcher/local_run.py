@@ -8,7 +8,8 @@ from densepolicy.launcher import tmux_backend as tmux
 from densepolicy.launcher.config import serving_overrides
 from densepolicy.launcher.files import read_json
 from densepolicy.gpus import busy_gpus
-from densepolicy.launcher.health import PendingServer, ServerStartError, is_healthy, wait_all_healthy
+from densepolicy.launcher.health import PendingServer, ServerStartError, wait_all_healthy
+from densepolicy.serving.server import is_healthy
 from densepolicy.launcher.plan import (EXIT_ENVIRONMENT, EXIT_SERVER, EXIT_USAGE, EXIT_WORKERS, LaunchError,
                                        RunPlan, build_record, supervised, worker_argv)
 from densepolicy.launcher.prepare import claim_output_dir

@@ -165,9 +165,26 @@ def log_tail(log_file: str | Path | None, lines: int = LOG_TAIL_LINES) -> str:
         return "".join(collections.deque(handle, maxlen=lines))
 
 
+def is_healthy(base_url: str, timeout: float = 3.0) -> bool:
+    """True if the server at `base_url` (``http://host:port/v1``) is up: vLLM's ``/health`` answers 200, or, on
+    an OpenAI-compatible server without that route (404), ``<base_url>/models`` does. The one health probe of
+    the project (the launcher's waits use it too)."""
+    root = base_url.rstrip("/").removesuffix("/v1")
+    for url in (root + "/health", root + "/v1/models"):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status == 200
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                return False
+        except (urllib.error.URLError, OSError, ValueError):
+            return False  # not listening (yet)
+    return False
+
+
 def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = None,
                  log_file: str | Path | None = None, poll_s: float = 1.0) -> float:
-    """Poll ``<server>/health`` until it answers 200; returns the seconds waited.
+    """Poll the server (`is_healthy`) until it answers; returns the seconds waited.
 
     Raises `ServerError` (with the log tail) if `proc` exits first or `timeout` passes.
     """
@@ -177,12 +194,8 @@ def wait_healthy(base_url: str, timeout: float, proc: subprocess.Popen | None = 
         if proc is not None and proc.poll() is not None:
             raise ServerError(_with_tail(f"server process exited with code {proc.returncode} during start-up "
                                          f"(log: {log_file})", log_file))
-        try:
-            with urllib.request.urlopen(root + "/health", timeout=5) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except (urllib.error.URLError, OSError):
-            pass  # not listening yet
+        if is_healthy(root, timeout=5):
+            return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise ServerError(_with_tail(f"server at {root} not healthy after {timeout:.0f} s (log: {log_file})",
                                          log_file))
