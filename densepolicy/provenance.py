@@ -44,7 +44,7 @@ from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.paths import PROJECT_ROOT, cache_dir, data_dir, serve_python
-from densepolicy.results_io import iter_csv, json_text, writing
+from densepolicy.results_io import iter_csv, json_text, write_text_atomic
 from densepolicy.serving.models import resolve_model
 
 FILE_NAME = "provenance.json"
@@ -118,21 +118,8 @@ def _locked(target: Path) -> Iterator[None]:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Write `obj` to `path` via a temp file + fsync + rename; the temp file never stays behind, and a
-    full disk / read-only / permission error is an `OutputWriteError` naming `path`."""
-    with writing(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                fh.write(json_text(obj, indent=1, sort_keys=False, default=str) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+    """`results_io.write_text_atomic` of `obj` as JSON (values JSON cannot hold written as text)."""
+    write_text_atomic(path, json_text(obj, indent=1, sort_keys=False, default=str) + "\n")
 
 
 _memo: dict[str, tuple[list[int], str]] = {}

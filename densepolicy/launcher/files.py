@@ -1,19 +1,10 @@
-"""Small file helpers of the launcher: atomic JSON files and log tails."""
+"""Small file helpers of the launcher: JSON records and log tails (atomic writes: `densepolicy.results_io`)."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
 from typing import Any
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Replace `path` with `data` as JSON (temp file + rename, so readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densepolicy.launcher.files import write_json_atomic
+from densepolicy.results_io import write_json_atomic
 
 MANIFEST_NAME = "run_manifest.json"
 IDENTITY_KEYS = ("model", "dataset", "method", "num_shards")

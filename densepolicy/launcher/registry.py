@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from densepolicy.launcher.files import read_json, write_json_atomic
+from densepolicy.launcher.files import read_json
+from densepolicy.results_io import write_json_atomic
 from densepolicy.paths import resolve
 
 

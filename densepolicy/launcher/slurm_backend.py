@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from densepolicy.launcher.config import LauncherConfig, serving_overrides
-from densepolicy.launcher.files import read_json, write_json_atomic
+from densepolicy.launcher.files import read_json
+from densepolicy.results_io import write_json_atomic
 from densepolicy.launcher.plan import (EXIT_ENVIRONMENT, EXIT_USAGE, EXIT_WORKERS, LaunchError, RunPlan,
                                        build_record, worker_argv)
 from densepolicy.launcher.prepare import claim_output_dir

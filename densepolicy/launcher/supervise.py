@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from densepolicy.launcher.files import write_json_atomic
+from densepolicy.results_io import write_json_atomic
 
 
 def kill_group(pgid: int, grace: float) -> None:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from densepolicy.config import ConfigError, help_field
 from densepolicy.paths import PROJECT_ROOT, main_python, resolve
+from densepolicy.results_io import write_csv_atomic
 
 log = logging.getLogger(__name__)
 
@@ -209,13 +210,8 @@ def read_results(path: Path) -> list[dict[str, str]]:
 
 
 def write_results(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    """Whole-file rewrite through a temp file + rename (the file is small: one row per N)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """Whole-file atomic rewrite (the file is small: one row per N)."""
+    write_csv_atomic(path, columns, rows)
 
 
 def _float(value: Any) -> float:
