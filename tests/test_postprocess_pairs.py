@@ -165,3 +165,16 @@ def test_merge_all_pairs_budgets_density_and_seed(tmp_path):
     assert dropped.groups["gsm8k"].pairs_kept == 0
     with pytest.raises(FileExistsError):
         merge_all_pairs(inputs, tmp_path / "s4.csv", cfg, show_progress=False)
+
+
+def test_alfworld_task_types_come_from_the_environments_table():
+    from densepolicy.postprocess.pairs import alfworld_task_type
+    from envs.alfworld_games import TASK_TYPE_PREFIXES
+
+    folders = {"pick_and_place_simple": "put", "look_at_obj_in_light": "examine",
+               "pick_clean_then_place_in_recep": "clean", "pick_cool_then_place_in_recep": "cool",
+               "pick_heat_then_place_in_recep": "heat", "pick_two_obj_and_place": "puttwo"}
+    for folder, kind in folders.items():
+        assert alfworld_task_type(f"{folder}-Mug-None-Desk-308/trial_T20190908_010101_000001") == kind
+    assert set(folders.values()) == set(TASK_TYPE_PREFIXES.values())
+    assert alfworld_task_type("not_a_game/trial_1") == ""

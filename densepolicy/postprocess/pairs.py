@@ -25,6 +25,8 @@ from typing import Any
 from tqdm import tqdm
 
 from densepolicy.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
+from envs import alfworld_games
+from envs.base import EnvError
 from agents.tree_rules import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
 
 logger = logging.getLogger(__name__)
@@ -33,17 +35,13 @@ PAIR_COLUMNS = ["task_id", "dataset", "split", "task_type", "prompt", "chosen", 
                 "rejected_node", "chosen_value", "rejected_value", "chosen_visits", "rejected_visits",
                 "depth", "selected"]
 
-ALFWORLD_TYPE_PREFIXES = {
-    "pick_and_place_simple": "put", "look_at_obj_in_light": "examine", "pick_clean_then_place_in_recep": "clean",
-    "pick_cool_then_place_in_recep": "cool", "pick_heat_then_place_in_recep": "heat",
-    "pick_two_obj_and_place": "puttwo",
-}
-
-
 def alfworld_task_type(task_id: str) -> str:
-    """ALFWorld task type from a game folder id (`pick_cool_then_place_in_recep-…/trial_…` -> `cool`)."""
-    head = task_id.split("/", 1)[0].split("-", 1)[0]
-    return ALFWORLD_TYPE_PREFIXES.get(head, "")
+    """ALFWorld task type from a game folder id (`pick_cool_then_place_in_recep-…/trial_…` -> `cool`), by the
+    environment's own table (`envs.alfworld_games.task_type`); "" for an id it does not know."""
+    try:
+        return alfworld_games.task_type(task_id)
+    except EnvError:
+        return ""
 
 
 @dataclass
