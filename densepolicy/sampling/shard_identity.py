@@ -34,7 +34,7 @@ SETTINGS_SUFFIX = ".settings.json"
 # was made with this value, not with today's default.
 FORMER_VALUES = {"prompt_style": "original"}
 # Settings removed since (they did not change results): a record that has one still matches.
-REMOVED_KEYS = {"gap_refresh"}
+REMOVED_KEYS = set(SamplerConfig.REMOVED_KEYS)
 
 
 def settings_path(csv_path: str | os.PathLike) -> Path:
