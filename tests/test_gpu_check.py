@@ -113,3 +113,19 @@ def test_tiny_models_speak_llama3_and_train_with_the_llama3_template(tmp_path):
     assert config["eos_token_id"] == tok.convert_tokens_to_ids("<|eot_id|>") and config["vocab_size"] >= len(tok)
     assert json.loads((path / "generation_config.json").read_text())["eos_token_id"] == config["eos_token_id"]
     assert TRAIN_TEMPLATE == "llama3"
+
+
+def test_the_tiny_llama3_model_keeps_turn_boundaries_as_llama3_does(tmp_path):
+    """Llama-3's pre-tokenizer keeps "\\n\\n" whole, so the conversation vLLM encodes in one piece and the messages
+    LLaMA-Factory encodes one by one give the same ids; the tiny model must too, or every check that compares
+    the two fails for a reason no real model has (the GPT-2 split of its SmolLM2 vocabulary cuts "\\n|\\nThought")."""
+    from transformers import AutoTokenizer
+
+    from densepolicy.testing.tiny_model import build_tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_model(tmp_path / "tiny", chat_style="llama3")))
+    header, content = "<|start_header_id|>assistant<|end_header_id|>\n\n", "Thought: multiply.\n\n  Action:\nx = 1\n"
+    whole = tokenizer.encode(header + content, add_special_tokens=False)
+    assert whole == tokenizer.encode(header, add_special_tokens=False) + tokenizer.encode(content,
+                                                                                           add_special_tokens=False)
+    assert tokenizer.decode(whole) == header + content

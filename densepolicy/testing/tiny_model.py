@@ -25,6 +25,13 @@ LLAMA3_CHAT_TEMPLATE = (
     "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
 """chat_template of Meta-Llama-3-8B-Instruct's tokenizer_config.json (as published)."""
+LLAMA3_PRETOKENIZER_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+")
+"""Meta-Llama-3's pre-tokenizer split (tokenizer.json). It keeps a run of newlines in one piece, so "\n\nThought"
+tokenizes like "\n\n" + "Thought": a whole conversation (what vLLM renders and encodes) and LLaMA-Factory's
+message-by-message encoding then give the same token ids, as they do for the real Llama-3. SmolLM2's GPT-2 split
+would cut "\n" + "\nThought" and make the two differ at every turn boundary for a reason no real model has."""
 LLAMA3_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                          "<|eot_id|>")
 
@@ -59,6 +66,7 @@ def build_tiny_model(out_dir: str | Path, base_dir: str | Path | None = None, hi
         tokenizer.add_tokens([t for t in LLAMA3_SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
         tokenizer.bos_token, tokenizer.eos_token = "<|begin_of_text|>", "<|eot_id|>"
         tokenizer.chat_template = LLAMA3_CHAT_TEMPLATE
+        _use_llama3_pretokenizer(tokenizer)
         config.vocab_size = max(config.vocab_size, len(tokenizer))
         config.bos_token_id = tokenizer.convert_tokens_to_ids("<|begin_of_text|>")
         config.eos_token_id = tokenizer.convert_tokens_to_ids("<|eot_id|>")
@@ -87,3 +95,12 @@ def build_tiny_model(out_dir: str | Path, base_dir: str | Path | None = None, hi
         {"base": str(base), "hidden_size": hidden_size, "layers": layers, "heads": heads, "kv_heads": kv_heads,
          "dtype": dtype, "seed": seed, "chat_style": chat_style, "weights": "random"}, indent=2) + "\n")
     return out
+
+
+def _use_llama3_pretokenizer(tokenizer) -> None:
+    """Give a byte-level BPE tokenizer Llama-3's pre-tokenizer split (the vocabulary and merges stay)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZER_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)])
