@@ -3,7 +3,8 @@
     launcher_stub_worker.py METHOD DATASET --shard K --num_shards N --server_url URL --model M
                             --output_dir D [max_tasks=20] [key=value ...]
 
-Tasks are "0".."max_tasks-1"; `<output_dir>/stub_worker.json` may set {"sleep": s, "fail_shard": k}
+Tasks are "0".."max_tasks-1"; `<output_dir>/stub_worker.json` may set {"sleep": s, "fail_shard": k,
+"stop_delay": s (seconds it takes to exit on SIGTERM/SIGHUP, as a worker finishing its last write does)}
 (settings only the stand-in knows, so they cannot go through the sampler's key=value). Shard K gets the
 contiguous block ceil(tasks/N) * K ... (like the sampler).
 Each finished task appends one whole CSV line (flush + fsync), so a killed worker resumes without
@@ -15,6 +16,7 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
 import time
 import urllib.request
@@ -36,6 +38,14 @@ def main() -> int:
     stub_file = os.path.join(args.output_dir, "stub_worker.json")
     stub = json.load(open(stub_file)) if os.path.exists(stub_file) else {}
     tasks, sleep = int(opts.get("max_tasks", 20)), float(stub.get("sleep", 0.2))
+    stop_delay = float(stub.get("stop_delay", 0))
+    if stop_delay:
+        def stop_slowly(signum, _frame):
+            time.sleep(stop_delay)
+            sys.exit(128 + signum)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, stop_slowly)
     if int(stub.get("fail_shard", -1)) == args.shard:
         print("failing on purpose", file=sys.stderr)
         return 7

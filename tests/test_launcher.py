@@ -212,6 +212,28 @@ def test_kill_a_worker_rerun_resumes_without_duplicates(launcher, tmp_path, fake
     assert other.returncode == 2 and "different run" in other.stderr
 
 
+def test_a_rerun_right_after_a_kill_waits_for_the_stopping_worker(launcher, tmp_path, fake_server):
+    """tmux kill-session gives the worker stop_timeout_s to finish its last write; a rerun started meanwhile
+    waits for it (then resumes the shard) instead of refusing a shard "still being run outside the run"."""
+    server = fake_server(["x"])
+    out_dir = tmp_path / "run"
+    out_dir.mkdir()
+    (out_dir / "stub_worker.json").write_text(json.dumps({"sleep": 0.4, "stop_delay": 3}))
+    first = _stub_run(launcher, server, out_dir)
+    assert first.returncode == 0, first.stderr
+    shard1 = out_dir / "math.test.1.csv"
+    _wait_for(lambda: shard1.exists() and len(read_shard_rows(shard1)) >= 1, 60, "shard 1 to make progress")
+    import libtmux
+    libtmux.Server(socket_name=launcher.socket).kill_session("agent1")
+    again = _stub_run(launcher, server, out_dir)  # at once: shard 1's worker is still stopping
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "waiting up to" in again.stdout and "shard(s) 1" in again.stdout, again.stdout
+    assert "started 1 worker(s)" in again.stdout
+    launcher.wait_sessions_gone({"agent0", "agent1"}, 60)
+    ids = [r["task_id"] for r in read_shard_rows(out_dir / "math.test.0.csv") + read_shard_rows(shard1)]
+    assert sorted(ids, key=int) == [str(i) for i in range(12)]  # complete, no duplicates
+
+
 def test_two_runs_share_a_box_and_stop_cleans_up(launcher, tmp_path, fake_server):
     server = fake_server(["x"])
     a, b = tmp_path / "a", tmp_path / "b"

@@ -41,11 +41,7 @@ def launch_local(plan: RunPlan, progress=print) -> int:
             progress(f"its servers still run: ./distributed_test.sh stop {req.start_id}")
         save_record(cfg.state_dir, record)
         return 0
-    for worker in todo:
-        if worker.session not in live and tmux.supervised_alive(worker):
-            raise LaunchError(f"shard {worker.index} of {plan.output_dir} is still being run by process "
-                              f"{read_json(worker.status).get('pid')} outside this run's sessions; stop it first",
-                              EXIT_USAGE)
+    wait_for_stopping_workers(plan, [w for w in todo if w.session not in live], progress)
     try:
         started = start_servers(plan, record, previous, live, server, progress)
     finally:
@@ -68,6 +64,30 @@ def launch_local(plan: RunPlan, progress=print) -> int:
     if not cfg.wait:
         return 0
     return wait_and_stop(record, server, cfg.stop_timeout_s, progress)
+
+
+def wait_for_stopping_workers(plan: RunPlan, orphans: list[Slot], progress, poll_s: float = 0.5) -> None:
+    """Wait for shard workers whose tmux session is gone but whose process still runs, then go on.
+
+    A killed session (`tmux kill-session`, a closed terminal) SIGHUPs the worker's supervisor, which gives the
+    worker up to `stop_timeout_s` to finish its last write before it is SIGKILLed; a rerun started meanwhile
+    waits for that instead of failing. A worker still running after that was started outside the launcher
+    (or ignores signals): two writers on one shard are refused."""
+    running = [w for w in orphans if tmux.supervised_alive(w)]
+    if not running:
+        return
+    limit = plan.cfg.stop_timeout_s + 15.0
+    progress(f"waiting up to {limit:.0f} s for the stopping worker(s) of shard(s) "
+             f"{', '.join(str(w.index) for w in running)} (their tmux sessions are gone)")
+    deadline = time.time() + limit
+    while running and time.time() < deadline:
+        time.sleep(poll_s)
+        running = [w for w in running if tmux.supervised_alive(w)]
+    if running:
+        worker = running[0]
+        raise LaunchError(f"shard {worker.index} of {plan.output_dir} is still being run by process "
+                          f"{read_json(worker.status).get('pid')} outside this run's sessions ({limit:.0f} s "
+                          f"after its session was gone); stop it first", EXIT_USAGE)
 
 
 def shard_finished(worker: Slot) -> bool:
