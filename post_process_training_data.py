@@ -22,7 +22,7 @@ from densepolicy.paths import PROJECT_ROOT
 from densepolicy.postprocess.plots import pairs_histogram, plot_tree
 from densepolicy.postprocess.cli import load_postprocess_config, make_parser, run
 from densepolicy.results_io import ensure_new
-from densepolicy.provenance import record_pairs
+from densepolicy.postprocess.output_records import record_pairs
 
 
 def parse_args():

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from densepolicy import provenance  # noqa: E402
+from densepolicy.provenance import hashing  # noqa: E402
 from densepolicy.paths import embedded_model_dir  # noqa: E402
 from benchmarks.results_table import print_and_write  # noqa: E402
 
@@ -68,13 +69,13 @@ def main() -> int:
         os.environ["DENSEPOLICY_CACHE_DIR"] = tmp  # ALFWorld games are unpacked here too (once)
 
         def forget_all() -> None:
-            provenance._memo.clear()
+            hashing._memo.clear()
             provenance.hash_cache_file().unlink(missing_ok=True)
 
         for name, files, fn in cases():
             size = sum(Path(f).stat().st_size for f in files) / 1e6
             cold = median_time(fn, args.repeats, before=forget_all)
-            disk = median_time(fn, args.repeats, before=provenance._memo.clear)
+            disk = median_time(fn, args.repeats, before=hashing._memo.clear)
             memo = median_time(fn, args.repeats)
             rows.append({"what": name, "files": len(files), "MB": round(size, 1), "cold_s": round(cold, 3),
                          "cached_s": round(disk, 4), "in_process_s": round(memo, 4),

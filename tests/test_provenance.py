@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from densepolicy import provenance
+from densepolicy.provenance import hashing, versions
 from densepolicy.results_io import iter_csv
 from densepolicy.sampling.config import resolve_sampler_config
 from densepolicy.sampling.worker import run_worker
+from densepolicy.training.model_record import record_trained_model
 from tests import fakes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +86,7 @@ def test_every_stage_writes_provenance(fake_server, tmp_path):
     env = record["environment"]
     assert set(provenance.RESULT_PACKAGES) <= set(env["packages"])
     assert env["packages"]["llamafactory"] != provenance.NOT_INSTALLED  # installed in .venv
-    assert env["packages"]["deepspeed"] in (provenance.NOT_INSTALLED, provenance._version("deepspeed"))
+    assert env["packages"]["deepspeed"] in (provenance.NOT_INSTALLED, versions._version("deepspeed"))
     assert len(env["git"]["commit"]) == 40 and isinstance(env["git"]["dirty"], bool)
 
     # merge: every merged row carries the eval-set hash
@@ -197,9 +199,9 @@ def test_model_fingerprint_follows_weight_files_and_is_cached(tmp_path, monkeypa
     assert first["files"]["model.safetensors"] == hashlib.sha256(b"\x00" * 4096).hexdigest()
 
     calls = []
-    real = provenance._sha256_of
-    monkeypatch.setattr(provenance, "_sha256_of", lambda p: calls.append(p.name) or real(p))
-    provenance._memo.clear()  # a new process: the on-disk cache answers
+    real = hashing._sha256_of
+    monkeypatch.setattr(hashing, "_sha256_of", lambda p: calls.append(p.name) or real(p))
+    hashing._memo.clear()  # a new process: the on-disk cache answers
     assert provenance.model_fingerprint(model)["fingerprint"] == first["fingerprint"] and calls == []
 
     stat = weights.stat()
@@ -242,7 +244,7 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
         (directory / "config.json").write_text("{}")
         (directory / "model.safetensors").write_bytes(weight)
     args = {"dataset": "tiny", "dataset_dir": str(data), "model_name_or_path": str(base), "stage": "dpo"}
-    provenance.record_trained_model(out, args, "TreeDPO/configs/cpu_tiny.yaml")
+    record_trained_model(out, args, "TreeDPO/configs/cpu_tiny.yaml")
     record = provenance.read_provenance(out)["records"]["model"]
     assert record["datasets"][0]["sha256"] == sha256(data / "tiny.json")
     assert record["datasets"][0]["upstream"] == ["up"]

@@ -38,7 +38,7 @@ from densepolicy.paths import resolve
 from densepolicy.postprocess.config import DatasetConfig
 from densepolicy.results_io import ensure_new, write_json_atomic
 from densepolicy.serving.chat_template import content_rules, describe_rules, served_sharegpt
-from densepolicy.provenance import record_dataset
+from densepolicy.postprocess.output_records import record_dataset
 
 ROLE_TO_SHAREGPT = {"user": "human", "assistant": "gpt"}
 SHAREGPT_TO_ROLE = {"human": "user", "gpt": "assistant"}

@@ -47,8 +47,9 @@ from densepolicy.file_lock import OutputLock, lock_path, terminate_on_signals
 from densepolicy.results_io import (CorruptFileError, atomic_open, iter_csv, iter_jsonl, read_csv_header,
                                     writing)
 from densepolicy.sampling.shard_identity import read_settings, settings_diffs, settings_path
+from densepolicy.postprocess.output_records import merged_columns
 from densepolicy.provenance import FILE_NAME as PROVENANCE_FILE
-from densepolicy.provenance import merged_columns, read_provenance
+from densepolicy.provenance import read_provenance
 
 logger = logging.getLogger(__name__)
 

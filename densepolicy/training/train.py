@@ -43,7 +43,7 @@ import yaml
 
 from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
-from densepolicy.provenance import record_trained_model
+from densepolicy.training.model_record import record_trained_model
 from densepolicy.serving.chat_template import (
     ContentRule,
     content_rules,
