@@ -28,6 +28,22 @@ is often missing or unreliable. Instead:
 * **A holder that lost its lock** (its heartbeat stalled past `stale_after_s`, e.g. a frozen node,
   and another process took over) finds out in `check()`, which the writer calls before every commit,
   and stops instead of writing next to the new holder.
+* **Waiting** instead of being refused (`acquire_waiting`): for a one-off job whose result the others reuse,
+  e.g. the warm-start build; a live build is never taken over, however long it runs (see "alive" above).
+
+Lock policy (the one place it is written down; docs/architecture.md points here): whatever lives under an
+output directory, `models/` or the project cache and may be shared by the processes of several hosts is locked
+with `OutputLock`: sample shards and merge targets (sampling/shard_identity.py, postprocess/merge.py),
+`dataset_info.json` (postprocess/lf_dataset.py), the warm-start build (training/warm_start.py, waits) and
+`provenance.json`. `flock` is kept, by design, only for what belongs to one host:
+
+* port claims (launcher/servers.py): a TCP port is a host's own, and the kernel drops an flock when its process
+  dies, even on SIGKILL, which a claim held for a server's whole life needs (a lock file would outlive it);
+* the machine-wide vLLM test lock (tests/conftest.py): one CPU vLLM server per machine; a parent shell can hold it
+  with `flock LOCK pytest ...`;
+* the ALFWorld unpack lock (envs/alfworld_games.py): envs is standalone (imports nothing of densepolicy); the split
+  is renamed into place whole, so the lock only saves one host a duplicate unpack and is not needed for
+  correctness across hosts.
 """
 from __future__ import annotations
 
@@ -41,7 +57,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +207,21 @@ class OutputLock:
             if self._break(holder):
                 log.warning("took over the lock %s of %s: %s", self.path, describe_holder(holder), reason)
         raise LockHeldError(f"{self._target()}: could not take the lock {self.path} (others keep taking it)")
+
+    def acquire_waiting(self, poll_s: float = 2.0, on_wait: Callable[[str], None] | None = None) -> OutputLock:
+        """Take the lock, waiting while a live process holds it (polled every `poll_s` seconds, for as long as
+        that takes); `on_wait` is told once whom we wait for. A stale lock is taken over as in `acquire`. For a
+        one-off job that others reuse (the warm-start build): the waiters find its result when they get the lock."""
+        told = False
+        while True:
+            try:
+                return self.acquire()
+            except LockHeldError as exc:
+                if on_wait is not None and not told:
+                    on_wait(f"{describe_holder(exc.holder) if exc.holder else 'another process'} "
+                            f"(lock file {self.path})")
+                    told = True
+            time.sleep(poll_s)
 
     def check(self) -> None:
         """Raise `LockLostError` unless the lock file still holds our record."""

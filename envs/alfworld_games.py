@@ -49,6 +49,11 @@ def ensure_split_unpacked(split_dir: str, data: Path | None = None, cache: Path 
         raise EnvError(f"ALFWorld games for {split_dir!r} are neither unpacked in {target} nor available as "
                        f"{tarball}; run scripts/setup.sh or set DENSEPOLICY_DATA_DIR")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # flock here, not densepolicy.file_lock (the project's lock for shared outputs), by design: envs imports
+    # nothing of densepolicy, and correctness does not rest on this lock. The split is unpacked into a private
+    # temporary folder and renamed into place in one step, so no process ever sees half a split; the lock only
+    # spares the processes of one host a duplicate unpack. Where the cache is shared by several hosts and flock
+    # is host-local (NFS), two hosts may both unpack: the loser's rename fails and it uses the winner's split.
     with open(games_root(cache) / ".unpack.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_dir():  # another process may have finished while we waited
@@ -56,7 +61,11 @@ def ensure_split_unpacked(split_dir: str, data: Path | None = None, cache: Path 
             try:
                 with tarfile.open(tarball) as tar:
                     tar.extractall(tmp, filter="data")
-                os.rename(tmp / "json_2.1.1" / split_dir, target)
+                try:
+                    os.rename(tmp / "json_2.1.1" / split_dir, target)
+                except OSError:  # ENOTEMPTY / EEXIST: another host unpacked it first
+                    if not target.is_dir():
+                        raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     return target

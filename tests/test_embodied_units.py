@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from envs.alfworld_game import INVALID_ACTION, process_observation, split_banner
+from envs import alfworld_games
 from envs.alfworld_games import task_type
 from envs.alfworld_tools import PARAMETERS as ALF_PARAMETERS
 from envs.alfworld_tools import TOOLS as ALF_TOOLS
@@ -51,6 +52,32 @@ def test_task_type_from_folder():
     assert task_type("look_at_obj_in_light-Book-None-DeskLamp-302/trial_T1") == "examine"
     with pytest.raises(EnvError, match="expected a folder starting with"):
         task_type("slice_and_eat-Apple/trial_T1")
+
+
+def test_a_split_unpacked_by_another_host_meanwhile_is_used(tmp_path, monkeypatch):
+    """The unpack lock is a host-local flock: on a cache shared by hosts, two may unpack the same split at once;
+    the one whose rename comes second uses the split the other put in place instead of failing."""
+    import io
+    import os
+    import tarfile
+
+    (tmp_path / "data" / "alfworld").mkdir(parents=True)
+    with tarfile.open(tmp_path / "data" / "alfworld" / "valid_seen.tar.gz", "w:gz") as tar:
+        member = tarfile.TarInfo("json_2.1.1/valid_seen/pick_and_place-x/trial_1/game.tw-pddl")
+        member.size = 2
+        tar.addfile(member, io.BytesIO(b"{}"))
+    target = tmp_path / "cache" / "alfworld" / "json_2.1.1" / "valid_seen"
+    real_rename = os.rename
+
+    def other_host_first(src, dst):
+        (target / "pick_and_place-x" / "trial_1").mkdir(parents=True)
+        (target / "pick_and_place-x" / "trial_1" / "game.tw-pddl").write_text("{\"theirs\": 1}")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(alfworld_games.os, "rename", other_host_first)
+    assert alfworld_games.ensure_split_unpacked("valid_seen", tmp_path / "data", tmp_path / "cache") == target
+    assert (target / "pick_and_place-x" / "trial_1" / "game.tw-pddl").read_text() == '{"theirs": 1}'
+    assert not list(target.parent.parent.glob(".unpack-*"))  # our temporary copy is removed
 
 
 def test_bind_arguments_accepts_positional_and_keyword():

@@ -4,14 +4,19 @@ expert dataset with LLaMA-Factory."""
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
 import pytest
 
 from densepolicy.config import ConfigError, parse_overrides
+from densepolicy.file_lock import lock_path, read_holder
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.training import warm_start as ws
 from densepolicy.training import expert_data
@@ -140,6 +145,81 @@ def test_failed_build_keeps_the_previous_model(fake):
         ws.ensure_warm_start(fake.args + ["sft_overrides.num_train_epochs=1"], log=lambda _: None)
     assert (fake.out / "model.safetensors").read_bytes() == before
     assert ws.warm_start_state(fake.args).current  # still valid for its own inputs
+
+
+def _wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_two_processes_asking_at_once_build_once_and_the_other_reuses_it(fake, monkeypatch, tmp_path):
+    """The demo and the experiment (or jobs on two nodes) ask for the warm start at once: one process builds
+    under the build lock (densepolicy.file_lock), the other waits for it and returns the model it built."""
+    started, release, trainings = tmp_path / "training-started", tmp_path / "release", tmp_path / "trainings"
+
+    def slow_train(*args, **kwargs):  # the stand-in for LLaMA-Factory, held until the other process waits
+        with open(trainings, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        started.touch()
+        _wait_for(release.exists, "the test to release the training")
+        return fake.train(*args, **kwargs)
+
+    monkeypatch.setattr("densepolicy.training.train.train", slow_train)
+
+    def ask(log_file: Path) -> None:  # one process asking for the warm start (forked: it keeps the fakes)
+        with open(log_file, "a") as fh:
+            def log(line: str) -> None:
+                fh.write(line + "\n")
+                fh.flush()
+            path = ws.ensure_warm_start(fake.args, log=log)
+            log(f"RESULT {path}")
+
+    fork = multiprocessing.get_context("fork")
+    builder = fork.Process(target=ask, args=(tmp_path / "builder.log",))
+    builder.start()
+    _wait_for(started.exists, "the first process to start training")
+    waiter = fork.Process(target=ask, args=(tmp_path / "waiter.log",))
+    waiter.start()
+    waiter_log = tmp_path / "waiter.log"
+    _wait_for(lambda: waiter_log.exists() and "waiting" in waiter_log.read_text(), "the second process to wait")
+    assert waiter.is_alive(), "the second process must wait while the build runs, not return"
+    release.touch()
+    for proc in (builder, waiter):
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    assert trainings.read_text().split() == [str(builder.pid)]  # one build, by the first process
+    log = waiter_log.read_text()
+    assert f"is being built by pid {builder.pid} on host {socket.gethostname()} (warm-start build" in log
+    assert "building" not in log and log.splitlines()[-1] == f"RESULT {fake.out}"
+    assert (tmp_path / "builder.log").read_text().splitlines()[-1] == f"RESULT {fake.out}"
+    assert check_servable(fake.out) and not lock_path(fake.out).exists()
+
+
+def test_the_lock_of_a_crashed_build_does_not_block_the_next_one(fake):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = lock_path(fake.out)
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "token": "crashed",
+                                "purpose": "warm-start build"}))
+    logs: list[str] = []
+    assert ws.ensure_warm_start(fake.args, log=logs.append) == fake.out
+    assert len(fake.trainings) == 1 and not any("waiting" in line for line in logs) and not lock.exists()
+
+
+def test_a_build_that_lost_its_lock_does_not_replace_the_model(fake, monkeypatch):
+    def train_then_lose_the_lock(*args, **kwargs):  # e.g. a frozen node: another build took the lock over
+        result = fake.train(*args, **kwargs)
+        lock_path(fake.out).write_text(json.dumps({"host": "other-node", "pid": 1, "token": "theirs"}))
+        return result
+
+    monkeypatch.setattr("densepolicy.training.train.train", train_then_lose_the_lock)
+    with pytest.raises(TrainingError, match="lost the lock"):
+        ws.ensure_warm_start(fake.args, log=lambda _: None)
+    assert not fake.out.exists()
+    assert read_holder(lock_path(fake.out))["token"] == "theirs"  # the other build's lock is left alone
 
 
 def test_foreign_directory_is_never_replaced(fake):

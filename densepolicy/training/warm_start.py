@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import shutil
@@ -31,6 +30,7 @@ from typing import Any
 import yaml
 
 from densepolicy.config import ConfigError, help_field, load_config, read_yaml, to_dict
+from densepolicy.file_lock import LockLostError, OutputLock, lock_path
 from densepolicy.paths import PROJECT_ROOT, resolve
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "warm_start.yaml"
@@ -175,15 +175,18 @@ def _state(cfg: WarmStartConfig, out: Path, stamp: str) -> WarmStartState:
 
 
 @contextlib.contextmanager
-def _build_lock(out: Path) -> Iterator[None]:
-    """One build at a time per output directory (the demo and the experiment may ask at once)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _build_lock(out: Path, log: Callable[[str], None]) -> Iterator[OutputLock]:
+    """One build at a time per output directory, on every host that shares it (the lock policy of
+    densepolicy.file_lock: `<out>.lock` next to it, safe on NFS). The demo, the experiment or jobs on several
+    nodes may ask at once: one builds, the others wait here and then find its model up to date. A build is never
+    taken over while its process lives (on this host: checked by pid; on another: its lock's heartbeat)."""
+    lock = OutputLock(lock_path(out), "warm-start build")
+    lock.acquire_waiting(on_wait=lambda holder: log(f"[warm-start] {out} is being built by {holder}; waiting "
+                                                    f"for it to finish"))
+    try:
+        yield lock
+    finally:
+        lock.release()
 
 
 def ensure_warm_start(overrides: Sequence[str] = (), *, rebuild: bool = False,
@@ -198,7 +201,7 @@ def ensure_warm_start(overrides: Sequence[str] = (), *, rebuild: bool = False,
     out = resolve(cfg.output_dir)
     inputs = warm_start_inputs(cfg)
     stamp = stamp_of(inputs)
-    with _build_lock(out):
+    with _build_lock(out, log) as lock:
         state = _state(cfg, out, stamp)
         if state.current and not rebuild:
             return out
@@ -208,7 +211,7 @@ def ensure_warm_start(overrides: Sequence[str] = (), *, rebuild: bool = False,
         reason = "rebuild requested" if rebuild and state.current else state.reason
         log(f"[warm-start] building {out} ({reason}): expert trajectories, then SFT of {cfg.base_model} "
             f"with {cfg.sft_config}; this takes about {_expected_minutes(cfg, out):.0f} min")
-        _build(cfg, inputs, stamp, out, log)
+        _build(cfg, inputs, stamp, out, log, lock)
     return out
 
 
@@ -223,11 +226,12 @@ def _expected_minutes(cfg: WarmStartConfig, out: Path) -> float:
 
 
 def _build(cfg: WarmStartConfig, inputs: dict[str, Any], stamp: str, out: Path,
-           log: Callable[[str], None]) -> None:
-    """Dataset, then SFT, in a scratch directory next to `out`; `out` is replaced only at the end."""
+           log: Callable[[str], None], lock: OutputLock) -> None:
+    """Dataset, then SFT, in a scratch directory next to `out`; `out` is replaced only at the end, and only
+    while this process still holds the build lock (else `TrainingError`: another build took over)."""
     from densepolicy.training.expert_data import build_expert_dataset, load_expert_data_config
     from densepolicy.training.launch import node_placement
-    from densepolicy.training.train import train
+    from densepolicy.training.train import TrainingError, train
 
     if node_placement().nnodes > 1:  # every node would rebuild (and delete) the same scratch directory
         raise ConfigError("the warm start builds on one machine; for a multi-node SFT build the expert data with "
@@ -260,6 +264,10 @@ def _build(cfg: WarmStartConfig, inputs: dict[str, Any], stamp: str, out: Path,
                     "total_s": round(total_s, 1)},
     }, indent=2, default=str) + "\n")
     (work / "model" / STAMP_FILE).write_text(stamp + "\n")
+    try:
+        lock.check()
+    except LockLostError as exc:
+        raise TrainingError(f"warm start: {exc}; {out} is left to the build that took over") from None
     if out.exists():
         shutil.rmtree(out)
     (work / "model").rename(out)
