@@ -1,6 +1,7 @@
 """Task environments: GSM8K, MATH, ALFWorld (TextWorld) and BabyAI (Minigrid).
 
-`load_env(name, split=..., data_dir=...)` is the only entry point other code needs.
+`load_env(name, split=..., data_dir=...)` builds an env; `env_spec(name)` says what the other stages need to
+know about it (envs/spec.py: family and packages, score layout, task types, splits).
 """
 from __future__ import annotations
 
@@ -8,22 +9,15 @@ import importlib
 from typing import Any
 
 from envs.base import PROMPT_STYLES, Env, EnvError, Episode, StepResult, Tool
+from envs.spec import ENV_SPECS, EnvSpec, env_spec, spec_for_dataset
 
-# name -> "module:factory"; imported lazily so `import envs` stays cheap.
-ENV_REGISTRY: dict[str, str] = {
-    "gsm8k": "envs.math_env:GSM8KEnv",
-    "math": "envs.math_env:MATHEnv",
-    "alfworld": "envs.alfworld_env:ALFWorldEnv",
-    "babyai": "envs.babyai_env:BabyAIEnv",
-}
 
 
 def load_env(name: str, split: str = "test", prompt_style: str = "original", **kwargs: Any) -> Env:
-    """Build the env `name` on `split`, rendering observations in `prompt_style` (PROMPT_STYLES; only
-    BabyAI's differ). Unknown names or styles raise `EnvError` listing the known ones."""
-    if name not in ENV_REGISTRY:
-        raise EnvError(f"unknown env {name!r}; expected one of {sorted(ENV_REGISTRY)}")
-    module_name, factory = ENV_REGISTRY[name].split(":")
+    """Build the env `name` (a key of ENV_SPECS) on `split`, rendering observations in `prompt_style`
+    (PROMPT_STYLES; only BabyAI's differ). Unknown names or styles raise `EnvError` listing the known ones.
+    The env's module is imported only here, so `import envs` stays cheap."""
+    module_name, factory = env_spec(name).factory.split(":")
     module = importlib.import_module(module_name)
     return set_prompt_style(getattr(module, factory)(split=split, **kwargs), prompt_style)
 
@@ -37,4 +31,4 @@ def set_prompt_style(env: Env, prompt_style: str) -> Env:
 
 
 __all__ = ["Env", "EnvError", "Episode", "PROMPT_STYLES", "StepResult", "Tool", "load_env", "set_prompt_style",
-           "ENV_REGISTRY"]
+           "ENV_SPECS", "EnvSpec", "env_spec", "spec_for_dataset"]
