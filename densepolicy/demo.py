@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from densepolicy.config import ConfigError, describe, help_field
-from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, merged_csv, move_aside,
+from densepolicy.loop_config import load_loop_config
+from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
                                      stop_on_signals, tree_to_plot)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison

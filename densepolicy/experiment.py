@@ -34,7 +34,8 @@ from typing import Any, Literal
 
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
-from densepolicy.loop_stages import (LoopStages, StageError, load_loop_config, merged_csv, move_aside,
+from densepolicy.loop_config import load_loop_config
+from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
                                      stop_on_signals)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison

@@ -7,7 +7,7 @@ import pytest
 from densepolicy.config import ConfigError, load_config
 from densepolicy.demo import Demo, DemoConfig
 from densepolicy.experiment import ExperimentConfig, dpo_steps
-from densepolicy.loop_stages import load_loop_config
+from densepolicy.loop_config import load_loop_config
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.serving.server import ServingConfig, VLLMServer
 
