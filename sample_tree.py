@@ -29,8 +29,9 @@ from densepolicy.sampling.config import METHODS, SamplerConfig, default_output_d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="key=value settings (configs/sampler.yaml, then configs/tasks/<dataset>.yaml):\n"
-               + describe(SamplerConfig))
+        epilog="key=value settings (configs/sampler.yaml, then configs/tasks/<dataset>.yaml; tree.* keys are "
+               "codeact_agent_tree's only, agent.* codeact_agent's only, and either can be given without the prefix, "
+               "base=3):\n" + describe(SamplerConfig))
     parser.add_argument("method", choices=METHODS)
     parser.add_argument("dataset", help="gsm8k, math, alfworld, alfworld_put, babyai (configs/tasks/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value settings")

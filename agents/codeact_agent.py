@@ -4,14 +4,35 @@ One task = one trajectory: generate, parse, execute, append [assistant, observat
 episode is done, `max_steps` / `max_turn` is reached, or the context is full (its own outcome,
 `context_overflow`). `turns` counts answer attempts including the correct one, so accuracy @t for
 t = 1..10 ("Max Trial", with correctness feedback) comes from one run (docs/original.md §2.7).
+
+Its own settings (`AgentSettings`, the sampler config's `agent` section: `agent.max_turn=1` or
+`max_turn=1`) are ignored by the tree sampler; the shared ones (`max_steps`, `top_p`, ...) are the sampler's.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from agents.runtime import WorkerContext, execute_generation, generated_text, request_seed
+from densepolicy.config import Range, check_ranges, help_field
 from densepolicy.serving.llm_client import ContextLengthError
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentSettings:
+    """The settings only `codeact_agent` uses: their one definition (default, help, range)."""
+
+    max_turn: int | None = help_field(None, help="Answer-attempt limit (math 10); the tree ignores it.")
+    temperature: float = help_field(
+        0.0, help="Sampling temperature (0 = greedy evaluation); the tree's temperatures are tree.temperature_cycle.")
+
+    def __post_init__(self) -> None:
+        check_ranges(self, AGENT_RANGES)
+
+
+AGENT_RANGES: dict[str, Range] = {"max_turn": (1, None, False), "temperature": (0, None, False)}
+"""The range of every numeric agent setting (densepolicy.config.check_ranges)."""
 
 
 async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:
@@ -32,7 +53,7 @@ async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:
                 break
             try:
                 res = await ctx.client.chat(
-                    messages, n=1, temperature=cfg.temperature, top_p=cfg.top_p, stop=ctx.stop,
+                    messages, n=1, temperature=cfg.agent.temperature, top_p=cfg.top_p, stop=ctx.stop,
                     max_tokens=budget, seed=request_seed(cfg.seed, task_id, f"step{steps}"))
             except ContextLengthError as exc:
                 status = "context_overflow"
@@ -56,7 +77,7 @@ async def run_agent_task(ctx: WorkerContext, task_id: str) -> dict[str, Any]:
             if cfg.max_steps is not None and steps >= cfg.max_steps:
                 status = "max_steps"
                 break
-            if cfg.max_turn is not None and turns >= cfg.max_turn:
+            if cfg.agent.max_turn is not None and turns >= cfg.agent.max_turn:
                 status = "max_turn"
                 break
         if status != "success":

@@ -251,8 +251,7 @@ class TreeTask:
 
     # -- generation ------------------------------------------------------------------------------
     def _temperature(self, label: int) -> float:
-        cfg = self.ctx.cfg
-        return branch_temperature(label, cfg.contrastive_method, cfg.temperature_cycle)
+        return branch_temperature(label, self.rules.contrastive_method, self.rules.temperature_cycle)
 
     def _root(self, label: int) -> tuple[list[dict], int]:
         """(opening messages, their tokens) under first-step label `label`: the task's one opening, or with
@@ -418,17 +417,8 @@ class TreeTask:
 
 
 def tree_rules(cfg: Any) -> TreeRules:
-    """The `TreeRules` of a `SamplerConfig`."""
-    return TreeRules(
-        base=cfg.base, max_steps=cfg.max_steps, max_sample_number=cfg.max_sample_number,
-        window_size=cfg.window_size, max_runs=cfg.max_runs, max_empty_iterations=cfg.max_empty_iterations,
-        proposal_factor=cfg.proposal_factor, proposals_per_window=cfg.proposals_per_window,
-        thre_value=cfg.thre_value, thre_max=cfg.thre_max, gap_weight=cfg.gap_weight, gap_power=cfg.gap_power,
-        depth_weight=cfg.depth_weight, explore_weight=cfg.explore_weight, visit_counting=cfg.visit_counting,
-        select_leaves=cfg.select_leaves, dedup=cfg.dedup,
-        update_rows=cfg.update_rows, overflow_counts_as_failure=cfg.overflow_counts_as_failure,
-        arithmetic=cfg.arithmetic,
-        stop_if_uniform_after=cfg.stop_if_uniform_after)
+    """The `TreeRules` of a `SamplerConfig`: its `tree` section with the depth `max_steps`."""
+    return cfg.tree.rules(cfg.max_steps)
 
 
 async def _gather_all(coros: list) -> list:

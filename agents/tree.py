@@ -1,6 +1,6 @@
 """The tree search of the original sampler as pure data structures (docs/original.md §3.1, §3.4-§3.7). No I/O.
 
-    search = TreeSearch(TreeRules(base=3, max_steps=4, ...), seed=1234)
+    search = TreeSearch(TreeRules(base=3, max_steps=4, ...), seed=1234)   # or TreeSettings(...).rules(4)
     queue = search.first_queue()                     # (k, 0, ..., 0) for every label k
     while not search.should_stop():
         for full_index in queue: search.record(full_index, run_index, outcome, status)
@@ -17,9 +17,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Literal
 
 from agents.tree_rules import Mode, check_mode, gap_reaches, node_value, visit_threshold
+from densepolicy.config import ConfigError, Range, check_ranges, help_field
 
 NodeId = tuple[int, ...]
 
@@ -46,51 +48,85 @@ def branch_temperature(label: int, method: str = "temperature",
     return cycle[label % len(cycle)]
 
 
-@dataclass(frozen=True)
-class TreeRules:
-    """Every constant of the tree search (defaults = the original's values, fixed quirks)."""
+@dataclass(frozen=True, kw_only=True)
+class TreeSettings:
+    """Every setting of the tree search a user chooses: their one definition (default, help, range).
 
-    base: int
-    max_steps: int
-    max_sample_number: int = 512
-    window_size: int = 8
-    max_runs: int = 1000
-    max_empty_iterations: int = 1000
-    proposal_factor: int = 3
-    """Draw up to proposal_factor * proposals_per_window * window_size random suffixes."""
-    proposals_per_window: int = 2
-    thre_value: float = 0.5
-    thre_max: int = 8
-    gap_weight: float = 0.8
-    gap_power: float = 0.25
-    depth_weight: float = 0.2
-    explore_weight: float = 2.0
-    visit_counting: Mode = "fixed"
-    """fixed: visits = finished runs through the node; faithful: +1 new, +2 per revisit, +1 per selection."""
-    select_leaves: bool = False
-    """True (original): selection may pick terminal or full-depth nodes, which yield no proposals."""
-    dedup: Mode = "fixed"
-    """fixed: any terminal run blocks its extensions; faithful: only successful runs do (docs/original.md §3.6)."""
-    update_rows: Mode = "fixed"
-    """fixed: update the stats with exactly the new rows; faithful: the original's update with the last
-    len(queue) rows, which fails (`OriginalCrash`) as soon as that tail holds an already counted row.
-    Without that failure the tail is exactly the new rows (a window records at most len(queue) runs)."""
-    stop_if_uniform_after: int = 0
-    """> 0: stop a task once this many runs have finished and all of them had the same outcome (all solved or
-    all failed: such a tree has no sibling pair to offer, so its budget goes to other tasks). 0 = never (original)."""
-    overflow_counts_as_failure: bool = False
-    """True (original): a run cut by the context limit is a failed leaf of the value tree; False: not counted."""
-    arithmetic: Mode = "fixed"
-    """fixed: node value = plain mean of the children, comparisons within `agents.tree_rules.TOLERANCE`;
-    faithful: the original's floats (np.mean of the children in label order, exact `>=`, its grouping of the
-    selection score's depth term). See `agents.tree_rules`."""
+    Defaults are the original's values with its quirks fixed (`preset=paper` restores them). The sampler
+    config nests these as its `tree` section (densepolicy.sampling.config: `tree.base=3`, or `base=3`);
+    the agent method `codeact_agent` ignores them. The depth is not here: it is the sampler's `max_steps`,
+    shared with the agent's step limit (`rules(max_steps)` adds it).
+    """
+
+    base: int = help_field(10, help="Branch labels per step (labels 0..base-1).")
+    max_sample_number: int = help_field(512, help="Stop a task after this many qualifying sibling pairs.")
+    window_size: int = help_field(8, help="Leaves run per iteration (all in flight together).")
+    contrastive_method: Literal["temperature", "sampling"] = help_field(
+        "temperature", help="temperature: label -> temperature map; sampling: T=1.0 for every label.")
+    temperature_cycle: list[float] = help_field(
+        [0.7, 1.0, 0.5], help="Temperature of label k>=1 is temperature_cycle[k % 3] (label 0 is greedy).")
+    max_runs: int = help_field(1000, help="Run cap per task (finished leaves).")
+    max_empty_iterations: int = help_field(1000, help="Cap on iterations that produced no proposal.")
+    proposal_factor: int = help_field(3, help="Random suffix draws = proposal_factor * proposals_per_window * window.")
+    proposals_per_window: int = help_field(2, help="Distinct proposals kept before de-dup = this * window_size.")
+    thre_value: float = help_field(0.5, help="Pair rule: minimum value gap.")
+    thre_max: int = help_field(8, help="Pair rule: visits >= min(floor(2**avg remaining depth), thre_max).")
+    gap_weight: float = help_field(0.8, help="Selection: weight of max sibling gap ** gap_power.")
+    gap_power: float = help_field(0.25, help="Selection: exponent of the sibling gap.")
+    depth_weight: float = help_field(0.2, help="Selection: weight of avg remaining depth / max_steps.")
+    explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
+    visit_counting: Mode = help_field(
+        "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
+    select_leaves: bool = help_field(
+        False, help="True = the original: selection may pick nodes that cannot expand (terminal or full depth).")
+    dedup: Mode = help_field(
+        "fixed", help="fixed: every finished run blocks its extensions; faithful: only successful runs "
+                      "(docs/original.md §3.6).")
+    update_rows: Mode = help_field(
+        "fixed", help="fixed: update stats with the new runs; faithful: the original's update with the last "
+                      "len(queue) rows, which ends the task with an error (OriginalCrash) after a duplicate run "
+                      "(as the original crashed). Without that failure the tail is exactly the new rows.")
+    overflow_counts_as_failure: bool = help_field(
+        False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
+    arithmetic: Mode = help_field(
+        "fixed", help="fixed: node value = plain mean of the children, values within 1e-9 are equal (also in the "
+                      "pair gap test); faithful: the original's floats (np.mean in label order, exact comparisons, "
+                      "its rounding of the selection score). See agents.tree_rules.")
+    stop_if_uniform_after: int = help_field(
+        0, help="> 0: stop a tree once this many runs finished all with the same outcome (all solved or all "
+                "failed: no sibling pair possible), so its budget goes to other tasks; 0 = never (the original).")
 
     def __post_init__(self) -> None:
         for name in ("visit_counting", "dedup", "update_rows", "arithmetic"):
             check_mode(name, getattr(self, name))
-        for name in ("base", "max_steps", "window_size", "proposal_factor", "proposals_per_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"key {name!r} must be >= 1, got {getattr(self, name)}")
+        check_ranges(self, TREE_RANGES)
+        if not self.temperature_cycle:
+            raise ConfigError("key 'temperature_cycle' must not be empty")
+
+    def rules(self, max_steps: int) -> TreeRules:
+        """These settings with the tree depth `max_steps`."""
+        return TreeRules(max_steps=max_steps, **{f.name: getattr(self, f.name) for f in fields(TreeSettings)})
+
+
+TREE_RANGES: dict[str, Range] = {
+    "base": (1, None, False), "max_sample_number": (1, None, False), "window_size": (1, None, False),
+    "temperature_cycle": (0, None, False), "max_runs": (1, None, False), "max_empty_iterations": (1, None, False),
+    "proposal_factor": (1, None, False), "proposals_per_window": (1, None, False), "thre_value": (0, 1, False),
+    "thre_max": (1, None, False), "gap_weight": (0, None, False), "gap_power": (0, None, True),
+    "depth_weight": (0, None, False), "explore_weight": (0, None, False), "stop_if_uniform_after": (0, None, False),
+}
+"""The range of every numeric tree setting (densepolicy.config.check_ranges)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TreeRules(TreeSettings):
+    """Every constant of the tree search: the settings and the depth (`TreeRules(base=3, max_steps=4)`)."""
+
+    max_steps: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_ranges(self, {"max_steps": (1, None, False)})
 
 
 class OriginalCrash(RuntimeError):

@@ -11,6 +11,7 @@ Nested dataclasses are written as nested YAML mappings and overridden with dotte
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -32,6 +33,24 @@ def help_field(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any
         value = default
         return dataclasses.field(default_factory=lambda: type(value)(value), metadata=metadata, **kwargs)
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+Range = tuple[float, float | None, bool]
+"""(lowest, highest or None, lowest excluded) of a numeric setting (a list setting: of each item)."""
+
+
+def check_ranges(obj: Any, ranges: dict[str, Range]) -> None:
+    """Refuse (`ConfigError`, naming the key) a numeric field of `obj` outside its range; None is always allowed."""
+    for key, (low, high, low_open) in ranges.items():
+        value = getattr(obj, key)
+        for item in (value if isinstance(value, list) else [value]):
+            if item is None:
+                continue
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"key {key!r} must be a finite number, got {item!r}")
+            if (item <= low if low_open else item < low) or (high is not None and item > high):
+                bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+                raise ConfigError(f"key {key!r} must be {bounds}, got {item!r}")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

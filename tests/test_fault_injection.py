@@ -18,7 +18,6 @@ import sys
 import threading
 import time
 import typing
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ import pytest
 from densepolicy.config import ConfigError
 from densepolicy.file_lock import LockHeldError, LockLostError, OutputLock, read_holder
 from densepolicy.paths import PROJECT_ROOT
-from densepolicy.sampling.config import SamplerConfig, resolve_sampler_config
+from densepolicy.sampling.config import resolve_sampler_config, setting_fields
 from densepolicy.serving.llm_client import LLMClient, LLMError, LLMRejectedError
 from tests import fakes
 
@@ -246,10 +245,9 @@ def test_out_of_range_settings_are_refused_naming_the_key(key, value):
 
 def test_every_numeric_setting_has_a_range():
     """A new numeric key must get a range: -10**9 is refused for all of them (seed takes any integer)."""
-    hints = typing.get_type_hints(SamplerConfig)
-    numeric = [f.name for f in fields(SamplerConfig)
-               if {int, float} & ({hints[f.name]} | set(typing.get_args(hints[f.name]))) and f.name != "seed"]
-    assert len(numeric) > 20
+    numeric = [name for name, (_, tp) in setting_fields().items()
+               if {int, float} & ({tp} | set(typing.get_args(tp))) and name != "seed"]  # the tree's and agent's too
+    assert len(numeric) > 20 and {"base", "thre_value", "max_turn", "max_tokens"} <= set(numeric)
     accepted = []
     for key in numeric:
         try:

@@ -15,7 +15,7 @@ from agents.tree import TreeSearch
 from densepolicy.config import ConfigError
 from densepolicy.postprocess.cli import load_postprocess_config
 from densepolicy.presets import PRESETS
-from densepolicy.sampling.config import resolve_sampler_config
+from densepolicy.sampling.config import resolve_sampler_config, sampler_settings
 from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,17 +51,18 @@ def _search(cfg):
 
 
 def test_preset_selects_every_original_behaviour_and_explicit_keys_win():
-    default, paper = _sampler(), _sampler("preset=paper")
-    assert {k: getattr(default, k) for k in PAPER_SAMPLER} == {
+    default, paper = sampler_settings(_sampler()), sampler_settings(_sampler("preset=paper"))
+    assert {k: default[k] for k in PAPER_SAMPLER} == {
         "visit_counting": "fixed", "select_leaves": False, "dedup": "fixed",
         "update_rows": "fixed", "overflow_counts_as_failure": False, "prompt_style": "compact",
         "stop_if_uniform_after": 0, "arithmetic": "fixed", "incontext_draw": "task"}
-    assert {k: getattr(paper, k) for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]
+    assert {k: paper[k] for k in PAPER_SAMPLER} == PAPER_SAMPLER == PRESETS["sampler"]["paper"]
     # an explicit key given together with the preset wins (the others keep the preset's value)
     mixed = _sampler("preset=paper", "update_rows=fixed")
-    assert _sampler("stop_if_uniform_after=8", "preset=paper").stop_if_uniform_after == 8  # explicit wins
-    assert mixed.update_rows == "fixed" and mixed.visit_counting == "faithful" and mixed.preset == "paper"
-    assert _sampler("update_rows=fixed", "preset=paper").update_rows == "fixed"   # order does not matter
+    assert _sampler("stop_if_uniform_after=8", "preset=paper").tree.stop_if_uniform_after == 8  # explicit wins
+    assert mixed.tree.update_rows == "fixed" and mixed.tree.visit_counting == "faithful" and mixed.preset == "paper"
+    assert _sampler("update_rows=fixed", "preset=paper").tree.update_rows == "fixed"   # order does not matter
+    assert _sampler("preset=paper", "tree.update_rows=fixed").tree.update_rows == "fixed"  # the nested key too
     with pytest.raises(ConfigError, match="preset"):
         _sampler("preset=original")
 

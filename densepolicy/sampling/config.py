@@ -5,18 +5,33 @@ keys, then its `<method>:` section) -> the settings of `preset` (densepolicy.pre
 overrides on the command line.
 
     cfg = resolve_sampler_config("codeact_agent_tree", "gsm8k", ["base=3", "max_steps=4"])
+    cfg.tree.base, cfg.max_steps, cfg.agent.max_turn    # 3, 4, None
     out = default_output_dir(cfg, "SmolLM2-135M-Instruct")   # eval_results/codeact_agent_tree.<m>/temperature_256_3_4
+
+Settings of one method only are sections, each defined once where that method lives: `tree`
+(`agents.tree.TreeSettings`: base, window_size, the pair rule, the selection weights, the original's
+quirks; ignored by `codeact_agent`) and `agent` (`agents.codeact_agent.AgentSettings`: max_turn,
+temperature; ignored by the tree). Everything else (max_steps, max_tokens, prompt_style, execution, ...)
+serves both. A section's keys can be written with or without the section name (`tree.base=3` or
+`base=3`, in YAML `tree: {base: 3}` or `base: 3`): the flat names are derived from the section's fields
+(`flatten_settings`), never listed by hand, and are the names the shard sidecars and provenance records
+store (`sampler_settings`), so run directories made before the sections existed still resume.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from densepolicy.config import ConfigError, from_dict, help_field, merge_dicts, parse_overrides, read_yaml, to_dict
+from agents.codeact_agent import AgentSettings
+from agents.tree import TreeSettings
+from densepolicy.config import (ConfigError, Range, check_ranges, from_dict, help_field, merge_dicts, parse_overrides,
+                                read_yaml, to_dict)
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.presets import with_preset
 
@@ -58,56 +73,24 @@ class SamplerConfig:
                         "The warm start's expert data must use the same style (configs/expert_data.yaml).")
     max_steps: int | None = help_field(
         None, help="Agent: step limit (ALFWorld/BabyAI 30). Tree: the tree depth (required).")
-    max_turn: int | None = help_field(None, help="Agent: answer-attempt limit (math 10); the tree ignores it.")
     max_tokens: int = help_field(512, help="Completion cap per step (the original had none; the fork 1024).")
     stop: list[str] = help_field(
         ["End Action"], help="Stop strings added to the model's own (one action per message); "
                              "a cut 'End Action' is restored in the stored message.")
-    temperature: float = help_field(0.0, help="Agent: sampling temperature (greedy evaluation).")
     top_p: float = help_field(1.0, help="top_p of every request.")
     context_length: int | None = help_field(
         None, help="Model context in tokens; null = read from the model's config (densepolicy.serving.models).")
     min_completion_tokens: int = help_field(
         120, help="A step whose prompt leaves fewer free context tokens ends the run as context_overflow.")
+    agent: AgentSettings = help_field(
+        default_factory=AgentSettings, help="Settings of codeact_agent only (agents.codeact_agent.AgentSettings).")
     # -- tree (docs/original.md §3) -----------------------------------------------------------
-    base: int = help_field(10, help="Branch labels per step (labels 0..base-1).")
-    max_sample_number: int = help_field(512, help="Stop a task after this many qualifying sibling pairs.")
-    window_size: int = help_field(8, help="Leaves run per iteration (all in flight together).")
-    contrastive_method: Literal["temperature", "sampling"] = help_field(
-        "temperature", help="temperature: label -> temperature map; sampling: T=1.0 for every label.")
-    temperature_cycle: list[float] = help_field(
-        [0.7, 1.0, 0.5], help="Temperature of label k>=1 is temperature_cycle[k % 3] (label 0 is greedy).")
-    max_runs: int = help_field(1000, help="Run cap per task (finished leaves).")
-    max_empty_iterations: int = help_field(1000, help="Cap on iterations that produced no proposal.")
-    proposal_factor: int = help_field(3, help="Random suffix draws = proposal_factor * proposals_per_window * window.")
-    proposals_per_window: int = help_field(2, help="Distinct proposals kept before de-dup = this * window_size.")
-    thre_value: float = help_field(0.5, help="Pair rule: minimum value gap.")
-    thre_max: int = help_field(8, help="Pair rule: visits >= min(floor(2**avg remaining depth), thre_max).")
-    gap_weight: float = help_field(0.8, help="Selection: weight of max sibling gap ** gap_power.")
-    gap_power: float = help_field(0.25, help="Selection: exponent of the sibling gap.")
-    depth_weight: float = help_field(0.2, help="Selection: weight of avg remaining depth / max_steps.")
-    explore_weight: float = help_field(2.0, help="Selection: weight of sqrt(1+v)/(2+v).")
+    tree: TreeSettings = help_field(
+        default_factory=TreeSettings, help="Settings of codeact_agent_tree only (agents.tree.TreeSettings).")
     preset: Literal["none", "paper"] = help_field(
-        "none", help="paper: every quirk of the original below set to its original value (visit_counting, "
-                     "select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, ...); "
+        "none", help="paper: every quirk of the original set to its original value (tree.visit_counting, "
+                     "select_leaves, dedup, update_rows, overflow_counts_as_failure, arithmetic, prompt_style, ...); "
                      "keys given on the command line win over the preset (docs/deviations.md).")
-    visit_counting: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: visits = finished runs; faithful: the original's +2 per revisit, +1 per selection.")
-    select_leaves: bool = help_field(False, help="True = the original: selection may pick nodes that cannot expand.")
-    dedup: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: every finished run blocks its extensions; faithful: only successful runs.")
-    update_rows: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: update stats with the new runs; faithful: the original's update with the last "
-                      "len(queue) rows, which ends the task with an error after a duplicate run (as the original crashed).")
-    overflow_counts_as_failure: bool = help_field(
-        False, help="True = the original: a context-overflow run is a failed leaf in the value tree.")
-    arithmetic: Literal["fixed", "faithful"] = help_field(
-        "fixed", help="fixed: node value = plain mean of the children, values within 1e-9 are equal (also in the "
-                      "pair gap test); faithful: the original's floats (np.mean in label order, exact comparisons, "
-                      "its rounding of the selection score).")
-    stop_if_uniform_after: int = help_field(
-        0, help="> 0: stop a tree once this many runs finished all with the same outcome (all solved or all "
-                "failed: no sibling pair possible), so its budget goes to other tasks; 0 = never (the original).")
     # -- execution ---------------------------------------------------------------------------------
     execution: Literal["concurrent", "sequential"] = help_field(
         "concurrent", help="concurrent: leaves of a window and several tasks in flight, forked episodes; "
@@ -136,39 +119,86 @@ class SamplerConfig:
     progress: bool = help_field(True, help="Show a tqdm progress bar.")
 
     def __post_init__(self) -> None:
-        for key, (low, high, low_open) in RANGES.items():
-            value = getattr(self, key)
-            for item in (value if isinstance(value, list) else [value]):
-                if item is None:
-                    continue
-                if isinstance(item, float) and not math.isfinite(item):
-                    raise ConfigError(f"key {key!r} must be a finite number, got {item!r}")
-                if (item <= low if low_open else item < low) or (high is not None and item > high):
-                    bounds = f"{'>' if low_open else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-                    raise ConfigError(f"key {key!r} must be {bounds}, got {item!r}")
+        check_ranges(self, RANGES)
         if self.method == "codeact_agent_tree":
             if self.max_steps is None or self.max_steps < 1:
                 raise ConfigError("key 'max_steps' must be a positive integer for codeact_agent_tree")
-        elif self.max_steps is None and self.max_turn is None:
+        elif self.max_steps is None and self.agent.max_turn is None:
             raise ConfigError("codeact_agent needs 'max_steps' or 'max_turn'")
-        if not self.temperature_cycle:
-            raise ConfigError("key 'temperature_cycle' must not be empty")
 
 
-# (lowest, highest or None, lowest excluded) of every numeric setting (lists: of each item); seed is free.
-RANGES: dict[str, tuple[float, float | None, bool]] = {
+RANGES: dict[str, Range] = {
     "max_tasks": (1, None, False), "in_context_number": (0, None, False), "max_steps": (1, None, False),
-    "max_turn": (1, None, False), "max_tokens": (1, None, False), "temperature": (0, None, False),
-    "top_p": (0, 1, True), "context_length": (1, None, False), "min_completion_tokens": (0, None, False),
-    "base": (1, None, False), "max_sample_number": (1, None, False), "window_size": (1, None, False),
-    "temperature_cycle": (0, None, False), "max_runs": (1, None, False), "max_empty_iterations": (1, None, False),
-    "proposal_factor": (1, None, False), "proposals_per_window": (1, None, False), "thre_value": (0, 1, False),
-    "thre_max": (1, None, False), "gap_weight": (0, None, False), "gap_power": (0, None, True),
-    "depth_weight": (0, None, False), "explore_weight": (0, None, False), "task_concurrency": (1, None, False),
+    "max_tokens": (1, None, False), "top_p": (0, 1, True), "context_length": (1, None, False),
+    "min_completion_tokens": (0, None, False), "task_concurrency": (1, None, False),
     "max_live_episodes": (1, None, False), "env_threads": (1, None, False), "max_concurrency": (1, None, False),
     "request_timeout_s": (0, None, True), "max_retries": (0, None, False), "backoff_s": (0, None, False),
-    "retry_window_s": (0, None, False), "lock_stale_s": (0, None, True), "stop_if_uniform_after": (0, None, False),
+    "retry_window_s": (0, None, False), "lock_stale_s": (0, None, True),
 }
+"""The range of every numeric setting outside the sections (theirs: agents.tree.TREE_RANGES,
+agents.codeact_agent.AGENT_RANGES); seed is free."""
+
+SECTIONS: dict[str, type] = {f.name: t for f in dataclasses.fields(SamplerConfig)
+                             if dataclasses.is_dataclass(t := typing.get_type_hints(SamplerConfig)[f.name])}
+"""The method-specific sections of `SamplerConfig` (name -> settings class)."""
+
+
+def flatten_settings(data: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
+    """Sampler settings with each section's keys at the top level (`{"tree": {"base": 3}}` -> `{"base": 3}`).
+
+    The form shard sidecars, provenance records and presets use. Keys a section does not define stay in it
+    (so the error names them as `tree.<key>`); a key given both ways with different values is refused.
+    """
+    out = dict(data)
+    for section, cls in SECTIONS.items():
+        inner = out.get(section)
+        if not isinstance(inner, dict):
+            continue
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in sorted(set(inner) & names):
+            if key in out and out[key] != inner[key]:
+                raise ConfigError(f"{source}: key {key!r} is given twice, as {key} ({out[key]!r}) and as "
+                                  f"{section}.{key} ({inner[key]!r}); give one of them")
+            out[key] = inner[key]
+        rest = {k: v for k, v in inner.items() if k not in names}
+        if rest:
+            out[section] = rest
+        else:
+            del out[section]
+    return out
+
+
+def nest_settings(flat: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of `flatten_settings`: each section's keys moved into it (the form of `SamplerConfig`)."""
+    out = dict(flat)
+    for section, cls in SECTIONS.items():
+        names = {f.name for f in dataclasses.fields(cls)}
+        moved = {k: out.pop(k) for k in list(out) if k in names}
+        if moved:
+            given = out.get(section)
+            out[section] = {**given, **moved} if isinstance(given, dict) else moved if given is None else given
+    return out
+
+
+def sampler_settings(cfg: SamplerConfig) -> dict[str, Any]:
+    """Every setting of `cfg` under its flat key (`flatten_settings`), as sidecars and provenance record them."""
+    return flatten_settings(to_dict(cfg))
+
+
+def setting_fields() -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Flat key -> (field, type) of every setting, the sections' included."""
+    out = {}
+    for cls in (SamplerConfig, *SECTIONS.values()):
+        hints = typing.get_type_hints(cls)
+        out.update({f.name: (f, hints[f.name]) for f in dataclasses.fields(cls) if f.name not in SECTIONS})
+    return out
+
+
+def setting_defaults() -> dict[str, Any]:
+    """Flat key -> default of every setting that has one."""
+    return {name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            for name, (f, _) in setting_fields().items()
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 
 
 def task_config_path(dataset: str, config_dir: Path = CONFIG_DIR) -> Path:
@@ -187,20 +217,21 @@ def resolve_sampler_config(method: str, dataset: str, overrides: list[str] | Non
         raise ConfigError(f"unknown method {method!r}; expected one of {list(METHODS)}")
     cdir = Path(config_dir) if config_dir else CONFIG_DIR
     base_path = cdir / "sampler.yaml"
-    data = read_yaml(base_path) if base_path.is_file() else {}
+    data = flatten_settings(read_yaml(base_path), str(base_path)) if base_path.is_file() else {}
     task_path = task_config_path(dataset, cdir)
     task = read_yaml(task_path)
-    sections = {m: task.pop(m, None) or {} for m in METHODS}
-    data = merge_dicts(data, task)
+    sections = {m: flatten_settings(task.pop(m, None) or {}, f"{task_path}: {m}") for m in METHODS}
+    data = merge_dicts(data, flatten_settings(task, str(task_path)))
     data = merge_dicts(data, sections[method])
     data.update(method=method, dataset=dataset)
-    cfg = from_dict(SamplerConfig, data, f"{base_path} + {task_path}")
-    update = parse_overrides(overrides) if overrides else {}
+    cfg = from_dict(SamplerConfig, nest_settings(data), f"{base_path} + {task_path}")
+    update = flatten_settings(parse_overrides(overrides), "command line") if overrides else {}
     for key in ("method", "dataset"):
         if key in update:
             raise ConfigError(f"command line: {key!r} is given as a positional argument, not key=value")
     if update or cfg.preset != "none":
-        cfg = from_dict(SamplerConfig, with_preset("sampler", to_dict(cfg), update), "command line")
+        merged = with_preset("sampler", sampler_settings(cfg), update)
+        cfg = from_dict(SamplerConfig, nest_settings(merged), "command line")
     return cfg
 
 
@@ -215,8 +246,8 @@ def sanitize_model_name(model: str) -> str:
 def run_name(cfg: SamplerConfig) -> str:
     """`temperature_<pairs>_<base>_<steps>` (tree) or `<max_steps>.<max_turn>.<in_context>` (agent)."""
     if cfg.method == "codeact_agent_tree":
-        return f"{cfg.contrastive_method}_{cfg.max_sample_number}_{cfg.base}_{cfg.max_steps}"
-    return f"{cfg.max_steps}.{cfg.max_turn}.{cfg.in_context_number}"
+        return f"{cfg.tree.contrastive_method}_{cfg.tree.max_sample_number}_{cfg.tree.base}_{cfg.max_steps}"
+    return f"{cfg.max_steps}.{cfg.agent.max_turn}.{cfg.in_context_number}"
 
 
 def default_output_dir(cfg: SamplerConfig, model: str, root: str | os.PathLike | None = None) -> Path:

@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from densepolicy.config import to_dict
 from densepolicy.provenance import (FILE_NAME, ProvenanceMismatch, abbreviated, data_files_record, digest,
                                     env_data_files, env_record, environment, eval_set_record, get_dotted,
                                     model_fingerprint, ordered_sha256, timestamp, update_record)
-from densepolicy.sampling.config import shard_file_stem, shard_slice
+from densepolicy.sampling.config import sampler_settings, shard_file_stem, shard_slice
 from densepolicy.sampling.shard_identity import RUNTIME_ONLY_KEYS
 
 SAMPLING_IDENTITY = ("settings_sha256", "eval_set.order_sha256", "data_files.sha256", "model.fingerprint",
@@ -35,7 +34,8 @@ def record_sampling_shard(output_dir: str | os.PathLike, cfg: Any, env: Any, tas
     settings, tasks, data files, model or env/grader code.
     """
     key = shard_file_stem(cfg, "None") + ".csv"
-    settings = {**to_dict(cfg), "model": model.name, "num_shards": num_shards}
+    # flat keys (`base`, not `tree.base`), as records made before the config's sections hold them
+    settings = {**sampler_settings(cfg), "model": model.name, "num_shards": num_shards}
     new = {
         "stage": "evaluation" if cfg.method == "codeact_agent" else "sampling",
         "file": key,

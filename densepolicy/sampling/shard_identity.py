@@ -5,7 +5,9 @@
     ...                                                        # create the shard CSV (ShardWriter.open)
     if new: record_shard_settings(output_dir, stem, new)       # before the first row
 
-The sidecar holds every setting that shapes the results (all but `RUNTIME_ONLY_KEYS`) and the model.
+The sidecar holds every setting that shapes the results (all but `RUNTIME_ONLY_KEYS`) and the model, each
+under its flat key (`base`, not `tree.base`: `densepolicy.sampling.config.sampler_settings`), the form the
+sidecars had before the config grew its `tree` and `agent` sections, so those shards still resume.
 It is written atomically after the shard CSV exists and before its first row (so a sidecar without its
 CSV can only be left by an interrupted merge), and checked on every start, so deleting `state/`
 (resume journals) cannot let a run with other settings append to the shard. A shard that has results
@@ -14,16 +16,15 @@ refuses to merge shards whose sidecars differ (densepolicy.postprocess.merge).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from densepolicy.config import ConfigError, to_dict
+from densepolicy.config import ConfigError
 from densepolicy.file_lock import OutputLock, lock_path
 from densepolicy.results_io import write_json_atomic
-from densepolicy.sampling.config import SamplerConfig
+from densepolicy.sampling.config import SamplerConfig, sampler_settings, setting_defaults
 
 # Settings that change how fast or how robustly a shard runs, not what it produces: free to change on resume.
 RUNTIME_ONLY_KEYS = {"progress", "task_concurrency", "env_threads", "max_concurrency", "request_timeout_s",
@@ -51,22 +52,16 @@ def lock_shard(output_dir: str | os.PathLike, stem: str, stale_after_s: float) -
 
 def shard_settings(cfg: SamplerConfig, model: str) -> dict[str, Any]:
     """What the sidecar records: the result-shaping settings and the model."""
-    current = {k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_ONLY_KEYS}
+    current = {k: v for k, v in sampler_settings(cfg).items() if k not in RUNTIME_ONLY_KEYS}
     current["model"] = model
     return current
-
-
-def _defaults() -> dict[str, Any]:
-    return {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            for f in dataclasses.fields(SamplerConfig)
-            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
 
 
 def settings_diffs(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key: old -> new` for every result-shaping key that differs (runtime-only keys are ignored).
     A key the older record lacks (a setting added since) counts as its default value (or its former
     behaviour, `FORMER_VALUES`)."""
-    defaults = {**_defaults(), **FORMER_VALUES}
+    defaults = {**setting_defaults(), **FORMER_VALUES}
     keys = sorted((set(previous) | set(current)) - RUNTIME_ONLY_KEYS - REMOVED_KEYS)
     old = {k: previous[k] if k in previous else defaults.get(k) for k in keys}
     new = {k: current[k] if k in current else defaults.get(k) for k in keys}
