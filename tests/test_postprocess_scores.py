@@ -100,3 +100,21 @@ def test_bad_score_config_is_rejected(tmp_path, bad):
     out = subprocess.run([sys.executable, str(ROOT / "post_process_test_result.py"), "--see_score", "--files",
                           str(path), bad], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and bad.split("=")[0].split(".")[1] in out.stderr
+
+
+def test_a_new_env_is_scored_by_its_spec_alone(tmp_path, monkeypatch):
+    # one registry entry puts a new env's results in the table of its score layout
+    from envs.spec import ENV_SPECS, EnvSpec
+
+    for name, title, layout in (("algebra", "Algebra", "attempts"), ("maze", "Maze", "success")):
+        monkeypatch.setitem(ENV_SPECS, name, EnvSpec(name=name, factory="envs.maze_env:MazeEnv", family=name,
+                                                     packages=("x",), title=title, score=layout))
+    run = tmp_path / "eval_results" / "codeact_agent.m" / "r"
+    files = [write_results(run / "algebra.test.None.csv", math_rows("algebra", [(1, 1), (1, 4), (0, 10), (0, 10)])),
+             write_results(run / "maze.test.None.csv",
+                           [{"task_id": str(i), "dataset": "maze", "score": int(i < 1), "turns": ""} for i in range(4)])]
+    tables = build_tables([score_file(f) for f in files])
+    assert tables.math_header == ["model", "Algebra@1", "Algebra@4*", "Algebra@8*", "Algebra@10*"]
+    assert tables.math_rows == [["m", "25.00", "50.00", "50.00", "50.00"]]
+    assert tables.embodied_header[-2:] == ["BabyAI", "Maze"] and tables.embodied_rows[0][-2:] == ["–", "25.00"]
+    assert tables.other_rows == [] and "macro avg, BabyAI, Maze" in render_text(tables)

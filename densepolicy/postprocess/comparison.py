@@ -24,8 +24,7 @@ from agents.parser import parse_generation
 from densepolicy.results_io import iter_csv
 from densepolicy.postprocess.significance import (ClusteredMean, PairedComparison, RateComparison, clustered_mean,
                                                   compare_rates, paired_comparison, wilson_interval)
-
-MATH_DATASETS = ("gsm8k", "math")
+from envs.spec import spec_for_dataset
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,15 @@ class TaskOutcome:
     valid_steps: int
 
 
+def _answer_attempts(dataset: str) -> bool:
+    """`dataset`'s env scores answer attempts (math: solved = correct with the first answer)."""
+    spec = spec_for_dataset(dataset)
+    return spec is not None and spec.score == "attempts"
+
+
 def metric_name(dataset: str) -> str:
-    return "accuracy@1" if dataset in MATH_DATASETS else "success"
+    """`accuracy@1` for envs scored by answer attempts, `success` for the others."""
+    return "accuracy@1" if _answer_attempts(dataset) else "success"
 
 
 def _number(cell: str | None, default: float = 0.0) -> float:
@@ -62,7 +68,7 @@ def load_outcomes(path: str | Path) -> dict[str, TaskOutcome]:
             raise ValueError(f"{path}:{line}: duplicate task {task!r} (merge the shards first)")
         dataset = row.get("dataset", "")
         solved = _number(row.get("score")) >= 1 - 1e-9
-        if solved and dataset in MATH_DATASETS:
+        if solved and _answer_attempts(dataset):
             solved = _number(row.get("turns"), 1) <= 1
         steps = int(_number(row.get("steps")))
         history = row.get("history") or []

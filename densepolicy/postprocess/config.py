@@ -9,8 +9,10 @@ from typing import Literal
 
 from densepolicy.config import help_field
 from agents.tree_rules import PairRule
+from envs.spec import EnvSpec, env_spec
 
-ALFWORLD_TYPES = ["put", "examine", "clean", "cool", "heat", "puttwo"]
+ALFWORLD_TYPES = list(env_spec("alfworld").task_types)
+"""ALFWorld's task types in table order (its env spec's)."""
 
 
 @dataclass
@@ -94,6 +96,10 @@ class ScoresConfig:
         bad = [t for t in self.table_trials if not 1 <= t <= self.max_trial]
         if bad:
             raise ValueError(f"key 'scores.table_trials' has {bad} outside 1..max_trial={self.max_trial}")
+
+    def task_types(self, spec: EnvSpec) -> list[str]:
+        """The type columns of an env with task types: `alfworld_types` for ALFWorld, the spec's otherwise."""
+        return list(self.alfworld_types) if spec.name == "alfworld" else list(spec.task_types)
 
 
 @dataclass

@@ -25,8 +25,7 @@ from typing import Any
 from tqdm import tqdm
 
 from densepolicy.results_io import CorruptFileError, atomic_open, ensure_new, iter_csv, iter_jsonl
-from envs import alfworld_games
-from envs.base import EnvError
+from envs.spec import ENV_SPECS, env_spec
 from agents.tree_rules import NodeStats, PairRule, SiblingPair, candidate_pairs, compute_node_stats
 
 logger = logging.getLogger(__name__)
@@ -37,11 +36,8 @@ PAIR_COLUMNS = ["task_id", "dataset", "split", "task_type", "prompt", "chosen", 
 
 def alfworld_task_type(task_id: str) -> str:
     """ALFWorld task type from a game folder id (`pick_cool_then_place_in_recep-…/trial_…` -> `cool`), by the
-    environment's own table (`envs.alfworld_games.task_type`); "" for an id it does not know."""
-    try:
-        return alfworld_games.task_type(task_id)
-    except EnvError:
-        return ""
+    environment's own table (its spec's `task_type`); "" for an id it does not know."""
+    return env_spec("alfworld").task_type(task_id)
 
 
 @dataclass
@@ -198,8 +194,8 @@ def extract_pairs_file(tree_path: str | os.PathLike, out_csv: str | os.PathLike,
             summary.value_mismatch_nodes += _value_mismatches(nodes, stats)
             dataset, task_type, *rest = task_meta.get(task_id, (default_dataset, ""))
             split = (rest[0] if rest else "") or default_split
-            if not task_type and dataset == "alfworld":
-                task_type = alfworld_task_type(task_id)
+            if not task_type and (spec := ENV_SPECS.get(dataset)) is not None:
+                task_type = spec.task_type(task_id)  # "" for envs without task types
             records = {str(n["node_id"]): n for n in nodes}
             for pair in pairs:
                 prompt = node_prompt(records, pair.chosen.node_id)

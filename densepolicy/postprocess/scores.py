@@ -1,9 +1,10 @@
 """Score tables of evaluation results (`post_process_test_result.py --see_score`, docs/original.md §0.1, §2.7, §5).
 
-Math (gsm8k, math): acc(t) = mean(score == 1 and turns <= t) for t = 1…max_trial, from one run with
+The layout of each env's scores is its spec's (`envs.spec.EnvSpec.score`).
+Math (gsm8k, math; `attempts`): acc(t) = mean(score == 1 and turns <= t) for t = 1…max_trial, from one run with
 max_turn attempts. t = 1 is plain accuracy; t > 1 is "with correctness feedback" (the agent is told
-whether each answer is right and may try again; docs/original.md §10.2). ALFWorld: success per task type and
-the unweighted (macro) mean over the types; BabyAI and other datasets: success rate.
+whether each answer is right and may try again; docs/original.md §10.2). ALFWorld (`task_types`): success per
+task type and the unweighted (macro) mean over the types; BabyAI (`success`) and other datasets: success rate.
 Tree-sampling files (status `done`) hold coverage (any leaf solved), not accuracy: labelled as such.
 
 Several files become rows of one table, keyed by a label (default: the model part of the
@@ -20,19 +21,24 @@ from pathlib import Path
 
 from densepolicy.postprocess.config import ScoresConfig
 from densepolicy.results_io import iter_csv
-
-MATH_DATASETS = ("gsm8k", "math")
-
-
-def is_alfworld(dataset: str) -> bool:
-    """`alfworld` or a per-type dataset such as `alfworld_put` (its rows carry their `task_type`)."""
-    return dataset == "alfworld" or dataset.startswith("alfworld_")
+from envs.spec import ENV_SPECS, EnvSpec, spec_for_dataset
 
 
-def _alfworld_score(by_dataset: dict[str, FileScore]) -> FileScore | None:
-    """One label's ALFWorld score: the per-type counts of all its alfworld* files (a type may come from
-    one file only, otherwise it would be counted twice)."""
-    files = [s for d, s in by_dataset.items() if is_alfworld(d)]
+def _specs(layout: str) -> list[EnvSpec]:
+    """The registered envs with score layout `layout` (`EnvSpec.score`), in registry (= table) order."""
+    return [spec for spec in ENV_SPECS.values() if spec.score == layout]
+
+
+def _layout(dataset: str) -> str:
+    """The score layout of `dataset`'s env; `success` for datasets of no registered env."""
+    spec = spec_for_dataset(dataset)
+    return spec.score if spec else "success"
+
+
+def _typed_score(by_dataset: dict[str, FileScore], spec: EnvSpec) -> FileScore | None:
+    """One label's score of an env with task types (ALFWorld): the per-type counts of all its files
+    (`alfworld`, `alfworld_put`, ...; a type may come from one file only, otherwise it would be counted twice)."""
+    files = [s for d, s in by_dataset.items() if spec.has_dataset(d)]
     if len(files) <= 1:
         return files[0] if files else None
     by_type: dict[str, list[int]] = {}
@@ -40,11 +46,13 @@ def _alfworld_score(by_dataset: dict[str, FileScore]) -> FileScore | None:
     for s in files:
         for task_type, (solved, n) in s.by_type.items():
             if task_type in by_type:
-                raise ValueError(f"ALFWorld type {task_type!r} of label {s.label!r} is in two files: "
+                raise ValueError(f"{spec.title} type {task_type!r} of label {s.label!r} is in two files: "
                                  f"{owner[task_type]} and {s.path}; give distinct --labels")
             by_type[task_type], owner[task_type] = [solved, n], s.path
-    return replace(files[0], dataset="alfworld", by_type=by_type, n=sum(s.n for s in files),
+    return replace(files[0], dataset=spec.name, by_type=by_type, n=sum(s.n for s in files),
                    solved=sum(s.solved for s in files))
+
+
 FEEDBACK_NOTE = ("@1 = accuracy (one answer). @k (k > 1) = solved within k answer attempts WITH CORRECTNESS "
                  "FEEDBACK: after each wrong answer the agent is told it is wrong and may retry.")
 
@@ -160,8 +168,8 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig | None = None) -
     cfg = ScoresConfig() if cfg is None else cfg
     rows = _label_rows(scores)
     datasets = list(dict.fromkeys(s.dataset for s in scores))
-    math_ds = [d for d in MATH_DATASETS if d in datasets]
-    other_ds = [d for d in datasets if d not in MATH_DATASETS and not is_alfworld(d) and d != "babyai"]
+    math_ds = [spec for spec in _specs("attempts") if spec.name in datasets]
+    other_ds = [d for d in datasets if spec_for_dataset(d) is None]
     tidy: list[dict[str, object]] = []
     notes: list[str] = []
 
@@ -171,55 +179,60 @@ def build_tables(scores: Sequence[FileScore], cfg: ScoresConfig | None = None) -
                      "kind": s.kind, "file": str(s.path), **s.identity})
 
     for s in scores:
+        layout = _layout(s.dataset)
         notes.append(f"{s.label} / {s.dataset}: n={s.n} ({s.kind}) from {s.path}")
         if s.kind == "coverage":
             notes.append(f"  WARNING: {s.path.name} is a tree-sampling file: score = coverage "
                          "(any leaf solved), not accuracy")
         if s.duplicate_rows:
             notes.append(f"  WARNING: {s.duplicate_rows} duplicate task row(s); run --merge_distributed_result")
-        if s.missing_turns and s.dataset in MATH_DATASETS:
+        if s.missing_turns and layout == "attempts":
             notes.append(f"  WARNING: {s.missing_turns} solved row(s) without `turns` counted as solved at @1")
-        if s.dataset in MATH_DATASETS:
+        if layout == "attempts":
             for t in range(1, cfg.max_trial + 1):
                 add(s, f"acc@{t}", s.solved_within[t - 1], s.n)
-        elif is_alfworld(s.dataset):
-            for task_type in cfg.alfworld_types:
+        elif layout == "task_types":
+            for task_type in cfg.task_types(spec_for_dataset(s.dataset)):
                 solved, n = s.by_type.get(task_type, [0, 0])
                 add(s, f"success_{task_type}", solved, n)
             add(s, "success", s.solved, s.n)
         else:
             add(s, "success", s.solved, s.n)
 
-    math_header = ["model"] + [f"{d.upper() if d == 'gsm8k' else 'MATH'}@{t}" + ("" if t == 1 else "*")
-                               for d in math_ds for t in cfg.table_trials]
+    math_header = ["model"] + [f"{spec.title}@{t}" + ("" if t == 1 else "*")
+                               for spec in math_ds for t in cfg.table_trials]
     math_rows = []
     for label, by_ds in rows.items():
-        if any(d in by_ds for d in math_ds):
-            math_rows.append([label] + [_pct(by_ds[d].acc(t)) if d in by_ds else "–"
-                                        for d in math_ds for t in cfg.table_trials])
+        if any(spec.name in by_ds for spec in math_ds):
+            math_rows.append([label] + [_pct(by_ds[spec.name].acc(t)) if spec.name in by_ds else "–"
+                                        for spec in math_ds for t in cfg.table_trials])
 
-    embodied_header = ["model"] + list(cfg.alfworld_types) + ["avg", "BabyAI"]
+    typed_specs, success_specs = _specs("task_types"), _specs("success")
+    embodied_header = (["model"] + [c for spec in typed_specs for c in [*cfg.task_types(spec), "avg"]]
+                       + [spec.title for spec in success_specs])
     embodied_rows = []
     for label, by_ds in rows.items():
-        alf = _alfworld_score(by_ds)
-        if alf is None and "babyai" not in by_ds:
+        typed = [(spec, _typed_score(by_ds, spec)) for spec in typed_specs]
+        if all(score is None for _, score in typed) and not any(spec.name in by_ds for spec in success_specs):
             continue
         cells = [label]
-        rates = []
-        for task_type in cfg.alfworld_types:
-            solved, n = alf.by_type.get(task_type, [0, 0]) if alf else [0, 0]
-            cells.append(_pct(solved / n) if n else "–")
-            if n:
-                rates.append(solved / n)
-        macro = sum(rates) / len(rates) if rates else None
-        if alf and rates and len(rates) < len(cfg.alfworld_types):
-            notes.append(f"  NOTE: {label} ALFWorld avg is over {len(rates)} of {len(cfg.alfworld_types)} types")
-        if alf and macro is not None:
-            tidy.append({"label": label, "dataset": "alfworld", "metric": "success_avg_macro",
-                         "value": round(100 * macro, 2), "solved": "", "n": len(rates), "kind": alf.kind,
-                         "file": str(alf.path), **alf.identity})
-        cells.append(_pct(macro))
-        cells.append(_pct(by_ds["babyai"].success) if "babyai" in by_ds else "–")
+        for spec, typed_score in typed:
+            types = cfg.task_types(spec)
+            rates = []
+            for task_type in types:
+                solved, n = typed_score.by_type.get(task_type, [0, 0]) if typed_score else [0, 0]
+                cells.append(_pct(solved / n) if n else "–")
+                if n:
+                    rates.append(solved / n)
+            macro = sum(rates) / len(rates) if rates else None
+            if typed_score and rates and len(rates) < len(types):
+                notes.append(f"  NOTE: {label} {spec.title} avg is over {len(rates)} of {len(types)} types")
+            if typed_score and macro is not None:
+                tidy.append({"label": label, "dataset": spec.name, "metric": "success_avg_macro",
+                             "value": round(100 * macro, 2), "solved": "", "n": len(rates),
+                             "kind": typed_score.kind, "file": str(typed_score.path), **typed_score.identity})
+            cells.append(_pct(macro))
+        cells += [_pct(by_ds[spec.name].success) if spec.name in by_ds else "–" for spec in success_specs]
         embodied_rows.append(cells)
 
     other_header = ["model"] + [f"{d} success" for d in other_ds]
@@ -247,8 +260,9 @@ def _sections(tables: ScoreTables) -> list[tuple[str, list[str], list[list[str]]
     if tables.math_rows:
         sections.append(("Math: accuracy (%) by answer attempts", tables.math_header, tables.math_rows))
     if tables.embodied_rows:
-        sections.append(("Embodied: success (%) per ALFWorld task type, macro avg, BabyAI",
-                         tables.embodied_header, tables.embodied_rows))
+        title = (f"Embodied: success (%) per {' / '.join(spec.title for spec in _specs('task_types'))} task type, "
+                 f"macro avg, {', '.join(spec.title for spec in _specs('success'))}")
+        sections.append((title, tables.embodied_header, tables.embodied_rows))
     if tables.other_rows:
         sections.append(("Other datasets: success (%)", tables.other_header, tables.other_rows))
     if tables.provenance_rows:
