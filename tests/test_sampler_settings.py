@@ -90,3 +90,31 @@ def test_each_setting_has_one_flat_name_and_one_definition():
     for key in ("tree.base (int, default 10)", "tree.thre_value", "agent.max_turn", "agent.temperature", "max_steps"):
         assert f"  {key}" in text
     assert all(line.split(":", 1)[1].strip() for line in text.splitlines())  # every key has its help
+
+
+def test_a_setting_of_the_other_method_is_reported_naming_key_and_method(caplog, tmp_path):
+    with caplog.at_level("WARNING", logger="densepolicy.sampling.config"):
+        resolve_sampler_config("codeact_agent", "gsm8k", ["tree.base=3", "max_turn=1", "max_tokens=64"])
+        resolve_sampler_config("codeact_agent_tree", "gsm8k", ["temperature=0.7", "max_steps=4", "window_size=2"])
+    assert [r.getMessage() for r in caplog.records] == [
+        "command line: key 'base' is a setting of codeact_agent_tree only; method codeact_agent ignores it",
+        "command line: key 'temperature' is a setting of codeact_agent only; method codeact_agent_tree ignores it"]
+    # in a task config's method section it is a mistake of the config: refused, naming the file and the key
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.yaml").write_text("env: gsm8k\ncodeact_agent:\n  max_turn: 2\n  window_size: 4\n")
+    with pytest.raises(ConfigError, match=r"t.yaml: key 'window_size' in section 'codeact_agent' is a setting of "
+                                          r"codeact_agent_tree only"):
+        resolve_sampler_config("codeact_agent", "t", config_dir=tmp_path)
+
+
+def test_the_loops_key_lists_raise_no_warning(caplog):
+    """What configs/experiment.yaml and demo.yaml pass today: `sample:` lists to the tree, `evaluate:` lists
+    (plus the screen's temperature and seed) to the agent, the `sampler:` keys to both."""
+    shared = ["max_tokens=192", "request_timeout_s=900", "in_context_number=0", 'task_ids=["1290", "133"]']
+    with caplog.at_level("WARNING", logger="densepolicy.sampling.config"):
+        resolve_sampler_config("codeact_agent_tree", "gsm8k", [
+            "max_steps=3", "base=3", "window_size=6", "max_sample_number=12", "max_runs=12",
+            "stop_if_uniform_after=8", *shared])
+        resolve_sampler_config("codeact_agent", "gsm8k", [
+            "max_tasks=8", "max_turn=1", "max_steps=3", "split=train", "temperature=0.7", "seed=1100", *shared])
+    assert caplog.records == []

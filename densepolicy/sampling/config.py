@@ -15,11 +15,15 @@ temperature; ignored by the tree). Everything else (max_steps, max_tokens, promp
 serves both. A section's keys can be written with or without the section name (`tree.base=3` or
 `base=3`, in YAML `tree: {base: 3}` or `base: 3`): the flat names are derived from the section's fields
 (`flatten_settings`), never listed by hand, and are the names the shard sidecars and provenance records
-store (`sampler_settings`), so run directories made before the sections existed still resume.
+store (`sampler_settings`), so run directories made before the sections existed still resume. A setting
+of the other method given on the command line is logged as a warning naming the key and the method (the
+loop and the launcher forward shared key lists to both methods); in a task YAML's `<method>:` section it
+is an error.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import typing
@@ -34,6 +38,8 @@ from densepolicy.config import (ConfigError, Range, check_ranges, from_dict, hel
                                 read_yaml, to_dict)
 from densepolicy.paths import PROJECT_ROOT
 from densepolicy.presets import with_preset
+
+log = logging.getLogger(__name__)
 
 METHODS = ("codeact_agent", "codeact_agent_tree")
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -141,6 +147,18 @@ agents.codeact_agent.AGENT_RANGES); seed is free."""
 SECTIONS: dict[str, type] = {f.name: t for f in dataclasses.fields(SamplerConfig)
                              if dataclasses.is_dataclass(t := typing.get_type_hints(SamplerConfig)[f.name])}
 """The method-specific sections of `SamplerConfig` (name -> settings class)."""
+SECTION_METHODS = {"agent": "codeact_agent", "tree": "codeact_agent_tree"}
+"""The one method that reads each section (the other ignores it)."""
+
+
+def other_method_keys(method: str, flat: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, method that reads it) for each key of `flat` that is a setting of a method other than `method`."""
+    found = []
+    for section, cls in SECTIONS.items():
+        if SECTION_METHODS[section] != method:
+            names = {f.name for f in dataclasses.fields(cls)}
+            found += [(key, SECTION_METHODS[section]) for key in sorted(flat) if key in names]
+    return found
 
 
 def flatten_settings(data: dict[str, Any], source: str = "<dict>") -> dict[str, Any]:
@@ -221,6 +239,10 @@ def resolve_sampler_config(method: str, dataset: str, overrides: list[str] | Non
     task_path = task_config_path(dataset, cdir)
     task = read_yaml(task_path)
     sections = {m: flatten_settings(task.pop(m, None) or {}, f"{task_path}: {m}") for m in METHODS}
+    for m, section in sections.items():
+        for key, reader in other_method_keys(m, section)[:1]:
+            raise ConfigError(f"{task_path}: key {key!r} in section {m!r} is a setting of {reader} only; "
+                              f"move it to section {reader!r}")
     data = merge_dicts(data, flatten_settings(task, str(task_path)))
     data = merge_dicts(data, sections[method])
     data.update(method=method, dataset=dataset)
@@ -229,6 +251,8 @@ def resolve_sampler_config(method: str, dataset: str, overrides: list[str] | Non
     for key in ("method", "dataset"):
         if key in update:
             raise ConfigError(f"command line: {key!r} is given as a positional argument, not key=value")
+    for key, reader in other_method_keys(method, update):
+        log.warning("command line: key %r is a setting of %s only; method %s ignores it", key, reader, method)
     if update or cfg.preset != "none":
         merged = with_preset("sampler", sampler_settings(cfg), update)
         cfg = from_dict(SamplerConfig, nest_settings(merged), "command line")
