@@ -15,12 +15,10 @@ import argparse
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
 
 from densepolicy.config import ConfigError, describe, help_field
-from densepolicy.loop_config import load_loop_config
+from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
 from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
                                      stop_on_signals, tree_to_plot)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
@@ -44,45 +42,21 @@ class DemoDataset:
 
 
 @dataclasses.dataclass
-class DemoConfig:
-    """Budgets of `make demo` (configs/demo.yaml)."""
+class DemoConfig(LoopConfig):
+    """Budgets of `make demo` (configs/demo.yaml); the keys shared with `make experiment` are `LoopConfig`'s."""
 
-    model: str = help_field("SmolLM2-135M-Instruct", help="Base model (name in configs/models.yaml or a directory).")
-    warm_model: str = help_field("", help="Warm-started model; empty = ensure_warm_start(warm_start) (built once, cached).")
-    warm_start: list[str] = help_field([], help="key=value overrides of configs/warm_start.yaml.")
-    evaluate_base: bool = help_field(False, help="Also evaluate the base model (its usual in-context examples).")
-    output_dir: str = help_field("eval_results/demo", help="Where every artefact of the demo goes.")
-    proc_per_server: int = help_field(2, help="Workers per server (PROC_PER_GPU of distributed_test.sh).")
-    tmux_start_id: int = help_field(70, help="First TMUX_START_ID; each launcher run uses a block of 10 ids.")
-    device: Literal["auto", "cpu", "gpu"] = help_field(
-        "auto", help="Where the loop serves and trains: auto = the device configs/serving.yaml resolves to (its own "
-                     "auto: the serving venv `make setup SERVE=cpu|gpu` built); gpu also applies the `gpu` keys.")
-    gpu: dict[str, Any] = help_field({}, help="Keys of this config that replace the values above when device is "
-                                              "gpu (key=value on the command line still wins).")
-    serving: dict[str, str | int | float | bool] = help_field({}, help="Overrides of configs/serving.yaml.")
-    sampler: dict[str, str | int | float | bool] = help_field({}, help="Settings forwarded to every worker.")
-    train_config: str = help_field("cpu_tiny", help="TreeDPO/configs/<name>.yaml.")
-    train_overrides: list[str] = help_field([], help="LLaMA-Factory key=value overrides for the demo training.")
-    dataset_name: str = help_field("tree_dpo_demo", help="Name of the DPO dataset in TreeDPO/data/dataset_info.json.")
     datasets: list[DemoDataset] = help_field([], help="The environments and their budgets.")
-
-
-def default_warm_start(overrides: list[str], log: Callable[[str], None]) -> Path:
-    from densepolicy.training.warm_start import ensure_warm_start
-    return ensure_warm_start(overrides, log=log)
 
 
 class Demo:
     """Runs the stages in order; `warm_start` and `stages` are injectable for tests."""
 
-    def __init__(self, cfg: DemoConfig, warm_start: Callable[[list[str], Callable], Path] = default_warm_start,
+    def __init__(self, cfg: DemoConfig, warm_start: WarmStart = cached_warm_start,
                  stages: LoopStages | None = None) -> None:
         self.cfg = cfg
         self.root = resolve(cfg.output_dir)
         n_stages = 10 + (2 if cfg.evaluate_base else 0)
-        self.stages = stages or LoopStages(self.root, tag="demo", n_stages=n_stages,
-                                           proc_per_server=cfg.proc_per_server, tmux_start_id=cfg.tmux_start_id,
-                                           serving=cfg.serving, sampler=cfg.sampler)
+        self.stages = stages or LoopStages(self.root, tag="demo", n_stages=n_stages, **cfg.stage_settings())
         self.warm_start = warm_start
 
     def settings(self, kind: str) -> dict[str, list[str]]:
@@ -98,8 +72,7 @@ class Demo:
         move_aside(self.root, "demo")
         st.release_tmux_ids(len(cfg.datasets), (0, 5))
         with st.stage("warm start (expert SFT; built once, then cached)"):
-            warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
-            st.say(f"warm-started model: {shown(warm)}")
+            warm = cfg.warm_start_model(st.say, self.warm_start)
         st.check_prompt_style(warm, self.settings("sample"))
         results: dict[str, dict[str, Path]] = {}
         with st.serve(warm, "warm") as url:
@@ -126,9 +99,9 @@ class Demo:
                     results[TREEDPO] = st.run_envs(str(trained), "codeact_agent", "eval_trained", url,
                                                    self.settings("eval"), 5)
         if cfg.evaluate_base:
-            with st.serve(cfg.model, "base") as url:
+            with st.serve(cfg.base_model, "base") as url:
                 with st.stage("evaluate the base model (usual prompt) on the same tasks"):
-                    results[BASE] = st.run_envs(cfg.model, "codeact_agent", "eval_base", url,
+                    results[BASE] = st.run_envs(cfg.base_model, "codeact_agent", "eval_base", url,
                                                 self.settings("base"), 5)
         with st.stage("score table, paired comparison + plots"):
             table = self.tables(results)
@@ -189,7 +162,8 @@ class Demo:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="settings (configs/demo.yaml, override as key=value):\n" + describe(DemoConfig))
+        epilog="settings (override as key=value; configs/demo.yaml sets the demo's values, the defaults "
+               "below are for the keys it leaves out):\n" + describe(DemoConfig))
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="demo config YAML")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)

@@ -28,13 +28,12 @@ import json
 import math
 import random
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
-from densepolicy.loop_config import load_loop_config
+from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
 from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
                                      stop_on_signals)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
@@ -78,15 +77,10 @@ class ExperimentDataset:
 
 
 @dataclasses.dataclass
-class ExperimentConfig:
-    """Settings of `make experiment` (configs/experiment.yaml)."""
+class ExperimentConfig(LoopConfig):
+    """Settings of `make experiment` (configs/experiment.yaml); the keys shared with `make demo` are `LoopConfig`'s."""
 
     budget: float = help_field(1.0, help="Scales task counts and the DPO step cap (1.0 = about 90 min on 2 cores).")
-    base_model: str = help_field("SmolLM2-135M-Instruct", help="Base model (name in configs/models.yaml or a directory).")
-    warm_model: str = help_field("", help="Warm-started model; empty = ensure_warm_start(warm_start) (built once, cached).")
-    warm_start: list[str] = help_field([], help="key=value overrides of configs/warm_start.yaml.")
-    evaluate_base: bool = help_field(True, help="Also evaluate the base model (with its usual in-context examples).")
-    output_dir: str = help_field("eval_results/experiment", help="Output; an older one is moved to <dir>.prev-<time>.")
     resume: bool = help_field(False, help="Continue an interrupted experiment in output_dir with the same settings: "
                               "finished screen, tree and evaluation runs are reused (their workers resume), "
                               "DPO is rerun (an older treedpo_model is moved aside).")
@@ -98,20 +92,8 @@ class ExperimentConfig:
                                            "(0 = greedy only); sample k uses sampler seed eval_seed + k for every model.")
     eval_temperature: float = help_field(0.7, help="Temperature of the sampled evaluation episodes and screen rollouts.")
     eval_seed: int = help_field(1000, help="Sampler seed of sample 0 (sample k: eval_seed + k; screen: eval_seed + 100 + k).")
-    proc_per_server: int = help_field(2, help="Workers per dataset (PROC_PER_GPU of distributed_test.sh).")
-    tmux_start_id: int = help_field(150, help="First TMUX_START_ID; each launcher run uses a block of 10 ids.")
-    device: Literal["auto", "cpu", "gpu"] = help_field(
-        "auto", help="Where the loop serves and trains: auto = the device configs/serving.yaml resolves to (its own "
-                     "auto: the serving venv `make setup SERVE=cpu|gpu` built); gpu also applies the `gpu` keys.")
-    gpu: dict[str, Any] = help_field({}, help="Keys of this config that replace the values above when device is "
-                                              "gpu (key=value on the command line still wins).")
-    serving: dict[str, str | int | float | bool] = help_field({}, help="Overrides of configs/serving.yaml.")
-    sampler: dict[str, str | int | float | bool] = help_field({}, help="Settings forwarded to every worker.")
-    train_config: str = help_field("cpu_dpo", help="TreeDPO/configs/<name>.yaml.")
-    train_overrides: list[str] = help_field([], help="LLaMA-Factory key=value overrides (pref_beta, learning_rate, ...).")
     dpo_epochs: float = help_field(1.0, help="Passes over the pairs; DPO steps = ceil(epochs * pairs / batch) ...")
     dpo_max_steps: int = help_field(60, help="... capped at this (x budget).")
-    dataset_name: str = help_field("tree_dpo_experiment", help="DPO dataset name in TreeDPO/data/dataset_info.json.")
     dpo_heldout_tasks: float = help_field(0.2, help="Share of the tasks with pairs whose pairs are held out of DPO and "
                                                     "scored after it (reward accuracy on unseen trees); 0 = none.")
     rounds: int = help_field(1, help="Sample -> DPO rounds; round r > 1 samples new train tasks with the newest "
@@ -119,6 +101,7 @@ class ExperimentConfig:
     datasets: list[ExperimentDataset] = help_field([], help="The environments and their budgets.")
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.budget > 0:
             raise ConfigError(f"key 'budget' must be > 0, got {self.budget}")
         if self.dpo_epochs <= 0 or self.dpo_max_steps < 1:
@@ -195,15 +178,10 @@ def dpo_steps(cfg: ExperimentConfig, n_pairs: int, processes: int | None = None)
     return max(1, min(cfg.scaled(cfg.dpo_max_steps), math.ceil(cfg.dpo_epochs * n_pairs / batch)))
 
 
-def default_warm_start(overrides: list[str], log: Callable[[str], None]) -> Path:
-    from densepolicy.training.warm_start import ensure_warm_start
-    return ensure_warm_start(overrides, log=log)
-
-
 class Experiment:
     """The stages in order; `warm_start` is injectable for tests."""
 
-    def __init__(self, cfg: ExperimentConfig, warm_start: Callable[[list[str], Callable], Path] = default_warm_start):
+    def __init__(self, cfg: ExperimentConfig, warm_start: WarmStart = cached_warm_start):
         if cfg.heldout == "valid":
             left_out = [d.name for d in cfg.datasets if not d.valid_split]
             if left_out:
@@ -218,9 +196,7 @@ class Experiment:
         screened = any(d.screen_tasks for d in cfg.datasets)
         n_stages = 9 + (2 if cfg.evaluate_base else 0) + (1 if screened else 0) + (cfg.rounds - 1) * (
             5 + (1 if screened else 0))
-        self.stages = LoopStages(self.root, tag="experiment", n_stages=n_stages,
-                                 proc_per_server=cfg.proc_per_server, tmux_start_id=cfg.tmux_start_id,
-                                 serving=cfg.serving, sampler=cfg.sampler)
+        self.stages = LoopStages(self.root, tag="experiment", n_stages=n_stages, **cfg.stage_settings())
         self.warm_start = warm_start
         self.info: dict[str, object] = {}  # facts of this run for the report, also kept in <output_dir>/run.json
 
@@ -246,8 +222,7 @@ class Experiment:
             move_aside(self.root, "experiment")
         st.release_tmux_ids(self.max_parallel_runs(), (0, 5))
         with st.stage("warm start (expert SFT; cached)"):
-            warm = cfg.warm_model or str(self.warm_start(cfg.warm_start, st.say))
-            st.say(f"warm-started model: {shown(warm)}")
+            warm = cfg.warm_start_model(st.say, self.warm_start)
         self.remember(warm_model=warm)
         st.check_prompt_style(warm, {d.name: d.sample for d in cfg.datasets})
         eval_tasks = {}
@@ -649,7 +624,8 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="settings (configs/experiment.yaml, override as key=value):\n" + describe(ExperimentConfig))
+        epilog="settings (override as key=value; configs/experiment.yaml sets the experiment's values, the defaults "
+               "below are for the keys it leaves out):\n" + describe(ExperimentConfig))
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment config YAML")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild report.md, the CSVs and the plot from the evaluations an earlier (possibly "
