@@ -94,3 +94,31 @@ def test_split_facts_match_the_envs():
     baby = env_spec("babyai")
     for split in (baby.train_split, *baby.evaluation_splits):
         assert split_task_ids(split, 1)
+
+
+def test_every_env_says_whether_it_has_in_context_examples_and_an_expert():
+    # the registries of the layers above envs are keyed by the spec names: one entry per env each
+    from agents.incontext import EXAMPLE_POOLS, example_pool
+    from densepolicy.training.expert import EXPERTS, expert_for
+
+    assert list(EXAMPLE_POOLS) == list(ENV_SPECS) and list(EXPERTS) == list(ENV_SPECS)
+    for name, module in EXAMPLE_POOLS.items():
+        assert (len(example_pool(name)) > 0) == (module is not None)
+    assert example_pool("scripted") == []  # a custom env has none
+    for expert in EXPERTS.values():
+        assert expert is None or (expert.plan or expert.plans) and expert.batch >= 1
+    with pytest.raises(ValueError, match="no expert for env 'chess'; expected one of"):
+        expert_for("chess")
+
+
+def test_every_env_with_an_expert_has_a_count_in_the_expert_data_config():
+    import dataclasses
+
+    import yaml
+
+    from densepolicy.training.expert import EXPERT_ENVS
+    from densepolicy.training.expert_data import CONFIG_PATH, ExpertDataConfig
+
+    fields = {f.name: f.type for f in dataclasses.fields(ExpertDataConfig)}
+    assert all(fields.get(name) in (int, "int") for name in EXPERT_ENVS)
+    assert set(EXPERT_ENVS) <= set(yaml.safe_load(CONFIG_PATH.read_text()))

@@ -29,16 +29,14 @@ from densepolicy.paths import PROJECT_ROOT, resolve
 from densepolicy.postprocess.lf_dataset import ROLE_TO_SHAREGPT, load_tokenizer, register_dataset
 from densepolicy.serving.chat_template import content_rules, served_sharegpt
 from densepolicy.results_io import ensure_new, write_json_atomic
-from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_plan,
+from densepolicy.training.expert import (EXPERT_ENVS, ExpertOptions, ExpertPlan, accepted, expert_for, expert_plan,
                                          expert_plans, replay)
-from densepolicy.training.expert.splits import TRAIN_SPLIT, evaluation_keys, task_key
-from envs import load_env
+from densepolicy.training.expert.splits import evaluation_keys, task_key
+from envs import env_spec, load_env
 
 log = logging.getLogger(__name__)
 CONFIG_PATH = PROJECT_ROOT / "configs" / "expert_data.yaml"
 LOG_EVERY_S = 30.0
-BATCH = {"gsm8k": 8, "math": 8, "babyai": 8, "alfworld": 2}
-"""Tasks per env thread tried together (BabyAI runs its bot once per batch; ALFWorld tasks are slow)."""
 
 
 @dataclass
@@ -170,9 +168,10 @@ def _replay_accepted(env: Any, task_id: str, plan: ExpertPlan | None) -> dict[st
 
 
 def _attempt_batch(env: Any, batch: list[str], options: ExpertOptions, pool: ThreadPoolExecutor) -> list:
-    """Plan + replay of each task, in order. BabyAI plans the batch first (one bot process for all);
-    elsewhere each thread plans and replays its own task, so one task's replay overlaps another's plan."""
-    if env.name == "babyai":
+    """Plan + replay of each task, in order. An expert that plans batches (BabyAI: one bot process for all)
+    plans the batch first; elsewhere each thread plans and replays its own task, so one task's replay overlaps
+    another's plan."""
+    if expert_for(env.name).plans is not None:
         plans = expert_plans(env, batch, options, pool.map)
         return list(pool.map(lambda tp: _replay_accepted(env, *tp), zip(batch, plans)))
     return list(pool.map(lambda t: _replay_accepted(env, t, expert_plan(env, t, options)), batch))
@@ -196,7 +195,8 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
                 summary: ExpertDataSummary, log=print) -> list[dict[str, Any]]:
     """Kept records of one env (first `wanted` successes in the seeded task order)."""
     started = time.monotonic()
-    env = load_env(env_name, split=TRAIN_SPLIT[env_name], prompt_style=cfg.prompt_style, **_env_kwargs(cfg, env_name))
+    env = load_env(env_name, split=env_spec(env_name).train_split, prompt_style=cfg.prompt_style,
+                   **_env_kwargs(cfg, env_name))
     records: list[dict[str, Any]] = []
     tried = long = errors = 0
     tokens: list[int] = []
@@ -205,7 +205,7 @@ def collect_env(cfg: ExpertDataConfig, env_name: str, wanted: int, tokenizer: An
     last_log = started
     try:
         candidates = candidate_tasks(env, cfg.seed, evaluation_keys(env_name, cfg.data_dir))
-        chunk = BATCH.get(env_name, 1) * cfg.env_threads
+        chunk = expert_for(env_name).batch * cfg.env_threads
         with ThreadPoolExecutor(cfg.env_threads, thread_name_prefix=f"expert-{env_name}") as pool:
             for start in range(0, len(candidates), chunk):
                 batch = candidates[start:start + chunk]

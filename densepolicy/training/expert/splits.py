@@ -1,22 +1,14 @@
 """Which expert tasks are allowed: never one whose content appears in an evaluation split.
 
 Content keys (ids alone are not enough: MATH ids are row indices of different files):
-gsm8k/math -> the question text with whitespace normalised; alfworld -> the game folder
+gsm8k/math -> the question text (the env spec's `content_field`) with whitespace normalised; alfworld -> the game folder
 `<task-dir>/<trial>`; babyai -> `level:seed`.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from envs import load_env
-
-EVALUATION_SPLITS: dict[str, tuple[str, ...]] = {
-    "gsm8k": ("test",),
-    "math": ("test", "test5000"),  # test5000: only its MATH-500 rows are evaluation tasks
-    "alfworld": ("valid_seen", "valid_unseen"),
-    "babyai": ("test", "valid"),
-}
-TRAIN_SPLIT = {"gsm8k": "train", "math": "train", "alfworld": "train", "babyai": "train"}
+from envs import ENV_SPECS, env_spec, load_env
 
 
 def _text_key(text: str) -> str:
@@ -25,16 +17,17 @@ def _text_key(text: str) -> str:
 
 def task_key(env: Any, task_id: str) -> str:
     """The content key of `task_id` in `env` (see the module docstring)."""
-    if env.name in ("gsm8k", "math"):
-        row = env.rows[int(task_id)]
-        return _text_key(row["question"] if env.name == "gsm8k" else row["problem"])
+    spec = ENV_SPECS.get(env.name)
+    if spec is not None and spec.content_field:
+        return _text_key(env.rows[int(task_id)][spec.content_field])
     return str(task_id).strip("/")
 
 
 def evaluation_keys(env_name: str, data_dir: str | None = None) -> set[str]:
-    """Content keys of every evaluation task of `env_name`."""
+    """Content keys of every evaluation task of `env_name` (the `evaluation_splits` of its spec; of MATH's
+    `test5000`, only the MATH-500 rows are evaluation tasks)."""
     keys: set[str] = set()
-    for split in EVALUATION_SPLITS[env_name]:
+    for split in env_spec(env_name).evaluation_splits:
         env = load_env(env_name, split=split, **({"data_dir": data_dir} if data_dir else {}))
         try:
             ids = env.task_ids()
