@@ -23,9 +23,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from densepolicy.config import (ConfigError, apply_overrides, from_dict, help_field, merge_dicts, parse_overrides, read_yaml,
-                                split_override, to_dict, update_only_keys)
+from densepolicy.config import (ConfigError, apply_overrides, from_dict, help_field, merge_dicts, parse_overrides,
+                                read_yaml, split_override, to_dict, update_only_keys)
 from densepolicy.paths import shown
+from densepolicy.training.warm_start import ensure_warm_start
 
 T = TypeVar("T")
 
@@ -36,7 +37,6 @@ WarmStart = Callable[[list[str], Callable[[str], None]], Path]
 def cached_warm_start(overrides: list[str], log: Callable[[str], None]) -> Path:
     """The loops' warm-start hook: `ensure_warm_start(overrides)`, the cached model, built first when absent or
     stale (densepolicy/training/warm_start.py; one build at a time, the others wait and reuse it)."""
-    from densepolicy.training.warm_start import ensure_warm_start
     return ensure_warm_start(overrides, log=log)
 
 
