@@ -73,6 +73,15 @@ def test_config_errors_name_the_key(tmp_path):
     assert cfg.wanted() == {"gsm8k": 300, "babyai": 5} and cfg.name == "expert_sft"
 
 
+def test_config_fills_the_expert_options_and_train_env_arguments():
+    from densepolicy.training.expert_data import _env_kwargs
+
+    cfg = load_expert_data_config(["babyai_train_seeds=3", "alfworld_max_steps=7", "babyai_bot=true"])
+    options = cfg.options()
+    assert (options.babyai_train_seeds, options.alfworld_max_steps, options.babyai_bot) == (3, 7, True)
+    assert _env_kwargs(cfg, "babyai") == {"train_seeds_per_level": 3} and _env_kwargs(cfg, "gsm8k") == {}
+
+
 @pytest.mark.parametrize("style", ["original", "compact"])
 def test_expert_replay_uses_the_env_prompt_style(style):
     """The expert's BabyAI messages replayed on an env of each style give that style's prompt and observations

@@ -20,7 +20,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,8 +84,8 @@ class ExpertDataConfig:
         return {e: getattr(self, e) for e in EXPERT_ENVS if getattr(self, e) > 0}
 
     def options(self) -> ExpertOptions:
-        return ExpertOptions(self.babyai_search_budget, self.babyai_max_high_level_actions, self.babyai_bot,
-                             self.babyai_bot_timeout_s, self.babyai_bot_max_actions, self.alfworld_max_steps)
+        """The experts' knobs: this config's fields named as ExpertOptions' fields."""
+        return ExpertOptions(**{f.name: getattr(self, f.name) for f in fields(ExpertOptions)})
 
 
 @dataclass
@@ -179,9 +179,8 @@ def _attempt_batch(env: Any, batch: list[str], options: ExpertOptions, pool: Thr
 
 def _env_kwargs(cfg: ExpertDataConfig, env_name: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"data_dir": cfg.data_dir} if cfg.data_dir else {}
-    if env_name == "babyai":
-        kwargs["train_seeds_per_level"] = cfg.babyai_train_seeds
-    return kwargs
+    train_env_kwargs = expert_for(env_name).train_env_kwargs
+    return {**kwargs, **train_env_kwargs(cfg.options())} if train_env_kwargs else kwargs
 
 
 def _stats(values: list[int]) -> dict[str, float]:

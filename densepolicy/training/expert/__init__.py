@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from densepolicy.training.expert.replay import ExpertPlan, Replay, replay
 from envs.base import Env
@@ -20,8 +21,9 @@ from envs.base import Env
 
 @dataclass(frozen=True)
 class ExpertOptions:
-    """Knobs of the experts (the builder fills them from its config)."""
+    """Knobs of the experts (the builder fills them from its config's fields of the same names)."""
 
+    babyai_train_seeds: int = 25
     babyai_search_budget: int = 60
     babyai_max_high_level_actions: int = 12
     babyai_bot: bool = False
@@ -43,6 +45,8 @@ class Expert:
     """What a successful replay must also show to be kept (math: the program printed the gold answer)."""
     batch: int = 1
     """Tasks per env thread tried together."""
+    train_env_kwargs: Callable[[ExpertOptions], dict[str, Any]] | None = None
+    """Arguments of the train env it draws tasks from (`load_env(..., **kwargs)`); None: none."""
 
 
 def _gsm8k_plan(env: Env, task_id: str, options: ExpertOptions) -> ExpertPlan | None:
@@ -75,7 +79,8 @@ EXPERTS: dict[str, Expert | None] = {
     "gsm8k": Expert(plan=_gsm8k_plan, check=_printed_gold, batch=8),
     "math": Expert(plan=_math_plan, check=_printed_gold, batch=8),
     "alfworld": Expert(plan=_alfworld_plan, batch=2),  # ALFWorld tasks are slow
-    "babyai": Expert(plans=_babyai_plans, batch=8),
+    "babyai": Expert(plans=_babyai_plans, batch=8,
+                     train_env_kwargs=lambda options: {"train_seeds_per_level": options.babyai_train_seeds}),
 }
 """Every registered env (`envs.ENV_SPECS`) -> its expert, or None where it has none (no warm-start data);
 in build order. A new env is one entry here (tests/test_env_spec.py checks that every env has one)."""
