@@ -33,11 +33,15 @@ setup-slurm:
 	./scripts/setup_slurm.sh
 
 # As root, setup-slurm has installed Slurm, so a Slurm test that would skip fails instead.
+# TEST_WORKERS=2: two pytest-xdist workers (tests/conftest.py keeps the vLLM and the Slurm tests on one each);
+# TEST_WORKERS=0 runs everything in one process, in file order.
+TEST_WORKERS ?= 2
+PYTEST_XDIST = -n $(TEST_WORKERS) --dist loadgroup
 test: setup setup-slurm
-	$(if $(filter 0,$(shell id -u)),DENSEPOLICY_REQUIRE_SLURM=1 )$(PY) -m pytest -ra --durations=25 $(PYTEST_ARGS)
+	$(if $(filter 0,$(shell id -u)),DENSEPOLICY_REQUIRE_SLURM=1 )$(PY) -m pytest -ra --durations=25 $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -ra --durations=25 -m "not integration" $(PYTEST_ARGS)
+	$(PY) -m pytest -ra --durations=25 -m "not integration" $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py

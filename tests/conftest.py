@@ -23,6 +23,19 @@ VLLM_LOCK = vllm_lock_file()
 VLLM_LOCK_WAIT_S = 1800.0
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test` runs two workers), keep tests that share a machine-wide resource on one
+    worker, in file order: every test that uses a real vLLM server (`vllm_server`, `vllm_lock`: one session
+    server, started once) and every Slurm test (one local Slurm cluster). The others spread freely; on 2 cores
+    they fill the time a vLLM or Slurm test waits. Without xdist the markers do nothing."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & {"vllm_server", "vllm_lock"}:
+            item.add_marker(pytest.mark.xdist_group("vllm"))
+        elif item.get_closest_marker("slurm") is not None or "slurm" in fixtures:
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture
 def fake_server() -> Iterator[Callable[..., FakeOpenAIServer]]:
     """Factory: ``fake_server(responder, latency_s=..., batch_capacity=..., fail_plan=...)`` -> a running
