@@ -3,6 +3,7 @@ refusing to compare results of different task sets / data files (docs/formats.md
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from densepolicy import provenance
+from densepolicy.config import ConfigError
 from densepolicy.provenance import hashing, versions
 from densepolicy.results_io import iter_csv
 from densepolicy.sampling.config import resolve_sampler_config
@@ -125,6 +127,16 @@ def test_every_stage_writes_provenance(fake_server, tmp_path):
     assert "eval set  : 5 tasks, sha256 " + record["eval_set"]["sha256"][:12] in out
     assert "shards    : 2 of 2 (0, 1)" in out and "tasks/train.txt" in out
 
+    # every record written reads back typed, as its kind, and writes back the same JSON
+    written = [p for p in tmp_path.rglob("*provenance.json") if "cache" not in p.parts]
+    assert len(written) == 4
+    for path in written:
+        raw = provenance.read_provenance(path)["records"]
+        typed = provenance.read_records(path)
+        assert {key: r.to_dict() for key, r in typed.items()} == raw
+    assert type(provenance.read_records(run)["gsm8k.train.None.csv"]) is provenance.SamplingRecord
+    assert type(provenance.read_records(lf / "tiny.provenance.json")["tiny.json"]) is provenance.DatasetRecord
+
 
 def test_a_worker_refuses_to_join_a_run_made_from_other_data(fake_server, tmp_path):
     data = tmp_path / "data"
@@ -236,8 +248,9 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
     data.mkdir()
     (data / "tiny.json").write_text("[]")
     (data / "dataset_info.json").write_text(json.dumps({"tiny": {"file_name": "tiny.json"}}))
-    provenance.update_record(data / "tiny.provenance.json", "tiny.json", lambda _: {"stage": "dataset",
-                                                                                    "upstream": ["up"]})
+    up = provenance.Upstream(file=str(tmp_path / "x.pairs.csv"), provenance="elsewhere#x.pairs.csv", stage="pairs")
+    provenance.update_record(data / "tiny.provenance.json", "tiny.json",
+                             lambda _: provenance.DatasetRecord(file="tiny.json", upstream=(up,)))
     base, out = tmp_path / "base", tmp_path / "out"
     for directory, weight in ((base, b"a"), (out, b"b")):
         directory.mkdir()
@@ -247,7 +260,8 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
     record_trained_model(out, args, "TreeDPO/configs/cpu_tiny.yaml")
     record = provenance.read_provenance(out)["records"]["model"]
     assert record["datasets"][0]["sha256"] == sha256(data / "tiny.json")
-    assert record["datasets"][0]["upstream"] == ["up"]
+    assert record["datasets"][0]["upstream"] == [up.to_dict()]
+    assert record["datasets"][0]["provenance"] == f"{data / 'tiny.provenance.json'}#tiny.json"
     assert record["base_model"]["fingerprint"] == provenance.model_fingerprint(base)["fingerprint"]
     assert record["model"]["fingerprint"] != record["base_model"]["fingerprint"]
     assert record["settings"]["stage"] == "dpo"
@@ -255,10 +269,12 @@ def test_trained_model_records_dataset_and_base_model(tmp_path):
     assert "base model" in text and "dataset   : tiny" in text
 
 
-def _append_many(prov_file: str, worker: int, n: int) -> None:
+def _append_many(prov_file: str, worker: int, n: int, key: str = "run") -> None:
+    def add(old, i):
+        run = old or provenance.SamplingRecord(file=key)
+        return dataclasses.replace(run, shards={**run.shards, f"{worker}-{i}": provenance.ShardEntry(task_count=i)})
     for i in range(n):
-        provenance.update_record(Path(prov_file), "run", lambda old, i=i: {"shards": (old or {}).get("shards", [])
-                                                                           + [f"{worker}-{i}"]})
+        provenance.update_record(Path(prov_file), key, lambda old, i=i: add(old, i))
 
 
 def test_concurrent_writers_lose_no_update(tmp_path):
@@ -275,3 +291,83 @@ def test_concurrent_writers_lose_no_update(tmp_path):
     shards = provenance.read_provenance(prov_file)["records"]["run"]["shards"]
     assert sorted(shards) == sorted(f"{w}-{i}" for w in range(4) for i in range(15))
     assert [p.name for p in prov_file.parent.iterdir()] == [provenance.FILE_NAME]  # no temp or lock files left
+
+
+FIXTURES = ROOT / "tests" / "data" / "provenance_schema1"
+"""provenance.json files as the dict-based code before the typed records wrote them (a two-shard tree-sampling
+run with its merge, its pairs, the merged pairs, the dataset made from them, a model trained on it)."""
+
+
+def test_records_of_schema_1_files_read_typed_and_write_back_unchanged():
+    files = sorted(FIXTURES.rglob("*provenance.json"))
+    assert len(files) == 5
+    kinds = {}
+    for path in files:
+        raw = provenance.read_provenance(path)
+        assert raw["schema"] == provenance.SCHEMA == 1
+        for key, record in provenance.read_records(path).items():
+            kinds[key] = type(record)
+            assert record.to_dict() == raw["records"][key]          # nothing lost or changed
+            assert provenance.parse_record(record.to_dict()) == record
+    assert kinds == {"gsm8k.train.None.csv": provenance.SamplingRecord, "gsm8k.train.pairs.csv": provenance.PairsRecord,
+                     "merged_all_pairs.x.csv": provenance.PairsRecord, "tiny.json": provenance.DatasetRecord,
+                     "model": provenance.TrainingRecord}
+    run = provenance.read_records(FIXTURES / "run")["gsm8k.train.None.csv"]
+    assert run.stage == "sampling" and run.eval_set.task_ids == ("0", "1", "2", "3", "4")
+    assert run.eval_set.sha256 == provenance.task_set_sha256(run.eval_set.task_ids)
+    assert run.shards["1"].first_task == "3" and run.merged.complete is True
+    assert run.data_files.hashes() == {"tasks/train.txt": run.data_files.files[0].sha256}
+    assert run.model.served_name == "fake" and run.model.fingerprint is None
+    model = provenance.read_records(FIXTURES / "model")["model"]
+    assert model.datasets[0].upstream[0].stage == "pairs"
+    assert model.base_model.fingerprint and model.model.fingerprint != model.base_model.fingerprint
+
+
+def test_typed_records_round_trip_and_keep_keys_they_do_not_know(tmp_path):
+    shard = provenance.ShardEntry(task_count=2, first_task="a", last_task="b", host="h", pid=1, started="t")
+    record = provenance.SamplingRecord(
+        stage="evaluation", file="gsm8k.test.None.csv", created="t", settings={"base": 3},
+        eval_set=provenance.EvalSet.of(["b", "a"]), model=provenance.ServedModel(name="m", served_name="m"),
+        shards={"0": shard})
+    data = record.to_dict()
+    assert "merged" not in data and "environment" not in data["shards"]["0"]  # written only when set
+    assert data["eval_set"]["task_ids"] == ["b", "a"] and data["eval_set"]["sha256"] == provenance.task_set_sha256("ab")
+    assert provenance.parse_record(json.loads(json.dumps(data))) == record
+    with pytest.raises(provenance.RecordError, match="PairsRecord has stage pairs"):
+        provenance.PairsRecord(stage="dataset")
+
+    newer = {**data, "a_later_key": {"x": 1}, "shards": {"0": {**data["shards"]["0"], "gpu": "H200"}}}
+    prov_file = tmp_path / provenance.FILE_NAME
+    prov_file.write_text(json.dumps({"schema": 1, "records": {"gsm8k.test.None.csv": newer, "other": {"stage": "x"}}}))
+    provenance.update_record(prov_file, "gsm8k.test.None.csv", lambda old: dataclasses.replace(old, updated="u"))
+    raw = provenance.read_provenance(prov_file)["records"]
+    assert raw["gsm8k.test.None.csv"] == {**newer, "updated": "u"}   # unknown keys kept, at every level
+    assert raw["other"] == {"stage": "x"}                            # other records untouched
+    assert type(provenance.read_records(prov_file)["other"]) is provenance.Record
+
+
+@pytest.mark.parametrize("schema, says", [(2, "provenance schema 2 is newer than this checkout reads (schema 1)"),
+                                          ("1", "unknown provenance schema '1'")])
+def test_a_file_of_another_schema_is_refused_naming_it(tmp_path, schema, says):
+    run = tmp_path / "run"
+    run.mkdir()
+    prov_file = run / provenance.FILE_NAME
+    content = json.dumps({"schema": schema, "records": {"gsm8k.test.None.csv": {"stage": "evaluation"}}})
+    prov_file.write_text(content)
+    with pytest.raises(ConfigError, match="provenance schema") as refused:
+        provenance.read_provenance(prov_file)
+    assert str(refused.value).startswith(f"{prov_file}: ") and says in str(refused.value)
+    with pytest.raises(ConfigError, match="provenance schema"):   # never overwritten by older code
+        _append_many(str(prov_file), 0, 1, "gsm8k.test.None.csv")
+    assert prov_file.read_text() == content
+    out = cli("post_process_test_result.py", "--provenance", str(run), code=2)
+    assert out.stderr.count("\n") == 1 and str(prov_file) in out.stderr and says in out.stderr
+
+
+def test_a_record_of_the_wrong_shape_is_one_line_naming_file_and_field(tmp_path):
+    prov_file = tmp_path / provenance.FILE_NAME
+    prov_file.write_text(json.dumps({"schema": 1, "records": {"model": {"stage": "training", "datasets": [
+        {"name": "d", "upstream": ["not an object"]}]}}}))
+    with pytest.raises(ConfigError, match=r"damaged provenance record 'model': datasets\[0\]\.upstream\[0\]: "
+                                          r"expected an object, found str"):
+        provenance.read_records(prov_file)

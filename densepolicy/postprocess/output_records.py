@@ -9,14 +9,15 @@ dataset's record lives beside it in `<name>.provenance.json` (the data dir holds
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from densepolicy.provenance import (FILE_NAME, data_files_record, dataset_provenance_path, digest, environment,
-                                    get_dotted, model_fingerprint, read_provenance, sha256_file, task_set_sha256,
-                                    timestamp, update_record, upstream_summary)
+from densepolicy.provenance import (FILE_NAME, DataFiles, DatasetRecord, Environment, MergedStamp, ModelFingerprint,
+                                    OutputFile, PairsRecord, Record, SamplingRecord, dataset_provenance_path, digest,
+                                    read_records, sha256_file, task_set_sha256, timestamp, update_record, upstream_summary)
 from densepolicy.serving.models import resolve_model
 
 MERGED_COLUMNS = ("eval_set_sha256", "model_fingerprint")
@@ -28,45 +29,48 @@ def merged_columns(data_dir: str | os.PathLike, merged_name: str, task_ids: Iter
     fingerprint), also stored in the run record under `merged`. Empty fingerprint without a record."""
     ids = list(task_ids)
     prov_file = Path(data_dir) / FILE_NAME
-    record = read_provenance(prov_file)["records"].get(merged_name)
+    record = read_records(prov_file).get(merged_name)
+    run = record if isinstance(record, SamplingRecord) else None
     columns = {"eval_set_sha256": task_set_sha256(ids),
-               "model_fingerprint": (get_dotted(record, "model.fingerprint") or "") if record else ""}
-    if record is not None:
-        planned = get_dotted(record, "eval_set.sha256")
+               "model_fingerprint": (run.model.fingerprint or "") if run and run.model else ""}
+    if run is not None:
+        planned = run.eval_set.sha256 if run.eval_set else None
+        merged = MergedStamp(file=merged_name, rows=len(ids), eval_set_sha256=columns["eval_set_sha256"],
+                             complete=columns["eval_set_sha256"] == planned, merged_at=timestamp())
 
-        def stamp(old: dict[str, Any] | None) -> dict[str, Any]:
-            old = old or record
-            old["merged"] = {"file": merged_name, "rows": len(ids), "eval_set_sha256": columns["eval_set_sha256"],
-                             "complete": columns["eval_set_sha256"] == planned, "merged_at": timestamp()}
-            return old
+        def stamp(old: Record | None) -> Record:
+            return dataclasses.replace(old if isinstance(old, SamplingRecord) else run, merged=merged)
         update_record(prov_file, merged_name, stamp)
     return columns
 
 
-def _output_record(stage: str, output: Path, inputs: Sequence[Path], settings: Mapping[str, Any]) -> dict[str, Any]:
-    return {"stage": stage, "file": output.name, "created": timestamp(), "environment": environment(),
-            "settings": dict(settings), "settings_sha256": digest(settings),
-            "data_files": data_files_record(inputs),
-            "output": {"path": str(output.resolve()), "sha256": sha256_file(output), "size": output.stat().st_size},
-            "upstream": [upstream_summary(p) for p in inputs]}
+def _output_fields(output: Path, inputs: Sequence[Path], settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What pairs and dataset records share: the output file, its inputs (hashes, their own records), settings."""
+    return {"file": output.name, "created": timestamp(), "environment": Environment.current(),
+            "settings": dict(settings), "settings_sha256": digest(settings), "data_files": DataFiles.of(inputs),
+            "output": OutputFile(path=str(output.resolve()), sha256=sha256_file(output), size=output.stat().st_size),
+            "upstream": tuple(upstream_summary(p) for p in inputs)}
 
 
-def record_pairs(output: str | os.PathLike, inputs: Sequence[str | os.PathLike], settings: Mapping[str, Any]) -> dict[str, Any]:
+def record_pairs(output: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                 settings: Mapping[str, Any]) -> PairsRecord:
     """Record a pairs CSV (`--process_result`: inputs = tree dump + result CSV; `--merge_all_pairs`:
     inputs = pairs CSVs) in `provenance.json` beside it."""
     output = Path(output)
-    record = _output_record("pairs", output, [Path(p) for p in inputs if p], settings)
-    return update_record(output.parent / FILE_NAME, output.name, lambda _old: record)
+    record = PairsRecord(**_output_fields(output, [Path(p) for p in inputs if p], settings))
+    update_record(output.parent / FILE_NAME, output.name, lambda _old: record)
+    return record
 
 
 def record_dataset(dataset_json: str | os.PathLike, inputs: Sequence[str | os.PathLike], settings: Mapping[str, Any],
-                   tokenizer_model: str | os.PathLike | None = None) -> dict[str, Any]:
+                   tokenizer_model: str | os.PathLike | None = None) -> DatasetRecord:
     """Record a LLaMA-Factory dataset file (inputs: the pairs CSV and any mixed-in sources)."""
     output = Path(dataset_json)
-    record = _output_record("dataset", output, [Path(p) for p in inputs], settings)
     tokenizer = _model_dir(tokenizer_model) if tokenizer_model is not None else None
-    record["tokenizer"] = model_fingerprint(tokenizer, weights=False) if tokenizer else None  # length filter only
-    return update_record(dataset_provenance_path(output), output.name, lambda _old: record)
+    record = DatasetRecord(**_output_fields(output, [Path(p) for p in inputs], settings),
+                           tokenizer=ModelFingerprint.of(tokenizer, weights=False) if tokenizer else None)  # length filter
+    update_record(dataset_provenance_path(output), output.name, lambda _old: record)
+    return record
 
 
 def _model_dir(model: str | os.PathLike) -> Path | None:

@@ -13,8 +13,11 @@ The core:
 
     hashing.py    digest, task-set hashes, file hashes (cached), data-file records, model fingerprints
     versions.py   git state, package versions, `environment()`, an env's own code and packages
-    records.py    record fields (time stamps)
-    store.py      provenance.json: read, locked update of one record, which file holds a path's record
+    records.py    the typed records (frozen dataclasses: one per record kind and part, to_dict / from_dict) and
+                  the format's schema version
+    locking.py    the lock and atomic JSON write of provenance's files
+    store.py      provenance.json: read (newer schemas refused), locked update of one record, which file holds
+                  a path's record
     identity.py   what identifies a result; `comparability_problems` for --see_score; `upstream_summary`
     describe.py   `describe` for `--provenance` and `python -m densepolicy.provenance PATH`
 
@@ -29,17 +32,24 @@ from densepolicy.provenance.hashing import (MODEL_FILE_NAMES, abbreviated, data_
 from densepolicy.provenance.identity import (IDENTITY_HEADER, ProvenanceMismatch, ResultIdentity,
                                              comparability_problems, identity_rows, result_identity,
                                              upstream_summary)
-from densepolicy.provenance.records import get_dotted, timestamp
-from densepolicy.provenance.store import (FILE_NAME, SCHEMA, dataset_provenance_path, find_record, read_provenance,
-                                          update_record)
+from densepolicy.provenance.records import (SCHEMA, DataFile, DataFiles, DatasetRecord, EnvIdentity, Environment,
+                                            EvalSet, GitState, MergedStamp, ModelFingerprint, OutputFile, OutputRecord,
+                                            PairsRecord, Record, RecordError, SamplingRecord, ServedModel, ShardEntry,
+                                            TrainedDataset, TrainingRecord, Upstream, parse_record, timestamp)
+from densepolicy.provenance.store import (FILE_NAME, Found, dataset_provenance_path, find_record, read_provenance,
+                                          read_records, update_record)
 from densepolicy.provenance.versions import (ENV_FAMILY, ENV_PACKAGES, NOT_INSTALLED, RESULT_PACKAGES,
                                              SERVE_PACKAGES, env_code_files, env_data_files, env_record,
                                              environment, git_state, package_versions, serve_venv_versions)
 
-__all__ = ["ENV_FAMILY", "ENV_PACKAGES", "FILE_NAME", "IDENTITY_HEADER", "MODEL_FILE_NAMES",
-           "NOT_INSTALLED", "RESULT_PACKAGES", "SCHEMA", "SERVE_PACKAGES", "ProvenanceMismatch", "ResultIdentity",
+__all__ = ["ENV_FAMILY", "ENV_PACKAGES", "FILE_NAME", "IDENTITY_HEADER", "MODEL_FILE_NAMES", "NOT_INSTALLED",
+           "RESULT_PACKAGES", "SCHEMA", "SERVE_PACKAGES", "DataFile", "DataFiles", "DatasetRecord", "EnvIdentity",
+           "Environment", "EvalSet", "Found", "GitState", "MergedStamp", "ModelFingerprint", "OutputFile",
+           "OutputRecord", "PairsRecord", "ProvenanceMismatch", "Record", "RecordError", "ResultIdentity",
+           "SamplingRecord", "ServedModel", "ShardEntry", "TrainedDataset", "TrainingRecord", "Upstream",
            "abbreviated", "comparability_problems", "data_files_record", "dataset_provenance_path", "describe",
            "digest", "env_code_files", "env_data_files", "env_record", "environment", "eval_set_record",
-           "find_record", "get_dotted", "git_state", "hash_cache_file", "identity_rows", "model_fingerprint",
-           "ordered_sha256", "package_versions", "read_provenance", "result_identity", "serve_venv_versions",
-           "sha256_file", "sha256_files", "task_set_sha256", "timestamp", "update_record", "upstream_summary"]
+           "find_record", "git_state", "hash_cache_file", "identity_rows", "model_fingerprint", "ordered_sha256",
+           "package_versions", "parse_record", "read_provenance", "read_records", "result_identity",
+           "serve_venv_versions", "sha256_file", "sha256_files", "task_set_sha256", "timestamp", "update_record",
+           "upstream_summary"]

@@ -2,7 +2,7 @@
 
 File hashes are cached by (path, size, mtime, inode) in `<cache>/provenance/file_sha256.json`, so
 workers re-hash a multi-GB weight file only when it changed; one process hashes at a time (under the
-store's lock), so workers starting together hash a file once.
+cache's lock, `locking.locked`), so workers starting together hash a file once.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from densepolicy.paths import PROJECT_ROOT, cache_dir, data_dir
-from densepolicy.provenance.store import locked, write_json
+from densepolicy.provenance.locking import locked, write_json
 
 MODEL_FILE_NAMES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
                     "special_tokens_map.json", "chat_template.jinja", "tokenizer.model", "vocab.json",

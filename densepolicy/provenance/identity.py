@@ -16,7 +16,7 @@ from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.provenance.hashing import abbreviated, task_set_sha256
-from densepolicy.provenance.records import get_dotted
+from densepolicy.provenance.records import SamplingRecord, TrainingRecord, Upstream
 from densepolicy.provenance.store import find_record
 from densepolicy.results_io import iter_csv
 
@@ -25,18 +25,19 @@ class ProvenanceMismatch(ConfigError):
     """Results or inputs that must agree do not; the message is one line naming what differs."""
 
 
-def upstream_summary(path: str | os.PathLike) -> dict[str, Any]:
+def upstream_summary(path: str | os.PathLike) -> Upstream:
     """What an input file's own provenance says (stage, eval set, model, settings), or that it has none."""
+    file = str(Path(path).resolve())
     found = find_record(path)
-    summary: dict[str, Any] = {"file": str(Path(path).resolve()), "provenance": None}
-    if found is not None:
-        prov_file, key, record = found
-        summary.update(provenance=f"{prov_file}#{key}", stage=record.get("stage"),
-                       eval_set_sha256=get_dotted(record, "eval_set.sha256"),
-                       eval_set_count=get_dotted(record, "eval_set.count"),
-                       model_fingerprint=get_dotted(record, "model.fingerprint"),
-                       settings_sha256=record.get("settings_sha256"))
-    return summary
+    if found is None:
+        return Upstream(file=file)
+    record = found.record
+    eval_set = record.eval_set if isinstance(record, SamplingRecord) else None
+    model = record.model if isinstance(record, (SamplingRecord, TrainingRecord)) else None
+    return Upstream(file=file, provenance=found.ref, stage=record.stage,
+                    eval_set_sha256=eval_set.sha256 if eval_set else None,
+                    eval_set_count=eval_set.count if eval_set else None,
+                    model_fingerprint=model.fingerprint if model else None, settings_sha256=record.settings_sha256)
 
 
 @dataclass
@@ -48,7 +49,7 @@ class ResultIdentity:
     path: Path
     task_ids: set[str] = field(default_factory=set)
     model_column: str = ""
-    record: dict[str, Any] | None = None
+    record: SamplingRecord | None = None
     provenance: str | None = None
 
     @property
@@ -57,7 +58,8 @@ class ResultIdentity:
 
     @property
     def model_fingerprint(self) -> str:
-        return (get_dotted(self.record, "model.fingerprint") if self.record else None) or self.model_column
+        model = self.record.model if self.record else None
+        return (model.fingerprint if model else None) or self.model_column
 
 
 def result_identity(path: str | os.PathLike, label: str, dataset: str) -> ResultIdentity:
@@ -67,8 +69,8 @@ def result_identity(path: str | os.PathLike, label: str, dataset: str) -> Result
         ident.task_ids.add(str(row.get("task_id", "")))
         ident.model_column = ident.model_column or row.get("model_fingerprint", "") or ""
     found = find_record(path)
-    if found is not None:
-        ident.provenance, ident.record = f"{found[0]}#{found[1]}", found[2]
+    if found is not None and isinstance(found.record, SamplingRecord):
+        ident.provenance, ident.record = found.ref, found.record
     return ident
 
 
@@ -98,17 +100,15 @@ def comparability_problems(idents: Sequence[ResultIdentity]) -> list[tuple[str, 
                                           f"{abbreviated(ref.eval_set)} vs {abbreviated(other.eval_set)})"))
             if ref.record is None or other.record is None:
                 continue
-            files_a = {f["name"]: f["sha256"] for f in get_dotted(ref.record, "data_files.files") or []}
-            files_b = {f["name"]: f["sha256"] for f in get_dotted(other.record, "data_files.files") or []}
-            diff = _first_difference(files_a, files_b)
+            a, b = ref.record, other.record
+            diff = _first_difference(a.data_files.hashes() if a.data_files else {},
+                                     b.data_files.hashes() if b.data_files else {})
             if diff:
                 problems.append((dataset, f"{pair}: different data files: {diff}"))
-            diff = _first_difference(get_dotted(ref.record, "env.packages") or {},
-                                     get_dotted(other.record, "env.packages") or {})
+            diff = _first_difference(a.env.packages if a.env else {}, b.env.packages if b.env else {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader package versions: {diff}"))
-            diff = _first_difference(get_dotted(ref.record, "env.code_files") or {},
-                                     get_dotted(other.record, "env.code_files") or {})
+            diff = _first_difference(a.env.code_files if a.env else {}, b.env.code_files if b.env else {})
             if diff:
                 problems.append((dataset, f"{pair}: different env/grader code: {diff}"))
     return problems
@@ -121,14 +121,14 @@ def identity_rows(idents: Sequence[ResultIdentity]) -> list[list[str]]:
     """One row per result file for the provenance footer of a score table."""
     rows = []
     for ident in idents:
-        record = ident.record or {}
-        git = get_dotted(record, "environment.git") or {}
-        commit = abbreviated(git.get("commit"), 10) + ("+dirty" if git.get("dirty") else "") if git else "–"
+        record = ident.record
+        git = record.environment.git if record and record.environment else None
+        commit = abbreviated(git.commit, 10) + ("+dirty" if git.dirty else "") if git else "–"
         env = "–"
         if record:
-            packages = ", ".join(f"{k} {v}" for k, v in (get_dotted(record, "env.packages") or {}).items())
-            env = abbreviated(get_dotted(record, "env.code_sha256"), 8) + (f" ({packages})" if packages else "")
+            packages = ", ".join(f"{k} {v}" for k, v in (record.env.packages if record.env else {}).items())
+            env = abbreviated(record.env.code_sha256 if record.env else None, 8) + (f" ({packages})" if packages else "")
+        data_files = record.data_files.sha256 if record and record.data_files else None
         rows.append([ident.label, ident.dataset, f"{abbreviated(ident.eval_set)} ({len(ident.task_ids)})",
-                     abbreviated(ident.model_fingerprint),
-                     abbreviated(get_dotted(record, "data_files.sha256")) if record else "–", env, commit])
+                     abbreviated(ident.model_fingerprint), abbreviated(data_files) if record else "–", env, commit])
     return rows

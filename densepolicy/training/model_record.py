@@ -13,12 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from densepolicy.provenance import (FILE_NAME, digest, environment, find_record, model_fingerprint, sha256_file,
-                                    timestamp, update_record)
+from densepolicy.provenance import (FILE_NAME, Environment, ModelFingerprint, OutputRecord, TrainedDataset,
+                                    TrainingRecord, digest, find_record, sha256_file, timestamp, update_record)
+
+
+def _dataset(name: str, path: Path | None) -> TrainedDataset:
+    """A dataset of the run: its file, hash, and (if it has one) its record and that record's `upstream`."""
+    if path is None or not path.is_file():
+        return TrainedDataset(name=name, file=str(path) if path else None)
+    found = find_record(path)
+    if found is None:
+        return TrainedDataset(name=name, file=str(path), sha256=sha256_file(path))
+    upstream = found.record.upstream if isinstance(found.record, OutputRecord) else ()
+    return TrainedDataset(name=name, file=str(path), sha256=sha256_file(path), provenance=found.ref, upstream=upstream)
 
 
 def record_trained_model(model_dir: str | os.PathLike, train_args: Mapping[str, Any],
-                         config: str | os.PathLike | None = None) -> dict[str, Any]:
+                         config: str | os.PathLike | None = None) -> TrainingRecord:
     """Record a trained model directory: effective LLaMA-Factory arguments, dataset files with their
     provenance, base-model and result-model fingerprints (record key "model")."""
     out = Path(model_dir)
@@ -30,19 +41,12 @@ def record_trained_model(model_dir: str | os.PathLike, train_args: Mapping[str, 
     datasets = []
     for name in [n.strip() for n in str(train_args.get("dataset", "")).split(",") if n.strip()]:
         file_name = (registry.get(name) or {}).get("file_name")
-        path = dataset_dir / file_name if file_name else None
-        entry: dict[str, Any] = {"name": name, "file": str(path) if path else None, "sha256": None, "provenance": None}
-        if path is not None and path.is_file():
-            entry["sha256"] = sha256_file(path)
-            found = find_record(path)
-            if found is not None:
-                entry["provenance"] = f"{found[0]}#{found[1]}"
-                entry["upstream"] = found[2].get("upstream")
-        datasets.append(entry)
-    record = {"stage": "training", "file": "model", "created": timestamp(), "environment": environment(),
-              "config": str(config) if config else None, "settings": dict(train_args),
-              "settings_sha256": digest(train_args), "datasets": datasets,
-              "dataset_sha256": digest([(d["name"], d["sha256"]) for d in datasets]),
-              "base_model": model_fingerprint(train_args.get("model_name_or_path")),
-              "model": model_fingerprint(out)}
-    return update_record(out / FILE_NAME, "model", lambda _old: record)
+        datasets.append(_dataset(name, dataset_dir / file_name if file_name else None))
+    record = TrainingRecord(created=timestamp(), environment=Environment.current(),
+                            config=str(config) if config else None, settings=dict(train_args),
+                            settings_sha256=digest(train_args), datasets=tuple(datasets),
+                            dataset_sha256=digest([(d.name, d.sha256) for d in datasets]),
+                            base_model=ModelFingerprint.of(train_args.get("model_name_or_path")),
+                            model=ModelFingerprint.of(out))
+    update_record(out / FILE_NAME, "model", lambda _old: record)
+    return record
