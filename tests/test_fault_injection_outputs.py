@@ -148,7 +148,8 @@ def test_project_jsonl_readers_split_on_newline_only(tmp_path):
 
 # -- 2. disk full --------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("after", [0, 1, 6])  # the lock's temp file, provenance.json, a resume-journal line
+@pytest.mark.parametrize("after", [0, 1, 2, 6])  # the shard lock's temp file, provenance.json's lock, provenance.json,
+#                                                  a resume-journal line
 def test_worker_on_a_full_disk_names_the_file_exits_5_and_resumes(fake_server, reference, tmp_path, after):
     server = fake_server(fakes.scripted_reply)
     out = tmp_path / "run"
@@ -177,7 +178,7 @@ def _placement(out: Path) -> list[str]:
     return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
 
 
-@pytest.mark.parametrize("after", [0, 1, 2, 3])  # merge lock, shard lock, provenance.json, the merged CSV
+@pytest.mark.parametrize("after", [0, 1, 2, 3, 4])  # merge lock, shard lock, provenance.json's lock and file, merged CSV
 def test_merge_on_a_full_disk_moves_nothing_and_names_the_file(reference, tmp_path, after):
     out = copy_run(reference, tmp_path)
     before = _placement(out)

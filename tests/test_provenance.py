@@ -293,6 +293,57 @@ def test_concurrent_writers_lose_no_update(tmp_path):
     assert [p.name for p in prov_file.parent.iterdir()] == [provenance.FILE_NAME]  # no temp or lock files left
 
 
+def test_writers_of_different_keys_both_land(tmp_path):
+    """Two processes updating different records of one file at once: neither update is lost (the file is
+    replaced whole, so only the lock keeps one writer from dropping the other's record)."""
+    import multiprocessing
+
+    prov_file = tmp_path / "run" / provenance.FILE_NAME
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_append_many, args=(str(prov_file), w, 25, key)) for w, key in ((0, "a"), (1, "b"))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    records = provenance.read_records(prov_file)
+    assert sorted(records["a"].shards) == sorted(f"0-{i}" for i in range(25))
+    assert sorted(records["b"].shards) == sorted(f"1-{i}" for i in range(25))
+    assert [p.name for p in prov_file.parent.iterdir()] == [provenance.FILE_NAME]
+
+
+def test_updates_take_the_nfs_safe_lock_file_and_wait_for_its_holder(tmp_path):
+    """The store's lock is densepolicy.file_lock's lock file beside provenance.json (safe on NFS, unlike
+    flock): while another process holds it, an update waits; once released, it lands."""
+    import multiprocessing
+
+    from densepolicy.file_lock import OutputLock, lock_path
+
+    prov_file = tmp_path / "run" / provenance.FILE_NAME
+    prov_file.parent.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    with OutputLock(lock_path(prov_file), "another node's update"):
+        writer = ctx.Process(target=_append_many, args=(str(prov_file), 7, 1, "late"))
+        writer.start()
+        writer.join(1.0)
+        assert writer.exitcode is None and not prov_file.exists()  # still waiting for the lock
+    writer.join(30)
+    assert writer.exitcode == 0
+    assert list(provenance.read_records(prov_file)["late"].shards) == ["7-0"]
+    assert sorted(p.name for p in prov_file.parent.iterdir()) == [provenance.FILE_NAME]
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
+    from densepolicy.file_lock import lock_path
+
+    prov_file = tmp_path / provenance.FILE_NAME
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(prov_file).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "token": "x"}))
+    _append_many(str(prov_file), 0, 1)
+    assert list(provenance.read_records(prov_file)["run"].shards) == ["0-0"]
+    assert not lock_path(prov_file).exists()
+
+
 FIXTURES = ROOT / "tests" / "data" / "provenance_schema1"
 """provenance.json files as the dict-based code before the typed records wrote them (a two-shard tree-sampling
 run with its merge, its pairs, the merged pairs, the dataset made from them, a model trained on it)."""

@@ -15,7 +15,7 @@ The core:
     versions.py   git state, package versions, `environment()`, an env's own code and packages
     records.py    the typed records (frozen dataclasses: one per record kind and part, to_dict / from_dict) and
                   the format's schema version
-    locking.py    the lock and atomic JSON write of provenance's files
+    locking.py    the NFS-safe lock (densepolicy.file_lock) and atomic JSON write of provenance's files
     store.py      provenance.json: read (newer schemas refused), locked update of one record, which file holds
                   a path's record
     identity.py   what identifies a result; `comparability_problems` for --see_score; `upstream_summary`

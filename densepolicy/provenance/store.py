@@ -6,7 +6,8 @@ docs/formats.md), so one run directory can hold several outputs; a dataset's rec
 Every file carries the format's schema version (`records.SCHEMA`); a file of a newer or unknown schema is
 refused with a one-line `ConfigError` naming it, never read half-understood or overwritten.
 
-Writes are a locked read-modify-write (`locking.locked`) and replace the file atomically.
+Writes are a read-modify-write under the NFS-safe lock of `locking.locked` (`provenance.json.lock` beside the
+file; a process that finds it held waits) and replace the file atomically.
 
     update_record(run_dir / FILE_NAME, "gsm8k.test.None.csv", lambda old: new_or_joined(old))  # typed records
     read_records(run_dir)          # {key: Record}
