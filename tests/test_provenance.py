@@ -344,6 +344,23 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tmp_path):
     assert not lock_path(prov_file).exists()
 
 
+def test_cached_hashes_are_read_without_waiting_for_the_cache_lock(tmp_path):
+    import threading
+
+    from densepolicy.file_lock import OutputLock, lock_path
+
+    data = tmp_path / "data.txt"
+    data.write_text("x")
+    first = hashing.sha256_file(data)
+    hashing._memo.clear()  # a new process: the on-disk cache answers
+    found = []
+    with OutputLock(lock_path(hashing.hash_cache_file()), "another worker hashing a new file"):
+        reader = threading.Thread(target=lambda: found.append(hashing.sha256_file(data)), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert found == [first]
+
+
 FIXTURES = ROOT / "tests" / "data" / "provenance_schema1"
 """provenance.json files as the dict-based code before the typed records wrote them (a two-shard tree-sampling
 run with its merge, its pairs, the merged pairs, the dataset made from them, a model trained on it)."""

@@ -65,9 +65,23 @@ def hash_cache_file() -> Path:
     return cache_dir() / "provenance" / "file_sha256.json"
 
 
+def _read_cache(cache: Path) -> dict[str, Any]:
+    try:
+        disk = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    return disk if isinstance(disk, dict) else {}
+
+
+def _cached(disk: Mapping[str, Any], path: Path, sig: list[int]) -> bool:
+    entry = disk.get(str(path))
+    return isinstance(entry, list) and len(entry) == 4 and entry[:3] == sig
+
+
 def sha256_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     """sha256 of each file, keyed by its resolved path; unchanged files (same size, mtime, inode) come
-    from the cache. One process hashes at a time, so workers starting together hash a file once."""
+    from the cache (read without a lock when it holds them all). Hashing takes the cache's lock, so one process
+    hashes at a time and workers starting together hash a file once."""
     out: dict[str, str] = {}
     todo: list[tuple[Path, list[int]]] = []
     for raw in paths:
@@ -81,17 +95,19 @@ def sha256_files(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     if not todo:
         return out
     cache = hash_cache_file()
+    disk = _read_cache(cache)  # replaced atomically, so readable without the lock: all cached -> no lock taken
+    if all(_cached(disk, path, sig) for path, sig in todo):
+        for path, sig in todo:
+            _memo[str(path)] = (sig, disk[str(path)][3])
+            out[str(path)] = disk[str(path)][3]
+        return out
     try:
         with locked(cache):
-            try:
-                disk = json.loads(cache.read_text()) if cache.is_file() else {}
-            except (OSError, json.JSONDecodeError):
-                disk = {}
+            disk = _read_cache(cache)
             changed = False
             for path, sig in todo:
-                entry = disk.get(str(path))
-                if isinstance(entry, list) and entry[:3] == sig:
-                    value = entry[3]
+                if _cached(disk, path, sig):
+                    value = disk[str(path)][3]
                 else:
                     value, changed = _sha256_of(path), True
                     disk[str(path)] = sig + [value]
