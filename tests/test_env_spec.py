@@ -72,12 +72,18 @@ def test_alfworld_task_types_are_the_games_table():
     assert spec.task_type("not_a_game/trial_1") == "" and env_spec("babyai").task_type("GoTo:1") == ""
 
 
-def test_families_and_packages_are_provenances_table():
-    # provenance's ENV_FAMILY / ENV_PACKAGES should read the specs; until then they must agree
-    from densepolicy import provenance
+def test_provenance_reads_each_envs_family_and_packages_from_its_spec(monkeypatch):
+    # an env's record lists its spec's packages, and its code files leave out the other families' modules
+    from densepolicy.provenance import versions
 
-    assert {name: spec.family for name, spec in ENV_SPECS.items()} == provenance.ENV_FAMILY
-    assert {spec.family: spec.packages for spec in ENV_SPECS.values()} == provenance.ENV_PACKAGES
+    monkeypatch.setattr(versions, "_version", lambda package: "1.0")
+    for name, spec in ENV_SPECS.items():
+        record = versions.env_record(name, spec.train_split)
+        assert record["packages"] == {package: "1.0" for package in spec.packages}
+        others = {s.family for s in ENV_SPECS.values()} - {spec.family}
+        names = [path.name for path in versions.env_code_files(name)]
+        assert names and not [n for n in names if any(n.startswith(f + "_") for f in others)]
+        assert any(n.startswith(spec.family + "_") for n in names)
 
 
 def test_split_facts_match_the_envs():

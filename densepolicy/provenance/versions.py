@@ -17,6 +17,7 @@ from typing import Any
 
 from densepolicy.paths import PROJECT_ROOT, serve_python
 from densepolicy.provenance.hashing import data_files_record, display_name
+from envs.spec import ENV_SPECS
 
 NOT_INSTALLED = "not installed"
 
@@ -25,11 +26,10 @@ RESULT_PACKAGES = ("alfworld", "textworld", "minigrid", "math-verify", "vllm", "
 """Packages whose versions shape results (recorded in every record)."""
 SERVE_PACKAGES = ("vllm", "transformers", "torch")
 """Read from the serving venv's metadata (the server, not the worker, runs the model)."""
-ENV_FAMILY = {"gsm8k": "math", "math": "math", "alfworld": "alfworld", "babyai": "babyai"}
-"""Registry env -> prefix of its own modules in envs/ (`math_*.py`); other envs/*.py are shared."""
-ENV_PACKAGES = {"math": ("math-verify", "sympy"), "alfworld": ("alfworld", "textworld"),
-                "babyai": ("minigrid", "gymnasium")}
-"""Packages of an env family (its game engine or grader): part of the eval-set identity."""
+ENV_FAMILY = {name: spec.family for name, spec in ENV_SPECS.items()}
+"""Registry env -> prefix of its own modules in envs/ (`math_*.py`); other envs/*.py are shared (envs/spec.py)."""
+ENV_PACKAGES = {spec.family: spec.packages for spec in ENV_SPECS.values()}
+"""Packages of an env family (its game engine or grader): part of the eval-set identity (envs/spec.py)."""
 
 
 @functools.lru_cache(maxsize=1)
