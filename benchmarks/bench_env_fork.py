@@ -125,7 +125,7 @@ def main() -> None:
     alf.close()
 
     # ---- BabyAI
-    bot = subprocess.run([sys.executable, str(ROOT / "tests" / "babyai_bot_actions.py"), BABYAI_TASK],
+    bot = subprocess.run([sys.executable, str(ROOT / "tests" / "harness" / "babyai_bot_actions.py"), BABYAI_TASK],
                          capture_output=True, text=True, timeout=120, check=True)
     actions = [a for a in json.loads(bot.stdout.strip().splitlines()[-1])["actions"] if a != "done"]
     baby = load_env("babyai", split="test")

@@ -46,7 +46,7 @@ from densepolicy.serving import llm_client  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
 from densepolicy.sampling.worker import load_task_env, run_worker  # noqa: E402
 from densepolicy.serving.llm_client import read_metrics  # noqa: E402
-from tests.fakes import _unit  # noqa: E402
+from tests.harness.fakes import _unit  # noqa: E402
 from benchmarks.results_table import print_and_write  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -91,7 +91,7 @@ AREAS = [("LLM client (httpx/httpcore, llm_client)", ("httpx", "httpcore", "anyi
          ("journal + shard writes (json, fsync)", ("shard_writer", "posix.fsync", "results_io", "json")),
          ("tree search (agents/tree*.py)", ("agents/tree.py", "agents/tree_rules.py")),
          ("node handling (agents/codeact_agent_tree.py, runtime, parser)", ("agents/",)),
-         ("env (episodes, fork, act)", ("envs/", "tests/fakes")),
+         ("env (episodes, fork, act)", ("envs/", "tests/harness/fakes")),
          ("lock, provenance, settings", ("file_lock", "provenance", "shard_identity")),
          ("event loop, threads, other", ("",))]
 
@@ -169,7 +169,7 @@ def main() -> int:
     parser.add_argument("--server_url", default=None,
                         help="with --server vllm: use this running server instead of starting one")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="with --server_url: the served model")
-    parser.add_argument("--env", default="tests.fakes:ScriptedMathEnv",
+    parser.add_argument("--env", default="tests.harness.fakes:ScriptedMathEnv",
                         help="env of the tasks: the in-process scripted env (default; isolates the sampler) "
                              "or a real one such as gsm8k (adds sandbox fork/exec costs)")
     parser.add_argument("--tasks", type=int, default=None, help="tasks (default 8 fake, 2 vllm)")
@@ -245,7 +245,7 @@ def main() -> int:
                  speedup_vs_sequential=round(seq["wall_s"] / r["wall_s"], 2) if seq else "",
                  speedup_vs_before=round(old["wall_s"] / r["wall_s"], 2) if old else "",
                  identical_trees=same)
-    env_tag = "scripted" if env.startswith("tests.fakes") else env
+    env_tag = "scripted" if env.startswith("tests.harness.fakes") else env
     print_and_write(results, RESULTS / f"tree_sampler_{args.server}_{env_tag}.csv",
                     title=f"Tree sampler, {setting}, env {env}, {tasks} tasks, base 3, 4 steps")
     line = f"\nconcurrent ms/node {1000 * con['s_per_node']:.1f}"

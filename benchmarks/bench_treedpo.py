@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from densepolicy.training.train import train  # noqa: E402
-from tests.treedpo_helpers import write_dataset  # noqa: E402
+from tests.harness.treedpo_helpers import write_dataset  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "treedpo_train.csv"
 RUNS = {

@@ -2,7 +2,7 @@
 
 The environments are a standalone layer (they import nothing from `densepolicy` or `agents`), so they
 locate their files themselves, with the same defaults and environment variables as `densepolicy.paths`
-(tests/test_layering.py checks that both agree):
+(tests/unit/project/test_layering.py checks that both agree):
 
     data_dir()            # $DENSEPOLICY_DATA_DIR, else ../shared/data next to the checkout
     data_dir("my/data")   # relative to the checkout

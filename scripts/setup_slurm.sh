@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make setup-slurm` (run by `make test`): Debian's slurm-wlm + munge for the Slurm tests
-# (tests/slurm_local.py starts a throw-away single-node cluster from these binaries; it installs nothing).
+# (tests/harness/slurm_local.py starts a throw-away single-node cluster from these binaries; it installs nothing).
 # Idempotent: the check is the binaries themselves, so nothing happens when they are all there.
 # As root it installs them with apt-get; as another user it says so and exits 0 (the Slurm tests then
 # skip, naming this step). `make test` sets DENSEPOLICY_REQUIRE_SLURM=1 as root, so there they fail instead.

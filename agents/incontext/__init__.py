@@ -12,7 +12,7 @@ EXAMPLE_POOLS: dict[str, str | None] = {
     "babyai": None,
 }
 """Every registered env (`envs.ENV_SPECS`) -> the module whose `EXAMPLES` are its pool, or None where it has
-none. A new env is one entry here (tests/test_env_spec.py checks that every env has one)."""
+none. A new env is one entry here (tests/unit/envs/test_env_spec.py checks that every env has one)."""
 
 
 def example_pool(dataset: str) -> list[InContextExample]:

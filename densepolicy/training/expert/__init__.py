@@ -83,7 +83,7 @@ EXPERTS: dict[str, Expert | None] = {
                      train_env_kwargs=lambda options: {"train_seeds_per_level": options.babyai_train_seeds}),
 }
 """Every registered env (`envs.ENV_SPECS`) -> its expert, or None where it has none (no warm-start data);
-in build order. A new env is one entry here (tests/test_env_spec.py checks that every env has one)."""
+in build order. A new env is one entry here (tests/unit/envs/test_env_spec.py checks that every env has one)."""
 
 EXPERT_ENVS = tuple(name for name, expert in EXPERTS.items() if expert is not None)
 
