@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,17 +24,34 @@ VLLM_LOCK = vllm_lock_file()
 VLLM_LOCK_WAIT_S = 1800.0
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """With pytest-xdist (`make test` runs two workers), keep tests that share a machine-wide resource on one
-    worker, in file order: every test that uses a real vLLM server (`vllm_server`, `vllm_lock`: one session
-    server, started once) and every Slurm test (one local Slurm cluster). The others spread freely; on 2 cores
-    they fill the time a vLLM or Slurm test waits. Without xdist the markers do nothing."""
-    for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if fixtures & {"vllm_server", "vllm_lock"}:
-            item.add_marker(pytest.mark.xdist_group("vllm"))
-        elif item.get_closest_marker("slurm") is not None or "slurm" in fixtures:
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+def _shared_resource_groups() -> dict[str, str]:
+    """Test file (path as in node ids) -> the machine-wide resource its tests share: "vllm" (the session's
+    vLLM-CPU server and the vLLM lock) or "slurm" (one local Slurm cluster), read from the files' text."""
+    root = Path(__file__).resolve().parent.parent
+    groups = {}
+    for path in sorted(Path(__file__).resolve().parent.rglob("test_*.py")):
+        text = path.read_text(encoding="utf-8")
+        group = ("vllm" if re.search(r"\bvllm_(server|lock)\b", text) else
+                 "slurm" if re.search(r"mark\.slurm\b|def slurm\(", text) else None)
+        if group:
+            groups[path.relative_to(root).as_posix()] = group
+    return groups
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist (`make test TEST_WORKERS=2`): the tests of a file that uses the real vLLM server go to
+    one worker (one session server, started once; the lock would make a second worker wait), those of a Slurm
+    file to one worker; every other test is scheduled alone. (xdist's own `--dist loadgroup` does not group
+    under pytest 9: it renames `item._nodeid`, which pytest 9 no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    groups = _shared_resource_groups()
+
+    class SharedResourceScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return groups.get(nodeid.split("::", 1)[0], nodeid)
+
+    return SharedResourceScheduling(config, log)
 
 
 @pytest.fixture
