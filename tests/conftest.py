@@ -38,6 +38,7 @@ def _shared_resource_groups() -> dict[str, str]:
     return groups
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """With pytest-xdist (`make test TEST_WORKERS=2`): the tests of a file that uses the real vLLM server go to
     one worker (one session server, started once; the lock would make a second worker wait), those of a Slurm
