@@ -37,6 +37,11 @@ def run(cmd: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedP
     return subprocess.run(cmd, cwd=PROJECT_ROOT, timeout=timeout, capture_output=True, text=True, **kwargs)
 
 
+def start(cmd: list[str]) -> subprocess.Popen:
+    """`cmd` started in the project root, its output captured as text (for tests that act while it runs)."""
+    return subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The one line a refused command prints (no traceback, no second line; progress bars and logged
     warnings aside)."""

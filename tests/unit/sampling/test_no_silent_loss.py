@@ -28,7 +28,7 @@ from densepolicy.paths import PROJECT_ROOT
 from densepolicy.sampling.config import resolve_sampler_config, setting_fields
 from densepolicy.serving.llm_client import LLMClient, LLMError, LLMRejectedError
 from tests.harness import fakes
-from tests.harness.worker_runs import (SHARD, USER, command, error_line, gated_reply, merge_cmd, rows, run,
+from tests.harness.worker_runs import (SHARD, USER, command, error_line, gated_reply, merge_cmd, rows, run, start,
                                           wait_for)
 from tests.harness.worker_runs import pairs_file as _pairs_file
 
@@ -55,8 +55,7 @@ def test_second_worker_and_merge_are_refused_while_a_worker_writes_the_shard(fak
     gate = threading.Event()
     server = fake_server(gated_reply(gate))
     out = tmp_path / "run"
-    first = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = start(command(server.base_url, out))
     try:
         wait_for(lambda: len(server.requests) > 0 or first.poll() is not None)
         second = run(command(server.base_url, out), timeout=60)
@@ -81,8 +80,7 @@ def test_a_worker_whose_lock_was_taken_over_stops_before_writing(fake_server, tm
     gate = threading.Event()
     server = fake_server(gated_reply(gate))
     out = tmp_path / "run"
-    proc = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start(command(server.base_url, out))
     try:
         wait_for(lambda: len(server.requests) > 0 or proc.poll() is not None)
         lock = out / f"{SHARD}.csv.lock"       # another node decided our heartbeat was stale and took over
@@ -101,8 +99,7 @@ def test_two_workers_started_together_one_runs_one_is_refused(fake_server, tmp_p
     gate = threading.Event()
     server = fake_server(gated_reply(gate))
     out = tmp_path / "run"
-    procs = [subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [start(command(server.base_url, out)) for _ in range(2)]
     try:
         wait_for(lambda: any(p.poll() is not None for p in procs), timeout=120)
     finally:

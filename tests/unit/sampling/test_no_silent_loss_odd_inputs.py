@@ -24,7 +24,7 @@ from densepolicy.results_io import atomic_open, write_csv_atomic, write_json_ato
 from densepolicy.sampling.shard_writer import TaskJournal
 from densepolicy.testing.fake_server import FakeOpenAIServer
 from tests.harness import fakes
-from tests.harness.worker_runs import (SHARD, command, error_line, gated_reply, merge_cmd, rows, run,
+from tests.harness.worker_runs import (SHARD, command, error_line, gated_reply, merge_cmd, rows, run, start,
                                           wait_for)
 from tests.harness.worker_runs import pairs_file as _pairs_file
 
@@ -316,8 +316,7 @@ def test_sigterm_releases_the_shard_lock_with_one_line(fake_server, tmp_path):
     gate = threading.Event()
     server = fake_server(gated_reply(gate))
     out = tmp_path / "run"
-    proc = subprocess.Popen(command(server.base_url, out), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start(command(server.base_url, out))
     try:
         wait_for(lambda: len(server.requests) > 0 or proc.poll() is not None)
         assert (out / f"{SHARD}.csv.lock").exists()
