@@ -34,8 +34,8 @@ setup-slurm:
 
 # As root, setup-slurm has installed Slurm, so a Slurm test that would skip fails instead.
 # TEST_WORKERS=0 (default, what CI runs): one process, in file order. TEST_WORKERS=2: two pytest-xdist workers
-# (tests/conftest.py keeps the vLLM files and the Slurm files on one worker each); on 2 cores it is ~15 % faster
-# but CPU-heavy tests then slow the timing-sensitive ones beside them.
+# (tests/conftest.py keeps the vLLM files and the Slurm files on one worker each); on 2 cores ~15 % faster in one
+# measurement (README, Tests), but CPU-heavy tests then slow the timing-sensitive ones beside them.
 TEST_WORKERS ?= 0
 PYTEST_XDIST = -n $(TEST_WORKERS)
 test: setup setup-slurm
