@@ -27,6 +27,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +39,7 @@ from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_as
                                      stop_on_signals)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
-from densepolicy.provenance import git_state
+from densepolicy.provenance import git_state, model_fingerprint
 from densepolicy.results_io import iter_csv
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
@@ -47,6 +48,11 @@ from densepolicy.training.train import TrainingError
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "experiment.yaml"
 BASE, WARM, TREEDPO = "base", "warm-start", "warm+TreeDPO"
 EVAL_DIRS = {BASE: "eval_base", WARM: "eval_warm", TREEDPO: "eval_treedpo"}  # <output_dir>/<dir>/<dataset>/
+# settings that may differ from the experiment named by reuse_from (they act after the trees and the warm start's
+# evaluation); output_dir, resume and reuse_from itself are where and how, not what
+DPO_KEYS = frozenset({"train_config", "train_overrides", "dpo_epochs", "dpo_max_steps", "dpo_heldout_tasks",
+                      "dataset_name"})
+REUSABLE_DIFFS = DPO_KEYS | {"output_dir", "resume", "reuse_from"}
 
 
 @dataclasses.dataclass
@@ -84,6 +90,11 @@ class ExperimentConfig(LoopConfig):
     resume: bool = help_field(False, help="Continue an interrupted experiment in output_dir with the same settings: "
                               "finished screen, tree and evaluation runs are reused (their workers resume), "
                               "DPO is rerun (an older treedpo_model is moved aside).")
+    reuse_from: str | None = help_field(
+        None, help="Output dir of a finished experiment whose settings differ from these only in DPO keys "
+                   f"({', '.join(sorted(DPO_KEYS))}): "
+                   "its round-1 screen, trees and warm-start evaluations are copied and reused, so only DPO and "
+                   "the TreeDPO evaluation run (a DPO sweep on the same pairs and the same warm-start episodes).")
     seed: int = help_field(20261126, help="Seed of the train/held-out task selection.")
     heldout: Literal["test", "valid"] = help_field(
         "test", help="test: evaluate on each env's test split (run once per reported configuration); valid: on its "
@@ -223,7 +234,10 @@ class Experiment:
         st.release_tmux_ids(self.max_parallel_runs(), (0, 5))
         with st.stage("warm start (expert SFT; cached)"):
             warm = cfg.warm_start_model(st.say, self.warm_start)
-        self.remember(warm_model=warm)
+        self.remember(warm_model=warm, warm_fingerprint=model_fingerprint(warm)["fingerprint"])
+        if cfg.reuse_from:
+            self.copy_reused_runs()
+            st.redo_pairs = True  # recomputed from the copied trees (with this run's pair settings)
         st.check_prompt_style(warm, {d.name: d.sample for d in cfg.datasets})
         eval_tasks = {}
         for d in cfg.datasets:
@@ -312,6 +326,43 @@ class Experiment:
             raise ConfigError(f"key 'resume': {shown(self.root)} was made with other settings ({'; '.join(diffs)}); "
                               "resume with the same settings or drop resume=true")
         print(f"[experiment] resuming {shown(self.root)}: finished runs are reused")
+
+    def copy_reused_runs(self) -> None:
+        """`reuse_from=DIR`: copy DIR's round-1 screen, trees and warm-start evaluations into output_dir.
+
+        DIR must hold an experiment whose settings equal these except for the DPO keys (REUSABLE_DIFFS), else
+        ConfigError naming the keys. The copies are finished runs, so the stages find them done (a run that
+        DIR left unfinished is completed here, in the copy; DIR itself is only read)."""
+        source = resolve(self.cfg.reuse_from)
+        if source.resolve() == self.root.resolve():
+            raise ConfigError("key 'reuse_from' must name another experiment's output_dir, not this one's")
+        path = source / "run.json"
+        try:
+            run = json.loads(path.read_text())
+            before = run["config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"key 'reuse_from': {shown(path)} cannot be read ({exc})") from None
+        now = json.loads(json.dumps(to_dict(self.cfg), default=str))
+        diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
+                 if k not in REUSABLE_DIFFS and before.get(k) != now.get(k)]
+        if diffs:
+            raise ConfigError(f"key 'reuse_from': {shown(source)} was made with other settings than DPO's "
+                              f"({'; '.join(diffs)}); its trees and evaluations do not apply here")
+        before_fp, now_fp = run.get("warm_fingerprint"), self.info["warm_fingerprint"]
+        same_warm = (run.get("warm_model") == self.info["warm_model"] if before_fp is None  # older run: the path
+                     else before_fp == now_fp)
+        if not same_warm:
+            raise ConfigError(f"key 'reuse_from': its runs were made by another warm start "
+                              f"({run.get('warm_model')}, fingerprint {before_fp}) than this run's "
+                              f"({self.info['warm_model']}, {now_fp})")
+        copied = []
+        for kind in ("screen", "sample", EVAL_DIRS[WARM]):  # eval_warm/ holds the greedy and the sampled runs
+            if (source / kind).is_dir() and not (self.root / kind).exists():
+                shutil.copytree(source / kind, self.root / kind, symlinks=True)
+                copied.append(kind)
+        self.remember(reused_from=str(source))
+        print(f"[experiment] reusing the screen, trees and warm-start evaluations of {shown(source)} "
+              f"({', '.join(dict.fromkeys(copied)) or 'nothing to copy'}); DPO and the TreeDPO evaluation run anew")
 
     def train_candidates(self, round_no: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Train tasks of a round (a seeded sample, a new one per round) and, for screened envs, the candidates."""

@@ -300,3 +300,36 @@ def test_resume_continues_in_the_same_output_dir_with_the_same_settings_only(tmp
     with pytest.raises(ConfigError, match="key 'resume'.*nothing to resume"):
         Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
                                [f"output_dir={tmp_path / 'none'}", "resume=true"])).main()
+
+
+def test_reuse_from_copies_trees_and_warm_evaluations_and_refuses_other_settings(tmp_path):
+    """A DPO sweep on the same pairs: reuse_from=A copies A's screen, trees and warm-start evaluations into B
+    (A is only read) and only DPO and the TreeDPO evaluation run; a non-DPO setting or another warm start is
+    refused with the key."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["budget=1", "evaluate_base=false", "eval_samples=2",
+              "datasets=[{name: babyai, sample_tasks: 2, eval_tasks: 4}]"]
+
+    def config(*extra):
+        return load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [*common, *extra])
+
+    solved = lambda model, task, seed: seed is not None and seed % 2 == 0  # noqa: E731
+    run_offline(config(f"output_dir={first}"), tmp_path, solved)
+    before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
+    exp = run_offline(config(f"output_dir={second}", f"reuse_from={first}", "train_overrides=[pref_ftx=1.0]",
+                             "dpo_epochs=4"), tmp_path, solved)
+    assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before, "the reused run is only read"
+    for kind in ("sample/babyai", "eval_warm/babyai", "eval_warm/sample1/babyai"):
+        copied = sorted(p.relative_to(second) for p in (second / kind).rglob("*.csv"))
+        assert copied and copied == sorted(p.relative_to(first) for p in (first / kind).rglob("*.csv"))
+    (train,) = [c for c in exp.stages.calls if c[0] == "train"]
+    assert "pref_ftx=1.0" in train[3]
+    assert json.loads((second / "run.json").read_text())["reused_from"] == str(first)
+    with pytest.raises(ConfigError, match=r"key 'reuse_from'.*other settings than DPO's \(eval_samples: 2 -> 3\)"):
+        run_offline(config(f"output_dir={tmp_path / 'c'}", f"reuse_from={first}", "eval_samples=3"), tmp_path,
+                    solved)
+    run = json.loads((first / "run.json").read_text())
+    (first / "run.json").write_text(json.dumps({**run, "warm_fingerprint": "another"}))
+    with pytest.raises(ConfigError, match="key 'reuse_from'.*another warm start"):
+        run_offline(config(f"output_dir={tmp_path / 'd'}", f"reuse_from={first}"), tmp_path, solved)
+    assert not (tmp_path / "d" / "sample").exists(), "nothing is copied from a run of another warm start"
