@@ -19,8 +19,8 @@ from pathlib import Path
 
 from densepolicy.config import ConfigError, describe, help_field
 from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
-from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
-                                     stop_on_signals, tree_to_plot)
+from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside, stop_on_signals,
+                                     task_ids_setting, tree_to_plot)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.serving.models import ModelError
@@ -39,6 +39,19 @@ class DemoDataset:
     name: str = help_field(help="Dataset name (configs/tasks/<name>.yaml).")
     sample: list[str] = help_field([], help="sample_tree.py key=value settings for tree sampling (train split).")
     evaluate: list[str] = help_field([], help="sample_tree.py key=value settings for evaluation (test split).")
+    screen: list[str] = help_field([], help="Candidate train task ids, each rolled out screen_samples times by the "
+                                            "warm start; trees grow on `trees` of them, mixed outcomes first "
+                                            "([] = no screen: `sample` names the tasks).")
+    screen_samples: int = help_field(2, help="Rollouts per candidate (at screen_temperature).")
+    trees: int = help_field(2, help="Trees grown after a screen.")
+
+    def __post_init__(self) -> None:
+        if self.screen and any(s.startswith("task_ids=") for s in self.sample):
+            raise ConfigError(f"keys 'datasets.{self.name}.screen' and 'sample: task_ids=...' both choose the "
+                              "tree tasks: keep one")
+        if self.screen_samples < 2 or self.trees < 1:
+            raise ConfigError(f"keys 'datasets.{self.name}.screen_samples' (>= 2: one rollout cannot be mixed) and "
+                              f"'trees' (>= 1) are out of range")
 
 
 @dataclasses.dataclass
@@ -46,6 +59,8 @@ class DemoConfig(LoopConfig):
     """Budgets of `make demo` (configs/demo.yaml); the keys shared with `make experiment` are `LoopConfig`'s."""
 
     datasets: list[DemoDataset] = help_field([], help="The environments and their budgets.")
+    screen_temperature: float = help_field(0.7, help="Temperature of the screen rollouts.")
+    screen_seed: int = help_field(1100, help="Sampler seed of screen rollout 0 (rollout k: screen_seed + k).")
 
 
 class Demo:
@@ -55,29 +70,53 @@ class Demo:
                  stages: LoopStages | None = None) -> None:
         self.cfg = cfg
         self.root = resolve(cfg.output_dir)
-        n_stages = 10 + (2 if cfg.evaluate_base else 0)
+        n_stages = 10 + (2 if cfg.evaluate_base else 0) + (1 if any(d.screen for d in cfg.datasets) else 0)
         self.stages = stages or LoopStages(self.root, tag="demo", n_stages=n_stages, **cfg.stage_settings())
         self.warm_start = warm_start
 
-    def settings(self, kind: str) -> dict[str, list[str]]:
-        """Sampler settings per dataset; the warm-started models are prompted without in-context examples."""
+    def settings(self, kind: str, tree_tasks: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """Sampler settings per dataset; the warm-started models are prompted without in-context examples.
+        `tree_tasks` (dataset -> ids chosen by the screen) restricts the trees to those tasks."""
         out = {}
         for d in self.cfg.datasets:
             sets = d.sample if kind == "sample" else d.evaluate
+            if kind == "sample" and tree_tasks and d.name in tree_tasks:
+                sets = [*sets, task_ids_setting(tree_tasks[d.name])]
             out[d.name] = list(sets) if kind == "base" else [*sets, "in_context_number=0"]
         return out
+
+    def screen(self, model: str, url: str) -> dict[str, list[str]]:
+        """Roll out each env's candidate train tasks; the trees grow on `trees` of them, mixed outcomes first, so
+        that a warm start rebuilt with other weights still gets trees that can yield pairs."""
+        cfg, st = self.cfg, self.stages
+        screened = [d for d in cfg.datasets if d.screen]
+        settings = {d.name: [*d.evaluate, "in_context_number=0", "split=train"] for d in screened}
+        results = st.screen(model, url, {d.name: d.screen for d in screened}, settings,
+                            {d.name: d.screen_samples for d in screened}, cfg.screen_temperature, cfg.screen_seed,
+                            procs=max(1, cfg.proc_per_server // 2))
+        chosen = {}
+        for d in screened:
+            chosen[d.name] = results[d.name].ranked()[:d.trees]
+            st.say(f"{d.name}: {results[d.name].summary(len(chosen[d.name]))}: {', '.join(chosen[d.name])}")
+        return chosen
 
     def main(self) -> int:
         cfg, st = self.cfg, self.stages
         move_aside(self.root, "demo")
-        st.release_tmux_ids(len(cfg.datasets), (0, 5))
+        screen_runs = sum(d.screen_samples for d in cfg.datasets if d.screen)  # one launcher run per rollout and env
+        st.release_tmux_ids(max(len(cfg.datasets), screen_runs), (0, 5))
         with st.stage("warm start (expert SFT; built once, then cached)"):
             warm = cfg.warm_start_model(st.say, self.warm_start)
         st.check_prompt_style(warm, self.settings("sample"))
         results: dict[str, dict[str, Path]] = {}
         with st.serve(warm, "warm") as url:
+            tree_tasks = None
+            if any(d.screen for d in cfg.datasets):
+                with st.stage("screen candidate train tasks by rollouts of the warm-started model"):
+                    tree_tasks = self.screen(warm, url)
             with st.stage("tree sampling (codeact_agent_tree) with the warm-started model on the train splits"):
-                sample_dirs = st.run_envs(warm, "codeact_agent_tree", "sample", url, self.settings("sample"), 0)
+                sample_dirs = st.run_envs(warm, "codeact_agent_tree", "sample", url,
+                                          self.settings("sample", tree_tasks), 0)
             with st.stage("evaluate the warm-started model (codeact_agent) on the evaluation splits"):
                 results[WARM] = st.run_envs(warm, "codeact_agent", "eval_warm", url, self.settings("eval"), 5)
         merged_pairs = self.root / "merged_all_pairs.csv"

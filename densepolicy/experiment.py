@@ -35,8 +35,8 @@ from typing import Any, Literal
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
 from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
-from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside,
-                                     stop_on_signals)
+from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside, stop_on_signals,
+                                     task_ids_setting)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.provenance import git_state, model_fingerprint
@@ -162,10 +162,6 @@ def select_task_ids(dataset: str, split: str, n: int, seed: int) -> list[str]:
         return ids
     chosen = set(random.Random(f"{seed}:{dataset}:{split}").sample(ids, n))
     return [t for t in ids if t in chosen]
-
-
-def task_ids_setting(ids: list[str]) -> str:
-    return "task_ids=" + json.dumps(ids)
 
 
 def training_processes(train_yaml: dict[str, Any]) -> int:
@@ -456,28 +452,18 @@ class Experiment:
     def screen(self, model: str, url: str, candidates: dict[str, list[str]], prefix: str = "") -> dict[str, list[str]]:
         """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks)."""
         cfg = self.cfg
-        screened = [d for d in cfg.datasets if d.name in candidates]
-        jobs: dict[str, dict[str, list[str]]] = {}
-        for k in range(max(d.screen_samples for d in screened)):
-            jobs[f"{prefix}screen/sample{k}"] = {
-                d.name: [*d.evaluate, task_ids_setting(candidates[d.name]), "in_context_number=0",
-                         f"split={self.train_split(d)}", f"temperature={cfg.eval_temperature}",
-                         f"seed={cfg.eval_seed + 100 + k}"]
-                for d in screened if k < d.screen_samples}
-        out = self.stages.run_jobs(model, "codeact_agent", url, jobs, 5, self.procs_per_run(len(jobs)))
+        screened = {d.name: d for d in cfg.datasets if d.name in candidates}
+        settings = {n: [*d.evaluate, "in_context_number=0", f"split={self.train_split(d)}"]
+                    for n, d in screened.items()}
+        rollouts = {n: d.screen_samples for n, d in screened.items()}
+        results = self.stages.screen(model, url, {n: candidates[n] for n in screened}, settings, rollouts,
+                                     cfg.eval_temperature, cfg.eval_seed + 100, prefix,
+                                     self.procs_per_run(max(rollouts.values())))
         chosen, record = {}, {}
-        for d in screened:
-            runs = [comparison.load_outcomes(merged_csv(out[j][d.name])) for j in jobs if d.name in out[j]]
-            solved = {t: sum(run[t].solved for run in runs if t in run) for t in candidates[d.name]}
-            mixed = [t for t in candidates[d.name] if 0 < solved[t] < len(runs)]
-            chosen[d.name] = mixed[:cfg.scaled(d.sample_tasks)]
-            record[d.name] = {"candidates": len(solved), "rollouts_per_task": len(runs),
-                              "always_solved": sum(v == len(runs) for v in solved.values()),
-                              "never_solved": sum(v == 0 for v in solved.values()), "mixed": len(mixed),
-                              "trees": len(chosen[d.name])}
-            self.stages.say(f"{d.name}: {len(mixed)} of {len(solved)} candidates mixed over {len(runs)} rollouts "
-                            f"({record[d.name]['always_solved']} always, {record[d.name]['never_solved']} never "
-                            f"solved); trees on {len(chosen[d.name])}")
+        for n, d in screened.items():
+            chosen[n] = results[n].mixed()[:cfg.scaled(d.sample_tasks)]
+            record[n] = results[n].record(len(chosen[n]))
+            self.stages.say(f"{n}: {results[n].summary(len(chosen[n]))}")
         if not prefix:
             self.remember(screen=record)
         else:

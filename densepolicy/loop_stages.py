@@ -14,6 +14,7 @@ import collections
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import json
 import shlex
 import signal
@@ -24,6 +25,42 @@ from pathlib import Path
 
 from densepolicy.config import load_config
 from densepolicy.paths import PROJECT_ROOT, main_python, shown
+from densepolicy.postprocess.comparison import load_outcomes
+
+def task_ids_setting(ids: Sequence[str]) -> str:
+    """The sampler setting that restricts a run to these task ids."""
+    return "task_ids=" + json.dumps(list(ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class ScreenResult:
+    """How often each candidate train task was solved in a screen (candidates in their order)."""
+
+    solved: dict[str, int]
+    rollouts: int
+
+    def mixed(self) -> list[str]:
+        """Candidates solved in some rollouts but not all: a tree on them can yield pairs."""
+        return [t for t, n in self.solved.items() if 0 < n < self.rollouts]
+
+    def ranked(self) -> list[str]:
+        """All candidates, the mixed ones first, then the always solved (a wide tree may still fail below them),
+        then the never solved; candidate order within each group."""
+        always = [t for t, n in self.solved.items() if n == self.rollouts]
+        return [*self.mixed(), *always, *[t for t, n in self.solved.items() if n == 0]]
+
+    def record(self, trees: int) -> dict[str, int]:
+        """The screen's counts for the run's record and report."""
+        return {"candidates": len(self.solved), "rollouts_per_task": self.rollouts,
+                "always_solved": sum(n == self.rollouts for n in self.solved.values()),
+                "never_solved": sum(n == 0 for n in self.solved.values()), "mixed": len(self.mixed()),
+                "trees": trees}
+
+    def summary(self, trees: int) -> str:
+        r = self.record(trees)
+        return (f"{r['mixed']} of {r['candidates']} candidates mixed over {self.rollouts} rollouts "
+                f"({r['always_solved']} always, {r['never_solved']} never solved); trees on {trees}")
+
 
 class StageError(RuntimeError):
     """A stage failed; the message names the stage, the command and its log."""
@@ -166,6 +203,23 @@ class LoopStages:
                              "--dataset_file_name_list", shard_template(out)),
                      f"merge_{kind.replace('/', '_')}_{name}")
             result[kind][name] = out
+        return result
+
+    def screen(self, model: str, server_url: str, candidates: Mapping[str, Sequence[str]],
+               settings: Mapping[str, Sequence[str]], rollouts: Mapping[str, int], temperature: float, seed: int,
+               prefix: str = "", procs: int | None = None) -> dict[str, ScreenResult]:
+        """Train-task screen: roll out each candidate of dataset d `rollouts[d]` times (codeact_agent with
+        `settings[d]`, which name the train split; rollout k at `temperature` with sampler seed `seed + k`, into
+        `<root>/<prefix>screen/sample<k>/<d>/`), all against one server. Returns d -> how often each was solved."""
+        jobs = {f"{prefix}screen/sample{k}": {
+                    d: [*settings[d], task_ids_setting(ids), f"temperature={temperature}", f"seed={seed + k}"]
+                    for d, ids in candidates.items() if k < rollouts[d]}
+                for k in range(max(rollouts.values(), default=0))}
+        out = self.run_jobs(model, "codeact_agent", server_url, jobs, 5, procs)
+        result = {}
+        for d, ids in candidates.items():
+            runs = [load_outcomes(merged_csv(out[j][d])) for j in jobs if d in out[j]]
+            result[d] = ScreenResult({t: sum(run[t].solved for run in runs if t in run) for t in ids}, len(runs))
         return result
 
     def pairs(self, sample_dirs: Mapping[str, Path], merged: Path) -> dict[str, int]:
