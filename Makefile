@@ -33,16 +33,16 @@ setup-slurm:
 	./scripts/setup_slurm.sh
 
 # As root, setup-slurm has installed Slurm, so a Slurm test that would skip fails instead.
-# TEST_WORKERS=0 (default, what CI runs): one process, in file order. TEST_WORKERS=2: two pytest-xdist workers
-# (tests/conftest.py keeps the vLLM files and the Slurm files on one worker each); on 2 cores ~15 % faster in one
-# measurement (README, Tests), but CPU-heavy tests then slow the timing-sensitive ones beside them.
-TEST_WORKERS ?= 0
-PYTEST_XDIST = -n $(TEST_WORKERS)
+# scripts/run_tests.sh: unit tests on TEST_WORKERS pytest-xdist workers (default 2; tests/conftest.py keeps the
+# vLLM files and the Slurm files on one worker each), then integration, slurm and `serial` tests in one process.
+# TEST_WORKERS=0: one process throughout; PYTEST_ARGS="tests/unit/x.py -k y": one process over that selection.
+TEST_WORKERS ?= 2
+export TEST_WORKERS PYTEST_ARGS
 test: setup setup-slurm
-	$(if $(filter 0,$(shell id -u)),DENSEPOLICY_REQUIRE_SLURM=1 )$(PY) -m pytest -ra --durations=25 $(PYTEST_XDIST) $(PYTEST_ARGS)
+	$(if $(filter 0,$(shell id -u)),DENSEPOLICY_REQUIRE_SLURM=1 )./scripts/run_tests.sh all
 
 test-fast: setup
-	$(PY) -m pytest -ra --durations=25 -m "not integration" $(PYTEST_XDIST) $(PYTEST_ARGS)
+	./scripts/run_tests.sh fast
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -209,6 +209,7 @@ def test_cannot_kill_worker_or_zygote(sb):
     assert sb.run("print('still here')").output == "still here\n"
 
 
+@pytest.mark.serial  # thousands of forks for 2 s: timing-sensitive tests beside it would time out
 def test_fork_bomb_is_contained(sb):
     uid = _info(sb)["uid"]
     r = sb.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout=2.0)
