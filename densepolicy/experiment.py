@@ -49,10 +49,11 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "experiment.yaml"
 BASE, WARM, TREEDPO = "base", "warm-start", "warm+TreeDPO"
 EVAL_DIRS = {BASE: "eval_base", WARM: "eval_warm", TREEDPO: "eval_treedpo"}  # <output_dir>/<dir>/<dataset>/
 # settings that may differ from the experiment named by reuse_from (they act after the trees and the warm start's
-# evaluation); output_dir, resume and reuse_from itself are where and how, not what
+# evaluation); output_dir, resume, reuse_from and tmux_start_id (session names and ports: two experiments may run
+# side by side) are where and how, not what
 DPO_KEYS = frozenset({"train_config", "train_overrides", "dpo_epochs", "dpo_max_steps", "dpo_heldout_tasks",
                       "dataset_name"})
-REUSABLE_DIFFS = DPO_KEYS | {"output_dir", "resume", "reuse_from"}
+REUSABLE_DIFFS = DPO_KEYS | {"output_dir", "resume", "reuse_from", "tmux_start_id"}
 
 
 @dataclasses.dataclass

@@ -317,7 +317,7 @@ def test_reuse_from_copies_trees_and_warm_evaluations_and_refuses_other_settings
     run_offline(config(f"output_dir={first}"), tmp_path, solved)
     before = {p: p.read_bytes() for p in first.rglob("*") if p.is_file()}
     exp = run_offline(config(f"output_dir={second}", f"reuse_from={first}", "train_overrides=[pref_ftx=1.0]",
-                             "dpo_epochs=4"), tmp_path, solved)
+                             "dpo_epochs=4", "tmux_start_id=300"), tmp_path, solved)
     assert {p: p.read_bytes() for p in first.rglob("*") if p.is_file()} == before, "the reused run is only read"
     for kind in ("sample/babyai", "eval_warm/babyai", "eval_warm/sample1/babyai"):
         copied = sorted(p.relative_to(second) for p in (second / kind).rglob("*.csv"))
