@@ -393,11 +393,13 @@ class Experiment:
             heldout = [f"eval_dataset={cfg.dataset_name}_heldout", "do_eval=true", "per_device_eval_batch_size=1"]
         with st.stage(f"LLaMA-Factory dataset ({split['train_pairs']} pairs, {split['heldout_pairs']} held out) "
                       f"+ DPO ({cfg.train_config}, {steps} steps)"):
-            st.prepare_dataset(train_csv, cfg.dataset_name, policy)
+            # the dataset lives with the experiment (<output_dir>/lf_data), so experiments side by side never share it
+            data_dir = trained.parent / "lf_data"
+            st.prepare_dataset(train_csv, cfg.dataset_name, policy, data_dir=data_dir)
             if heldout:
-                st.prepare_dataset(heldout_csv, f"{cfg.dataset_name}_heldout", policy)
+                st.prepare_dataset(heldout_csv, f"{cfg.dataset_name}_heldout", policy, data_dir=data_dir)
             st.train(cfg.train_config, cfg.dataset_name, policy, trained,
-                     [*cfg.train_overrides, f"max_steps={steps}", *heldout])
+                     [*cfg.train_overrides, f"max_steps={steps}", *heldout], data_dir=data_dir)
         metrics = train_metrics(trained)
         held = {k.removeprefix("eval_"): v for k, v in metrics.items()
                 if k in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss")}

@@ -245,14 +245,19 @@ class LoopStages:
                     counts[row["dataset"]] = counts.get(row["dataset"], 0) + 1
         return counts
 
-    def prepare_dataset(self, pairs_csv: Path, name: str, model: str) -> None:
-        """LLaMA-Factory pairwise dataset TreeDPO/data/<name>.json (replaces an older one of that name)."""
+    def prepare_dataset(self, pairs_csv: Path, name: str, model: str, data_dir: Path | None = None) -> None:
+        """LLaMA-Factory pairwise dataset `<data_dir>/<name>.json` (default TreeDPO/data; replaces an older one of
+        that name)."""
+        where = ["--output_dir", str(data_dir)] if data_dir else []
         self.run(self.py("prepare_dataset.py", "--pairs", str(pairs_csv), "--name", name, "--model", model,
-                         "--overwrite"), "prepare_dataset")
+                         *where, "--overwrite"), "prepare_dataset")
 
-    def train(self, config: str, dataset: str, model: str, out: Path, overrides: Sequence[str]) -> None:
-        """DPO with `TreeDPO/train.py <config>` from `model` into `out` (a servable model directory)."""
-        self.run(self.py("TreeDPO/train.py", config, "--dataset", dataset, "--model", model,
+    def train(self, config: str, dataset: str, model: str, out: Path, overrides: Sequence[str],
+              data_dir: Path | None = None) -> None:
+        """DPO with `TreeDPO/train.py <config>` from `model` into `out` (a servable model directory), on the
+        datasets registered in `data_dir` (default TreeDPO/data)."""
+        where = ["--dataset-dir", str(data_dir)] if data_dir else []
+        self.run(self.py("TreeDPO/train.py", config, "--dataset", dataset, *where, "--model", model,
                          "--output-dir", str(out), *overrides), "train")
 
     def check_prompt_style(self, model: str, settings: Mapping[str, Sequence[str]]) -> None:

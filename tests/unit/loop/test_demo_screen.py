@@ -21,7 +21,7 @@ class Stages(OfflineStages, LoopStages):
     def prepare_dataset(self, *args):
         self.calls.append(("prepare_dataset",))
 
-    def train(self, config, dataset, model, out, overrides):
+    def train(self, config, dataset, model, out, overrides, data_dir=None):
         self.calls.append(("train",))
         out.mkdir(parents=True, exist_ok=True)
 

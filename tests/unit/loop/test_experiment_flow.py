@@ -19,10 +19,13 @@ from tests.harness.loop_fakes import TREE_WITH_PAIRS, OfflineStages
 class Stages(OfflineStages, LoopStages):
     tree_spec = TREE_WITH_PAIRS
 
-    def prepare_dataset(self, pairs_csv, name, model):
+    def prepare_dataset(self, pairs_csv, name, model, data_dir=None):
+        # the dataset is written inside the experiment's output dir: experiments side by side never share one
+        assert data_dir is not None and data_dir.is_relative_to(self.root), data_dir
         self.calls.append(("prepare_dataset", model, sum(1 for _ in csv.DictReader(open(pairs_csv)))))
 
-    def train(self, config, dataset, model, out, overrides):
+    def train(self, config, dataset, model, out, overrides, data_dir=None):
+        assert data_dir == out.parent / "lf_data", "DPO reads the dataset the experiment prepared"
         self.calls.append(("train", model, config, list(overrides)))
         assert not (out.exists() and any(out.iterdir())), "train.py refuses a non-empty output directory"
         out.mkdir(parents=True, exist_ok=True)
