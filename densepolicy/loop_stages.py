@@ -16,11 +16,14 @@ import contextlib
 import csv
 import dataclasses
 import json
+import os
 import shlex
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from typing import IO
 from pathlib import Path
 
 from densepolicy.config import load_config
@@ -124,7 +127,7 @@ class LoopStages:
         with open(log, "a") as fh:
             fh.write(f"$ {shlex.join(args)}\n")
             fh.flush()
-            proc = subprocess.run(args, cwd=PROJECT_ROOT, stdout=fh, stderr=subprocess.STDOUT, text=True)
+            proc = run_as_group(args, fh)
         if check and proc.returncode != 0:
             tail = "\n".join(log.read_text().splitlines()[-25:])
             raise StageError(f"command failed (exit {proc.returncode}): {shlex.join(args)}\n"
@@ -196,6 +199,7 @@ class LoopStages:
                 for tmux_id in tmux_ids:
                     self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_workers",
                              check=False)
+                stop_running_commands()  # the launchers themselves wait in the pool's threads
                 raise
         result: dict[str, dict[str, Path]] = {kind: {} for kind in jobs}
         for (kind, name), out in outs.items():
@@ -291,6 +295,59 @@ class LoopStages:
                 tmux_id = self.tmux_start_id + offset + 10 * i
                 self.run([str(PROJECT_ROOT / "distributed_test.sh"), "stop", str(tmux_id)], "stop_leftovers",
                          check=False)
+
+
+def run_as_group(args: list[str], log: IO[str], grace_s: float = 15.0) -> subprocess.CompletedProcess:
+    """Run a command in its own process group, output to `log`. On Ctrl-C, `kill`, or any error while waiting,
+    the whole group is stopped (SIGTERM, then SIGKILL after `grace_s`) before the exception goes on: a stage's
+    command may start children of its own (train.py -> the LLaMA-Factory trainer), which would otherwise keep
+    running, and training, after the loop has stopped."""
+    proc = subprocess.Popen(args, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
+    try:
+        return subprocess.CompletedProcess(args, proc.wait())
+    except BaseException:
+        _stop_group(proc, grace_s)
+        raise
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
+
+
+_RUNNING: set[subprocess.Popen] = set()  # commands of run_as_group still running, in any thread
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_running_commands(grace_s: float = 15.0) -> None:
+    """Stop every command that `run_as_group` is waiting for in other threads (their process groups), e.g. the
+    launchers of `run_jobs` after Ctrl-C reached the main thread."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        _stop_group(proc, grace_s)
+
+
+def _stop_group(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM to the group of `proc`, SIGKILL to what is left after `grace_s`."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not _group_alive(proc):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and _group_alive(proc):
+            time.sleep(0.1)
+
+
+def _group_alive(proc: subprocess.Popen) -> bool:
+    proc.poll()  # reap the leader: a zombie leader would keep the group "alive"
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def stop_on_signals() -> None:
