@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import random
@@ -90,7 +91,8 @@ class ExperimentConfig(LoopConfig):
     budget: float = help_field(1.0, help="Scales task counts and the DPO step cap (1.0 = about 90 min on 2 cores).")
     resume: bool = help_field(False, help="Continue an interrupted experiment in output_dir with the same settings: "
                               "finished screen, tree and evaluation runs are reused (their workers resume), "
-                              "DPO is rerun (an older treedpo_model is moved aside).")
+                              "a DPO model that finished on the same dataset too; otherwise DPO is rerun (an "
+                              "older treedpo_model is moved aside).")
     reuse_from: str | None = help_field(
         None, help="Output dir of a finished experiment whose settings differ from these only in DPO keys "
                    f"({', '.join(sorted(DPO_KEYS))}): "
@@ -280,8 +282,6 @@ class Experiment:
                 break
             # one round: <output_dir>/treedpo_model; several: <output_dir>/round<r>/treedpo_model (round 1 included)
             trained = (self.root / f"round{r}" if cfg.rounds > 1 else self.root) / "treedpo_model"
-            if cfg.resume and trained.exists():
-                move_aside(trained, "experiment")
             record.update(self.train_round(policy, merged_pairs, trained, r))
             self.remember(rounds=rounds, treedpo_model=str(trained))
             if r == 1:
@@ -398,8 +398,13 @@ class Experiment:
             st.prepare_dataset(train_csv, cfg.dataset_name, policy, data_dir=data_dir)
             if heldout:
                 st.prepare_dataset(heldout_csv, f"{cfg.dataset_name}_heldout", policy, data_dir=data_dir)
-            st.train(cfg.train_config, cfg.dataset_name, policy, trained,
-                     [*cfg.train_overrides, f"max_steps={steps}", *heldout], data_dir=data_dir)
+            if cfg.resume and finished_training(trained, data_dir / f"{cfg.dataset_name}.json"):
+                st.say(f"reusing {shown(trained)}: its DPO finished on this very dataset (same settings)")
+            else:
+                if trained.exists():
+                    move_aside(trained, "experiment")
+                st.train(cfg.train_config, cfg.dataset_name, policy, trained,
+                         [*cfg.train_overrides, f"max_steps={steps}", *heldout], data_dir=data_dir)
         metrics = train_metrics(trained)
         held = {k.removeprefix("eval_"): v for k, v in metrics.items()
                 if k in ("eval_rewards/accuracies", "eval_rewards/margins", "eval_loss")}
@@ -569,6 +574,20 @@ def split_pairs_by_task(merged: Path, fraction: float, seed: str) -> tuple[Path,
     n_held_pairs = sum(1 for r in rows if (r["dataset"], r["task_id"]) in held)
     return out["train"], out["heldout"], {"train_pairs": len(rows) - n_held_pairs, "heldout_pairs": n_held_pairs,
                                           "heldout_tasks": [f"{d}:{t}" for d, t in sorted(held)]}
+
+
+def finished_training(model_dir: Path, dataset_file: Path) -> bool:
+    """True if `model_dir` holds a model whose training finished (train.py's densepolicy_train.json, written last)
+    on a dataset with the same content as `dataset_file` (the sha256 in the model's provenance record)."""
+    if not (model_dir / "densepolicy_train.json").is_file() or not dataset_file.is_file():
+        return False
+    try:
+        records = json.loads((model_dir / "provenance.json").read_text())["records"]
+        trained_on = {d.get("sha256") for r in records.values() for d in r.get("datasets", [])
+                      if d.get("name") == dataset_file.stem}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return hashlib.sha256(dataset_file.read_bytes()).hexdigest() in trained_on
 
 
 def train_metrics(model_dir: Path) -> dict[str, float]:

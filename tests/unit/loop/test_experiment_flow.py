@@ -336,3 +336,42 @@ def test_reuse_from_copies_trees_and_warm_evaluations_and_refuses_other_settings
     with pytest.raises(ConfigError, match="key 'reuse_from'.*another warm start"):
         run_offline(config(f"output_dir={tmp_path / 'd'}", f"reuse_from={first}"), tmp_path, solved)
     assert not (tmp_path / "d" / "sample").exists(), "nothing is copied from a run of another warm start"
+
+
+class FinishingStages(Stages):
+    """Stages whose dataset files and trained models look like the real ones where resume looks: the dataset JSON,
+    train.py's densepolicy_train.json (written last) and the model's provenance record of its dataset."""
+
+    def prepare_dataset(self, pairs_csv, name, model, data_dir=None):
+        super().prepare_dataset(pairs_csv, name, model, data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / f"{name}.json").write_text(open(pairs_csv).read())
+
+    def train(self, config, dataset, model, out, overrides, data_dir=None):
+        super().train(config, dataset, model, out, overrides, data_dir)
+        import hashlib
+        sha = hashlib.sha256((data_dir / f"{dataset}.json").read_bytes()).hexdigest()
+        (out / "provenance.json").write_text(json.dumps(
+            {"schema": 1, "records": {"model": {"datasets": [{"name": dataset, "sha256": sha}]}}}))
+        (out / "densepolicy_train.json").write_text("{}")
+
+
+def test_resume_reuses_a_dpo_model_that_finished_on_the_same_dataset(tmp_path):
+    root = tmp_path / "exp"
+    overrides = [f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=1",
+                 "datasets=[{name: babyai, sample_tasks: 2, eval_tasks: 4}]"]
+
+    def run(*extra):
+        exp = Experiment(load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                                     [*overrides, *extra]), warm_start=lambda overrides, log: tmp_path / "warm")
+        exp.stages = FinishingStages(exp.root, tag="experiment", n_stages=exp.stages.n_stages, proc_per_server=1,
+                                     tmux_start_id=0, serving={}, sampler={}, solved=lambda model, task: False)
+        assert exp.main() == 0
+        return [c[0] for c in exp.stages.calls if c[0] == "train"]
+
+    assert run() == ["train"]
+    assert run("resume=true") == [], "a finished DPO model on the same dataset is reused"
+    assert not list(root.glob("treedpo_model.prev-*"))
+    (root / "treedpo_model" / "densepolicy_train.json").unlink()  # training stopped before train.py finished
+    assert run("resume=true") == ["train"]
+    assert list(root.glob("treedpo_model.prev-*")), "an unfinished model is moved aside and trained anew"
