@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import hashlib
 import json
 import math
 import random
@@ -40,7 +39,7 @@ from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_as
                                      task_ids_setting)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
-from densepolicy.provenance import git_state, model_fingerprint
+from densepolicy.provenance import git_state, model_fingerprint, sha256_file
 from densepolicy.results_io import iter_csv
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
@@ -210,6 +209,10 @@ class Experiment:
         self.warm_start = warm_start
         self.info: dict[str, object] = {}  # facts of this run for the report, also kept in <output_dir>/run.json
 
+    def stored_config(self) -> dict[str, Any]:
+        """This run's settings as run.json stores them (JSON types), for comparing with an earlier run's."""
+        return json.loads(json.dumps(to_dict(self.cfg), default=str))
+
     def remember(self, **facts: object) -> None:
         """Add `facts` to the run's record (`run.json`), so `--report-only` can rebuild the report."""
         self.info.update(facts)
@@ -313,12 +316,11 @@ class Experiment:
             before = json.loads(path.read_text())["config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"key 'resume': {shown(path)} cannot be read ({exc}); nothing to resume") from None
-        now = json.loads(json.dumps(to_dict(self.cfg), default=str))  # as run.json stores it
+        now = self.stored_config()
         if "device" not in before and isinstance(before, dict):  # made before the device key: a CPU run
             before = {**before, "device": "cpu", "gpu": now.get("gpu"),
                       "serving": {**(before.get("serving") or {}), "device": "cpu"}}
-        diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
-                 if k != "resume" and before.get(k) != now.get(k)]
+        diffs = config_diffs(before, now, ignore={"resume"})
         if diffs:
             raise ConfigError(f"key 'resume': {shown(self.root)} was made with other settings ({'; '.join(diffs)}); "
                               "resume with the same settings or drop resume=true")
@@ -339,9 +341,7 @@ class Experiment:
             before = run["config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"key 'reuse_from': {shown(path)} cannot be read ({exc})") from None
-        now = json.loads(json.dumps(to_dict(self.cfg), default=str))
-        diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
-                 if k not in REUSABLE_DIFFS and before.get(k) != now.get(k)]
+        diffs = config_diffs(before, self.stored_config(), ignore=REUSABLE_DIFFS)
         if diffs:
             raise ConfigError(f"key 'reuse_from': {shown(source)} was made with other settings than DPO's "
                               f"({'; '.join(diffs)}); its trees and evaluations do not apply here")
@@ -359,7 +359,7 @@ class Experiment:
                 copied.append(kind)
         self.remember(reused_from=str(source))
         print(f"[experiment] reusing the screen, trees and warm-start evaluations of {shown(source)} "
-              f"({', '.join(dict.fromkeys(copied)) or 'nothing to copy'}); DPO and the TreeDPO evaluation run anew")
+              f"({', '.join(copied) or 'nothing to copy'}); DPO and the TreeDPO evaluation run anew")
 
     def train_candidates(self, round_no: int) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         """Train tasks of a round (a seeded sample, a new one per round) and, for screened envs, the candidates."""
@@ -576,6 +576,12 @@ def split_pairs_by_task(merged: Path, fraction: float, seed: str) -> tuple[Path,
                                           "heldout_tasks": [f"{d}:{t}" for d, t in sorted(held)]}
 
 
+def config_diffs(before: dict[str, Any], now: dict[str, Any], ignore: frozenset[str] | set[str]) -> list[str]:
+    """`key: old -> new` for every top-level setting that differs between two stored configs, except `ignore`."""
+    return [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
+            if k not in ignore and before.get(k) != now.get(k)]
+
+
 def finished_training(model_dir: Path, dataset_file: Path) -> bool:
     """True if `model_dir` holds a model whose training finished (train.py's densepolicy_train.json, written last)
     on a dataset with the same content as `dataset_file` (the sha256 in the model's provenance record)."""
@@ -587,7 +593,7 @@ def finished_training(model_dir: Path, dataset_file: Path) -> bool:
                       if d.get("name") == dataset_file.stem}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
-    return hashlib.sha256(dataset_file.read_bytes()).hexdigest() in trained_on
+    return sha256_file(dataset_file) in trained_on
 
 
 def train_metrics(model_dir: Path) -> dict[str, float]:

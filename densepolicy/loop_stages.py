@@ -23,12 +23,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 from densepolicy.config import load_config
 from densepolicy.paths import PROJECT_ROOT, main_python, shown
 from densepolicy.postprocess.comparison import load_outcomes
+
 
 def task_ids_setting(ids: Sequence[str]) -> str:
     """The sampler setting that restricts a run to these task ids."""
