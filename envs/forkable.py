@@ -34,7 +34,13 @@ API
 - `Remote.close()`: kills the host's whole process tree (its descendants, its session and
   process group) and, because hosts live under the zygote (a child subreaper), any process
   orphaned by a host's code. Idempotent. `ForkServer.close()` closes every remote and the zygote.
-- `kill_process_tree(pid)`: the same killing, usable on its own.
+  A host that runs under a uid of its own (the zygote's hosts may switch to one, as sandbox lineages
+  do; root callers only) takes every process of that uid with it when it is the last live host
+  under that uid (nothing can leave a uid, while a process tree is left by re-parenting); while
+  others live, its tree is killed with every process of the uid frozen, so it cannot change.
+- `kill_process_tree(pid)`, `kill_user_processes(uid)`, `kill_tree_of_user(pid, uid)`: the same
+  killing, usable on its own; `uids_in_use()`: the real uids of the live processes (a uid of its own
+  must not be one of them).
 The zygote dies when the caller closes it or exits (its control socket reaches EOF), killing
 every process it adopted.
 """
@@ -45,6 +51,7 @@ import importlib
 import json
 import os
 import pickle
+import re
 import select
 import signal
 import socket
@@ -245,6 +252,117 @@ def kill_process_tree(pid: int, rounds: int = 50) -> None:
         for p in alive | scan():
             _signal(p, signal.SIGKILL)
         time.sleep(0.0002)
+
+
+def kill_user_processes(uid: int, timeout: float = 60.0) -> bool:
+    """SIGKILL every process whose real uid is `uid` until a scan of /proc finds none (True), or
+    `timeout` seconds have passed (False). Needs root; refuses root's and the caller's own uid.
+
+    For hosts that run under a uid of their own (sandbox lineages): an unprivileged process cannot
+    change its uid, so none of its descendants can leave this set, unlike a process tree, from
+    which a child escapes by being re-parented when its parent dies between a scan and the kill.
+    Nothing is killed before every process of the uid is seen stopped (`_freeze_user`): killing
+    frees process slots, and a fork bomb at its RLIMIT_NPROC refills them from any member still
+    running as fast as a scan can find new ones."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frozen = _freeze_user(uid, deadline)
+        if frozen is None:
+            return False
+        if not frozen[0]:
+            return True
+        for p in frozen[0]:
+            _signal(p, signal.SIGKILL)
+
+
+def kill_tree_of_user(pid: int, uid: int, timeout: float = 60.0) -> bool:
+    """SIGKILL `pid` and its descendants, all of real uid `uid`, while the other processes of that
+    uid live on: True once they are dead, False after `timeout` (then `kill_process_tree` is the
+    fallback). Every process of the uid is frozen first, so the tree cannot change while it is
+    read and killed; the others are then continued, except those already stopped before."""
+    deadline = time.monotonic() + timeout
+    frozen = _freeze_user(uid, deadline)
+    if frozen is None:
+        return False
+    members, stopped_before = frozen
+    children: dict[int, list[int]] = {}
+    for p, (ppid, _pgid, _sid) in _proc_table().items():
+        if p in members:
+            children.setdefault(ppid, []).append(p)
+    tree, todo = set(), [pid] if pid in members else []
+    while todo:
+        p = todo.pop()
+        tree.add(p)
+        todo.extend(q for q in children.get(p, []) if q not in tree)
+    for p in tree:
+        _signal(p, signal.SIGKILL)
+    while any(_state_of_uid(p, uid) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    for p in members - tree - stopped_before:
+        _signal(p, signal.SIGCONT)
+    return not any(_state_of_uid(p, uid) for p in tree)
+
+
+def _freeze_user(uid: int, deadline: float) -> tuple[set[int], set[int]] | None:
+    """SIGSTOP every live process of real uid `uid` until one scan finds them all stopped: (those
+    processes, those of them already stopped when first seen), or None at `deadline`. A stopped
+    process cannot fork; one with SIGSTOP pending may still finish a fork, so a process only counts
+    once /proc shows it stopped, and the child of its fork is then visible to the next scan."""
+    if uid in (0, os.getuid(), os.geteuid()):
+        raise ValueError(f"refusing to signal every process of uid {uid}")
+    me = os.getpid()
+    seen_stopped: set[int] = set()
+    signalled: set[int] = set()
+    while True:
+        states = {p: state for p in _pids() if p != me and (state := _state_of_uid(p, uid))}
+        running = [p for p, state in states.items() if state not in ("T", "t")]
+        seen_stopped |= {p for p, state in states.items() if state in ("T", "t") and p not in signalled}
+        if not running:
+            return set(states), seen_stopped & set(states)
+        if time.monotonic() > deadline:
+            return None
+        for p in running:
+            _signal(p, signal.SIGSTOP)
+        signalled.update(running)
+
+
+def uids_in_use() -> set[int]:
+    """The real uids of every live process (from /proc/<pid>/status: the owner of /proc/<pid> itself is root
+    for a process that switched uid, which the kernel makes non-dumpable)."""
+    uids = set()
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                status = f.read()
+        except OSError:
+            continue
+        at = status.find(b"\nUid:")
+        if at >= 0:
+            uids.add(int(status[at + 5:status.index(b"\n", at + 1)].split()[0]))
+    return uids
+
+
+def _is_own_uid(uid: int | None) -> bool:
+    """Is `uid` a uid of its own for a host: we are root, and it is neither root's nor ours?"""
+    return uid is not None and os.geteuid() == 0 and uid not in (0, os.getuid())
+
+
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _state_of_uid(pid: int, uid: int) -> str:
+    """The state letter of `pid` (R, S, T, ...) if its real uid is `uid` and it is not a zombie, else ""."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+    except OSError:
+        return ""
+    state = re.search(rb"^State:\s*(\S)", status, re.M)
+    real_uid = re.search(rb"^Uid:\s*(\d+)", status, re.M)
+    if state is None or real_uid is None or int(real_uid.group(1)) != uid or state.group(1) in (b"Z", b"X"):
+        return ""
+    return state.group(1).decode()
 
 
 def _start_time(pid: int) -> str:
@@ -495,6 +613,8 @@ class ForkServer:
         except BaseException:
             remote.close()
             raise
+        ppid_uid = _ppid_uid(remote.pid)  # read before any hosted code ran: the factory is trusted
+        remote.uid = None if ppid_uid is None else ppid_uid[1]
         return remote
 
     def _register(self, remote: Remote) -> None:
@@ -505,6 +625,15 @@ class ForkServer:
             if self._remotes.get(remote.pid) is remote:
                 del self._remotes[remote.pid]
             self._kill_orphans()
+
+    def _own_uid(self, closing: Remote) -> tuple[int | None, bool]:
+        """(`closing`'s uid if it is a uid of its own: not root's, not ours, and we are root, else None;
+        whether no other live host, nor a fork in flight whose copy would share it, runs under it)."""
+        uid = closing.uid
+        if not _is_own_uid(uid):
+            return None, False
+        sole = not self._forks_in_flight and not any(r.uid == uid for r in self._remotes.values() if r is not closing)
+        return uid, sole
 
     def _kill_orphans(self) -> None:
         """Kill processes the zygote adopted that are not live hosts (detached by hosted code).
@@ -517,7 +646,10 @@ class ForkServer:
             kids = [p for p, (ppid, _pgid, _sid) in _proc_table().items() if ppid == self.pid]
         for pid in kids:
             if pid not in live and _state(pid) not in ("Z", "X", ""):
-                kill_process_tree(pid)
+                ppid_uid = _ppid_uid(pid)
+                uid = None if ppid_uid is None else ppid_uid[1]
+                if not (_is_own_uid(uid) and kill_tree_of_user(pid, uid)):
+                    kill_process_tree(pid)
 
     def close(self) -> None:
         """Close every remote, then stop the zygote (which kills whatever it still adopted)."""
@@ -554,6 +686,7 @@ class Remote:
         self.server = server
         self.callback = callback
         self._start_time = _start_time(pid)  # to tell our process from a later one reusing the pid
+        self.uid: int | None = None  # the host's real uid once it is ready (see ForkServer._own_uid)
 
     @property
     def alive(self) -> bool:
@@ -631,6 +764,7 @@ class Remote:
                     self.close()
                     raise RemoteDied(f"host {self.pid} answered the fork with an implausible pid {pid}")
                 child = Remote(socket.socket(fileno=fds[0]), pid, server, self.callback)
+                child.uid = self.uid  # `_plausible_fork` checked that the copy runs under our uid
                 server._register(child)
         finally:
             with server._lock:
@@ -653,8 +787,13 @@ class Remote:
             self._sock.close()
         finally:
             self._sock = None
-            if _start_time(self.pid) == self._start_time:
-                kill_process_tree(self.pid)
+            with self.server._lock:
+                uid, sole = self.server._own_uid(self)
+                # nothing can leave a uid, while a process tree is left by re-parenting
+                swept = uid is not None and sole and kill_user_processes(uid)
+                if not swept and _start_time(self.pid) == self._start_time:
+                    if not (uid is not None and kill_tree_of_user(self.pid, uid)):
+                        kill_process_tree(self.pid)
             self.server._forget(self)  # also kills what a vanished host left behind
 
     def __enter__(self) -> Remote:

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from envs.forkable import CallTimeout, ForkServer, RemoteDied, RemoteError
+from envs.forkable import CallTimeout, ForkServer, RemoteDied, RemoteError, host_callback, uids_in_use
 
 OUTPUT_LIMIT = 2000
 TRUNCATION_MARK = "...\n[Output Truncated]"
@@ -137,8 +137,17 @@ def shared_fork_server(preload: tuple[str, ...] = DEFAULT_PRELOAD, tmpfs_mb: int
 
 
 def new_lineage_uid() -> int | None:
-    """A fresh unprivileged uid for a new sandbox lineage (None when not running as root)."""
-    return random.SystemRandom().randrange(1 << 20, 1 << 30) if _IS_ROOT else None
+    """A fresh unprivileged uid for a new sandbox lineage (None when not running as root): random, and
+    owned by no running process, since a lineage's clean-up kills every process of its uid
+    (`envs.forkable.kill_user_processes`) and its RLIMIT_NPROC counts them."""
+    if not _IS_ROOT:
+        return None
+    in_use = uids_in_use()
+    rng = random.SystemRandom()
+    while True:
+        uid = rng.randrange(1 << 20, 1 << 30)
+        if uid not in in_use:
+            return uid
 
 
 def _server(preload: tuple[str, ...], tmpfs_mb: int) -> ForkServer:
@@ -760,8 +769,6 @@ def _audit(event: str, args: tuple) -> None:
 
 
 def _tool_stub(name: str) -> Callable[..., Any]:
-    from envs.forkable import host_callback
-
     def stub(*args: Any, **kwargs: Any) -> Any:
         return host_callback(name, *args, **kwargs)
 

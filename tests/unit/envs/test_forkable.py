@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from envs.forkable import CallTimeout, ForkServer, RemoteDied, RemoteError
+from envs.forkable import CallTimeout, ForkServer, RemoteDied, RemoteError, kill_tree_of_user, kill_user_processes
 
 
 def _alive(pid: int) -> bool:
@@ -96,3 +96,12 @@ def test_server_close_kills_everything():
     s.close()
     time.sleep(0.2)
     assert not any(_alive(p) for p in pids)
+
+
+def test_uid_sweeps_refuse_root_and_the_callers_uid():
+    """`kill_user_processes` signals a whole uid: never root's (every service) nor our own (ourselves)."""
+    for uid in {0, os.getuid(), os.geteuid()}:
+        with pytest.raises(ValueError, match="refusing"):
+            kill_user_processes(uid, timeout=1)
+        with pytest.raises(ValueError, match="refusing"):
+            kill_tree_of_user(os.getpid(), uid, timeout=1)

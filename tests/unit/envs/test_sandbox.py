@@ -221,6 +221,26 @@ def test_fork_bomb_is_contained(sb):
     assert sb.run("print('ok')").output == "ok\n"
 
 
+@pytest.mark.serial
+def test_fork_bomb_in_a_fork_spares_the_live_parent(sb):
+    """The copy shares its parent's uid: its bomb is killed with the uid frozen, the parent lives on."""
+    sb.run("x = 41")
+    child = sb.fork()
+    try:
+        uid = _info(child)["uid"]
+        r = child.run("import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
+                      timeout=2.0)
+        assert r.timed_out and r.restarted
+        time.sleep(0.3)
+        if IS_ROOT:
+            leftovers = [p for p in os.listdir("/proc") if p.isdigit() and _owned_by(p, uid)]
+            assert leftovers == [str(sb.pid)]  # the parent interpreter, and nothing the bomb started
+        assert sb.run("print(x + 1)").output == "42\n"
+        assert child.run("print('fresh' if 'x' not in dir() else 'stale')").output == "fresh\n"
+    finally:
+        child.close()
+
+
 def _owned_by(pid: str, uid: int) -> bool:
     try:
         return os.stat(f"/proc/{pid}").st_uid == uid and _alive(int(pid))
@@ -541,3 +561,23 @@ def test_closed_import_paths_without_a_mount_namespace_are_reported(tmp_path):
         assert len(warning) == 1 and str(private / "site") in warning[0]
     finally:
         shutil.rmtree(private, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="lineage uids exist only when the worker runs as root")
+def test_a_new_lineage_never_gets_a_uid_a_live_process_has(monkeypatch):
+    """A lineage's clean-up kills every process of its uid: a uid already in use (another lineage's, a
+    user's) must not be handed out, however the random draw falls."""
+    import envs.sandbox as sandbox
+    from envs.forkable import uids_in_use
+
+    assert os.getuid() in uids_in_use() and 0 in uids_in_use()  # real uids of live processes
+    busy = (1 << 20) + 5  # say another lineage runs under it
+    draws = iter([busy, busy, 1 << 21])
+
+    class Scripted:
+        def randrange(self, low, high):
+            return next(draws)
+
+    monkeypatch.setattr(sandbox.random, "SystemRandom", Scripted)
+    monkeypatch.setattr(sandbox, "uids_in_use", lambda: uids_in_use() | {busy})
+    assert sandbox.new_lineage_uid() == 1 << 21
