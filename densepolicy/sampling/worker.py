@@ -17,7 +17,7 @@ from agents.codeact_agent import run_agent_task
 from agents.codeact_agent_tree import EpisodePool, TreeTask
 from agents.runtime import TokenCounter, WorkerContext
 from densepolicy.config import ConfigError
-from densepolicy.file_lock import terminate_on_signals
+from densepolicy.file_lock import cancel_on_signals, terminate_on_signals
 from densepolicy.paths import data_dir
 from densepolicy.results_io import is_fix_then_rerun
 from densepolicy.sampling.config import SamplerConfig, shard_file_stem, shard_slice
@@ -249,7 +249,8 @@ def _run_worker(cfg: SamplerConfig, model: str, server_url: str, shard: int, num
                             tree=cfg.method == "codeact_agent_tree")
         started = time.monotonic()
         try:
-            stats = asyncio.run(_run_tasks(cfg, env, info, server_url, todo, writer, progress, client))
+            stats = asyncio.run(cancel_on_signals(  # SIGTERM inside the loop: cancel, clean up, then Terminated
+                _run_tasks(cfg, env, info, server_url, todo, writer, progress, client)))
         finally:
             progress.close()
             writer.close()

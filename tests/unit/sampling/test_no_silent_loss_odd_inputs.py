@@ -6,6 +6,7 @@ real `sample_tree.py` subprocesses against the scripted fake server, on the scri
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -328,6 +329,46 @@ def test_sigterm_releases_the_shard_lock_with_one_line(fake_server, tmp_path):
     line = error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
     assert "SIGTERM" in line and "rerun the same command to resume" in line
     assert not (out / f"{SHARD}.csv.lock").exists()                          # another host may start at once
+
+
+def test_sigterm_inside_the_event_loop_cancels_every_task_and_cleans_up_in_the_running_loop():
+    """The CI failure of 2026-12-04: SIGTERM turned into an exception by a plain handler inside one task's
+    step escaped `asyncio.run` with the other tasks still pending; their clean-up then ran in a closed
+    loop (or never) and Python printed a traceback after the one-line message (5 of 25 workers stopped at
+    random moments; this test: 2 of 4 clean-ups skipped). `cancel_on_signals` lets the loop take the
+    signal and cancel the task, so every `finally` runs with the loop alive."""
+    from densepolicy.file_lock import Terminated, cancel_on_signals, terminate_on_signals
+    cleaned = []
+
+    async def child(i: int) -> None:
+        try:
+            await asyncio.sleep(0.05)
+            if i == 0:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives in the middle of this task's step
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0)  # an await in clean-up needs a running loop
+            cleaned.append(i)
+
+    async def body() -> None:
+        children = [asyncio.ensure_future(child(i)) for i in range(3)]
+        try:
+            await asyncio.gather(*children)
+        except BaseException:
+            for c in children:
+                c.cancel()
+            await asyncio.gather(*children, return_exceptions=True)
+            raise
+        finally:
+            await asyncio.sleep(0)
+            cleaned.append("body")
+
+    with terminate_on_signals():
+        handler = signal.getsignal(signal.SIGTERM)
+        with pytest.raises(Terminated) as info:
+            asyncio.run(cancel_on_signals(body()))
+        assert signal.getsignal(signal.SIGTERM) is handler  # the outer handler is back, not SIG_DFL
+    assert info.value.code == 143 and sorted(map(str, cleaned)) == ["0", "1", "2", "body"]
 
 
 def test_the_merge_lists_the_shards_with_its_lock_held(reference, tmp_path, monkeypatch):
