@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import fcntl
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from densepolicy.paths import vllm_lock_file  # noqa: E402
+from densepolicy.file_lock import machine_vllm_lock  # noqa: E402
 from densepolicy.serving.server import VLLMServer, cpu_has_native_bf16, load_serving_config  # noqa: E402
 from benchmarks.results_table import print_and_write  # noqa: E402
 
@@ -53,10 +52,7 @@ def main() -> int:
     args = parser.parse_args()
 
     rows = []
-    lock = open(vllm_lock_file(), "a+")
-    print("waiting for the machine-wide vLLM lock ...", flush=True)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
-    with lock:
+    with machine_vllm_lock():
         for dtype in args.dtypes:
             cfg = load_serving_config(overrides=[f"dtype={dtype}"])
             server = VLLMServer(args.model, cfg, RESULTS / f"cpu_serving_{dtype}.log")

@@ -10,7 +10,11 @@ prompt of about `--prompt-tokens` tokens shared by chosen and rejected, which di
 message of about 30 tokens. Rows:
 - `stock, gradient checkpointing` = cpu_dpo as shipped before the plugin (LLaMA-Factory's default);
 - `stock` = the same without gradient checkpointing (LLaMA-Factory's `disable_gradient_checkpointing`);
-- `plugin (all levers)` = `densepolicy_fast: true`; with `--levers`, also each lever alone.
+- `plugin (all levers)` = `densepolicy_fast: true`; with `--levers`, also each lever alone;
+- with `--lora`: `stock + LoRA` and `plugin + LoRA` = the same with LLaMA-Factory's own LoRA (`finetuning_type: lora`,
+  rank 16, alpha 32, every linear layer, as `gpu_lora.yaml`; the reference is the base model with the adapter off).
+  LoRA changes what is trained (an approximation of full DPO, not an exact lever): a throughput lever to weigh
+  against what it does to the model.
 `pair_tok_per_s` = (tokens of chosen + rejected sequences) x pairs trained / LLaMA-Factory's train_runtime.
 SFT: `TreeDPO/configs/cpu_sft.yaml`, one epoch over `--sft-seqs` multi-turn sequences, one per micro-batch and
 step (~`--sft-tokens` tokens, most of them masked observations), stock vs the plugin's `scored_logits`
@@ -56,6 +60,11 @@ LEVER_RUNS = {
     "scored_logits only": ["densepolicy_fast=[scored_logits]", "disable_gradient_checkpointing=true"],
     "shared_prefix only": ["densepolicy_fast=[shared_prefix]", "disable_gradient_checkpointing=true"],
     "reference_cache only": ["densepolicy_fast=[reference_cache]", "disable_gradient_checkpointing=true"],
+}
+LORA = ["finetuning_type=lora", "lora_rank=16", "lora_alpha=32", "lora_dropout=0.0", "lora_target=all"]
+LORA_RUNS = {
+    "stock + LoRA": [*STOCK, *LORA],
+    "plugin + LoRA": ["densepolicy_fast=true", "disable_gradient_checkpointing=true", *LORA],
 }
 SFT_RUNS = {"stock": ["densepolicy_fast=false"], "plugin (scored_logits)": ["densepolicy_fast=true"]}
 PACKING_RUNS = {"stock + neat_packing": ["densepolicy_fast=false", "packing=true", "neat_packing=true"]}
@@ -131,7 +140,10 @@ def token_counts(data: Path) -> tuple[list[tuple[int, int, int]], list[tuple[int
 def step_seconds(out: Path) -> float:
     """Median seconds per logged step after the first (LLaMA-Factory's trainer_log.jsonl elapsed times)."""
     times = []
-    for line in (out / "trainer_log.jsonl").read_text().splitlines():
+    log = out / "trainer_log.jsonl"
+    if not log.exists():  # a LoRA run trains into <out>/adapter (densepolicy.training.train)
+        log = out / "adapter" / "trainer_log.jsonl"
+    for line in log.read_text().splitlines():
         row = json.loads(line)
         if "loss" in row:
             h, m, s = (int(x) for x in row["elapsed_time"].split(":"))
@@ -150,13 +162,19 @@ def main() -> int:
     parser.add_argument("--sft-packing", action="store_true", help="also stock + neat_packing")
     parser.add_argument("--skip-dpo", action="store_true")
     parser.add_argument("--levers", action="store_true", help="also each plugin lever alone")
+    parser.add_argument("--lora", action="store_true", help="also stock and plugin with LoRA (rank 16, all linear)")
+    parser.add_argument("--skip-stock", action="store_true", help="leave out the stock row (no checkpointing)")
     parser.add_argument("--skip-gc", action="store_true", help="leave out the gradient-checkpointing stock row")
     args = parser.parse_args()
     runs = dict(DPO_RUNS)
     if args.skip_gc:
         runs.pop("stock, gradient checkpointing")
+    if args.skip_stock:
+        runs.pop("stock")
     if args.levers:
         runs.update(LEVER_RUNS)
+    if args.lora:
+        runs.update(LORA_RUNS)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_dpo_throughput_") as tmp:
         data = Path(tmp) / "data"

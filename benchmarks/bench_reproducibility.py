@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import json
 import logging
 import signal
@@ -29,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from densepolicy.paths import vllm_lock_file  # noqa: E402
+from densepolicy.file_lock import machine_vllm_lock  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
 from densepolicy.sampling.worker import run_worker  # noqa: E402
 from densepolicy.serving.server import VLLMServer, load_serving_config  # noqa: E402
@@ -103,10 +102,7 @@ def main() -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     work = Path(tempfile.mkdtemp(prefix="bench_repro_"))
     results = []
-    lock = open(vllm_lock_file(), "a+")
-    print("waiting for the machine-wide vLLM lock ...", flush=True)
-    fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
-    with lock:
+    with machine_vllm_lock():
         for mode in modes:
             flag = f"deterministic={'true' if mode == 'deterministic' else 'false'}"
             runs = []

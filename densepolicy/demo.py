@@ -20,9 +20,10 @@ from pathlib import Path
 from densepolicy.config import ConfigError, describe, help_field
 from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
 from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside, stop_on_signals,
-                                     task_ids_setting, tree_to_plot)
+                                     task_ids_setting, train_split, tree_to_plot)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
+from densepolicy.results_io import OutputWriteError, write_text_atomic
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
 from densepolicy.training.train import TrainingError
@@ -90,7 +91,7 @@ class Demo:
         that a warm start rebuilt with other weights still gets trees that can yield pairs."""
         cfg, st = self.cfg, self.stages
         screened = [d for d in cfg.datasets if d.screen]
-        settings = {d.name: [*d.evaluate, "in_context_number=0", "split=train"] for d in screened}
+        settings = {d.name: [*d.evaluate, "in_context_number=0", f"split={train_split(d.name)}"] for d in screened}
         results = st.screen(model, url, {d.name: d.screen for d in screened}, settings,
                             {d.name: d.screen_samples for d in screened}, cfg.screen_temperature, cfg.screen_seed,
                             procs=max(1, cfg.proc_per_server // 2))
@@ -164,7 +165,7 @@ class Demo:
         comparisons = [comparison.compare(d.name, {m: comparison.load_outcomes(merged_csv(results[m][d.name]))
                                                    for m in order}, tests) for d in self.cfg.datasets]
         text = comparison.markdown_tables(comparisons)
-        (self.root / "comparison.md").write_text(text)
+        write_text_atomic(self.root / "comparison.md", text)
         comparison.plot(comparisons, self.root / "comparison.png", title="demo: held-out tasks, 95 % Wilson intervals")
         print(text)
         return table
@@ -216,3 +217,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"demo: error: {exc}", file=sys.stderr)
         return 1
+    except OutputWriteError as exc:  # names the file and what to free
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 5

@@ -36,11 +36,11 @@ from densepolicy.config import (ConfigError, describe, from_dict, help_field, pa
                                 to_dict)
 from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
 from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside, stop_on_signals,
-                                     task_ids_setting)
+                                     method_split, task_config, task_ids_setting, train_split)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
 from densepolicy.provenance import git_state, model_fingerprint, sha256_file
-from densepolicy.results_io import iter_csv
+from densepolicy.results_io import OutputWriteError, iter_csv, write_text_atomic
 from densepolicy.serving.models import ModelError
 from densepolicy.serving.server import ServerError
 from densepolicy.training.train import TrainingError
@@ -145,13 +145,6 @@ class ExperimentConfig(LoopConfig):
         return [f"{model_kind}/sample{k}" for k in range(most)]
 
 
-def task_config(dataset: str) -> dict:
-    path = PROJECT_ROOT / "configs" / "tasks" / f"{dataset}.yaml"
-    if not path.exists():
-        raise ConfigError(f"key 'datasets': no task config {path}")
-    return read_yaml(path)
-
-
 def select_task_ids(dataset: str, split: str, n: int, seed: int) -> list[str]:
     """A seeded sample of `n` task ids of a split (all of them when the split is smaller), in split order."""
     from envs import load_env
@@ -216,8 +209,8 @@ class Experiment:
     def remember(self, **facts: object) -> None:
         """Add `facts` to the run's record (`run.json`), so `--report-only` can rebuild the report."""
         self.info.update(facts)
-        (self.root / "run.json").write_text(json.dumps({"config": to_dict(self.cfg), **self.info}, indent=1,
-                                                       default=str) + "\n")
+        write_text_atomic(self.root / "run.json", json.dumps({"config": to_dict(self.cfg), **self.info}, indent=1,
+                                                             default=str) + "\n")
 
     def eval_settings(self, tasks: dict[str, list[str]], with_examples: bool) -> dict[str, list[str]]:
         out = {}
@@ -368,18 +361,18 @@ class Experiment:
         for d in cfg.datasets:
             n = cfg.scaled(d.screen_tasks) if d.screen_tasks else cfg.scaled(d.sample_tasks)
             seed = cfg.seed if round_no == 1 else cfg.seed + round_no - 1
-            train_tasks[d.name] = select_task_ids(d.name, self.train_split(d), n, seed)
+            train_tasks[d.name] = select_task_ids(d.name, train_split(d.name), n, seed)
             if d.screen_tasks:
                 candidates[d.name] = train_tasks[d.name]
             self.stages.say(f"{d.name}: {len(train_tasks[d.name])} {'candidate ' if d.screen_tasks else ''}train "
-                            f"tasks ({self.train_split(d)}){'' if round_no == 1 else f', round {round_no}'}")
+                            f"tasks ({train_split(d.name)}){'' if round_no == 1 else f', round {round_no}'}")
         return train_tasks, candidates
 
     def write_tasks(self, train_by_round: list[dict[str, list[str]]], eval_tasks: dict[str, list[str]]) -> None:
         data: dict[str, object] = {"train": train_by_round[0], "evaluation": eval_tasks}
         if len(train_by_round) > 1:
             data["train_by_round"] = train_by_round
-        (self.root / "tasks.json").write_text(json.dumps(data, indent=1))
+        write_text_atomic(self.root / "tasks.json", json.dumps(data, indent=1))
 
     def train_round(self, policy: str, merged_pairs: Path, trained: Path, round_no: int) -> dict[str, object]:
         """DPO from `policy` on this round's pairs; pairs of `dpo_heldout_tasks` of the tasks are held out and
@@ -415,10 +408,7 @@ class Experiment:
     # -- pieces of main ------------------------------------------------------------------------
     def eval_split(self, d: ExperimentDataset) -> str:
         """The held-out split: `eval_split` (= valid_split under heldout=valid), else the task config's."""
-        return d.eval_split or task_config(d.name).get("codeact_agent", {}).get("split", "test")
-
-    def train_split(self, d: ExperimentDataset) -> str:
-        return task_config(d.name).get("codeact_agent_tree", {}).get("split", "train")
+        return d.eval_split or method_split(d.name, "codeact_agent")
 
     def max_parallel_runs(self) -> int:
         """Most launcher runs in flight at once (each uses a block of 10 TMUX_START_IDs)."""
@@ -461,7 +451,7 @@ class Experiment:
         """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks)."""
         cfg = self.cfg
         screened = {d.name: d for d in cfg.datasets if d.name in candidates}
-        settings = {n: [*d.evaluate, "in_context_number=0", f"split={self.train_split(d)}"]
+        settings = {n: [*d.evaluate, "in_context_number=0", f"split={train_split(d.name)}"]
                     for n, d in screened.items()}
         rollouts = {n: d.screen_samples for n, d in screened.items()}
         results = self.stages.screen(model, url, {n: candidates[n] for n in screened}, settings, rollouts,
@@ -629,7 +619,7 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
         comparison.write_csv(root / "paired_rate_tests.csv", comparison.rate_test_rows(comparisons))
         comparison.write_csv(root / "per_task_sampled.csv", comparison.sampled_task_rows(comparisons))
     comparison.plot(comparisons, root / "success.png")
-    (root / "settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
+    write_text_atomic(root / "settings.json", json.dumps(settings, indent=1, default=str) + "\n")
     cfg = settings.get("config", {})
     pairs = settings.get("pairs", {})
     lines = ["# TreeDPO experiment", "",
@@ -682,7 +672,7 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
         lines.append(f"- {c.dataset}: " + ", ".join(c.task_ids))
     lines += ["", "</details>", ""]
     report = root / "report.md"
-    report.write_text("\n".join(lines))
+    write_text_atomic(report, "\n".join(lines))
     return report
 
 
@@ -709,3 +699,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StageError, ModelError, ServerError, TrainingError) as exc:
         print(f"experiment: error: {exc}", file=sys.stderr)
         return 1
+    except OutputWriteError as exc:  # names the file and what to free; the finished stages are kept
+        print(f"experiment: error: {exc} (add resume=true)", file=sys.stderr)
+        return 5

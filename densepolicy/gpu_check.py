@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from densepolicy.paths import PROJECT_ROOT, data_dir, embedded_model_dir, main_python
+from densepolicy.paths import PROJECT_ROOT, data_dir, embedded_model_dir, main_python, serve_python
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_GPU = 0, 1, 2, 3
 CHECKS = ("gpu", "dpo_zero3", "dpo_lora", "sft", "vllm_server", "tree")
@@ -195,8 +195,6 @@ class GpuCheck:
         return f"{config}: {self._summary(result)}"
 
     def check_vllm_server(self) -> str:
-        from densepolicy.paths import serve_python
-
         code, out = _probe(serve_python(), "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)")
         if code != 0:
             raise Skip(f"no vLLM in the serving venv {serve_python()} ({out or 'not installed'}; make setup SERVE=gpu)")

@@ -26,9 +26,32 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
-from densepolicy.config import load_config
+from densepolicy.config import ConfigError, load_config, read_yaml
 from densepolicy.paths import PROJECT_ROOT, main_python, shown
 from densepolicy.postprocess.comparison import load_outcomes
+from densepolicy.results_io import write_text_atomic
+from densepolicy.sampling.config import resolve_sampler_config, task_config_path
+from densepolicy.serving.server import ServingConfig, VLLMServer
+
+
+def task_config(dataset: str) -> dict:
+    """configs/tasks/<dataset>.yaml as a dict (the sampler's own lookup, `task_config_path`; a `ConfigError`
+    naming the key `datasets` and the known datasets when there is none)."""
+    try:
+        return read_yaml(task_config_path(dataset))
+    except ConfigError as exc:
+        raise ConfigError(f"key 'datasets': {exc}") from None
+
+
+def method_split(dataset: str, method: str) -> str:
+    """The split `method` runs on for `dataset` when no split is given: its resolved sampler config (sampler.yaml <
+    the task config's common keys < its `<method>` section), as the workers resolve it."""
+    return resolve_sampler_config(method, dataset).split
+
+
+def train_split(dataset: str) -> str:
+    """The split trees (and the train-task screen) draw their tasks from."""
+    return method_split(dataset, "codeact_agent_tree")
 
 
 def task_ids_setting(ids: Sequence[str]) -> str:
@@ -107,7 +130,7 @@ class LoopStages:
             if self.root.is_dir():
                 done = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else []
                 done.append({"stage": title, "status": status, "seconds": round(took, 1)})
-                self.timings_file.write_text(json.dumps(done, indent=1) + "\n")
+                write_text_atomic(self.timings_file, json.dumps(done, indent=1) + "\n")
             print(f"[{self.tag} {self.stage_no}/{self.n_stages}] {title}: {status} in {took:.0f}s "
                   f"(total {self.elapsed():.0f}s)", flush=True)
 
@@ -154,7 +177,6 @@ class LoopStages:
     @contextlib.contextmanager
     def serve(self, model: str, name: str) -> Iterator[str]:
         """A vLLM server for `model` (configs/serving.yaml + `serving` overrides); yields its base URL."""
-        from densepolicy.serving.server import ServingConfig, VLLMServer
         overrides = [f"{k}={v}" for k, v in self.serving.items()]
         scfg = load_config(ServingConfig, PROJECT_ROOT / "configs" / "serving.yaml", overrides)
         server = VLLMServer(model, scfg, self.logs / f"server_{name}.log")
@@ -272,7 +294,6 @@ class LoopStages:
         not warm starts have none: nothing to check); the style of a run is the sampler's `prompt_style` after
         configs/sampler.yaml, the task config, `sampler` and the run's own `settings` (dataset -> key=value).
         """
-        from densepolicy.sampling.config import resolve_sampler_config
         record = Path(model) / "warm_start.json"
         if not record.is_file():
             return

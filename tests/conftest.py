@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import resource
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,29 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
             return groups.get(nodeid.split("::", 1)[0], nodeid)
 
     return SharedResourceScheduling(config, log)
+
+
+TEST_CPU_CSV_ENV = "DENSEPOLICY_TEST_CPU_CSV"
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its finished, waited-for children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """With $DENSEPOLICY_TEST_CPU_CSV set: append `nodeid,wall_s,cpu_s` per test (set-up and teardown included)
+    to that file, to see where the suite's CPU goes (wall time alone mixes in waiting and a busy machine).
+    CPU counts this process and the children it waited for: a session server's CPU lands on the test after
+    which it stops, and processes of tmux sessions or Slurm jobs are not counted."""
+    path = os.environ.get(TEST_CPU_CSV_ENV)
+    wall0, cpu0 = time.monotonic(), _cpu_seconds()
+    yield
+    if path:
+        with open(path, "a", encoding="utf-8") as out:  # one short append per test: whole lines across workers
+            out.write(f'"{item.nodeid}",{time.monotonic() - wall0:.2f},{_cpu_seconds() - cpu0:.2f}\n')
 
 
 @pytest.fixture

@@ -26,13 +26,13 @@ def prepare(request: RunRequest, cfg: LauncherConfig) -> RunPlan:
 
     if cfg.server == "external":
         try:
-            identity = serving.model_directory(request.model)
+            identity = serving.served_model_directory(request.model)
         except (serving.ModelNotFound, ImportError):
             identity = request.model  # a name only the external server knows
         groups = []
     else:
         try:
-            identity = serving.model_directory(request.model)
+            identity = serving.served_model_directory(request.model)
         except serving.ModelNotFound as exc:
             raise LaunchError(str(exc), EXIT_MODEL) from None
         groups = server_groups(cfg)

@@ -27,7 +27,7 @@ class ServerProcess:
     env: dict[str, str]
 
 
-def model_directory(name_or_path: str) -> str:
+def served_model_directory(name_or_path: str) -> str:
     """The model directory of MODEL (a name from configs/models.yaml or a directory), as
     `densepolicy.serving.models.resolve_model` finds it; `ModelNotFound` with its message otherwise."""
     from densepolicy.serving.models import resolve_model

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.parser import parse_generation
-from densepolicy.results_io import iter_csv
+from densepolicy.results_io import atomic_open, iter_csv
 from densepolicy.postprocess.significance import (ClusteredMean, PairedComparison, RateComparison, clustered_mean,
                                                   compare_rates, paired_comparison, wilson_interval)
 from envs.spec import spec_for_dataset
@@ -320,8 +320,8 @@ def _round(x: float, digits: int = 4) -> object:
 
 
 def write_csv(path: Path, rows: list[dict[str, object]]) -> Path:
-    """Write dict rows (header from the first row); an empty list writes an empty file."""
-    with open(path, "w", newline="") as fh:
+    """Write dict rows (header from the first row) atomically; an empty list writes an empty file."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as fh:
         if rows:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
             writer.writeheader()

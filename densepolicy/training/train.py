@@ -44,6 +44,7 @@ import yaml
 from densepolicy.config import ConfigError, read_yaml
 from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
 from densepolicy.training.model_record import record_trained_model
+from densepolicy.serving.models import ModelError, load_registry, model_dir_name, model_template, resolve_model
 from densepolicy.serving.chat_template import (
     ContentRule,
     content_rules,
@@ -163,8 +164,6 @@ def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
 def model_directory(name_or_path: str | os.PathLike) -> Path:
     """The directory of the weights to train: a path, a name from configs/models.yaml, or a name under models/
     (no serving checks: `densepolicy.serving.models.resolve_model` is the model as served)."""
-    from densepolicy.serving.models import load_registry
-
     raw = str(name_or_path)
     candidates = [resolve(raw)]
     if os.sep not in raw and not raw.startswith("."):
@@ -213,8 +212,6 @@ def _numbers(args: dict[str, Any]) -> dict[str, Any]:
 def default_output_dir(model: Path, finetuning_type: str, dataset: str) -> Path:
     """The original's layout: TreeDPO/saves/<model name>/<full|lora>/<dataset> (a Hugging Face cache snapshot is
     named after its repository, not its hash: `models.model_dir_name`)."""
-    from densepolicy.serving.models import model_dir_name
-
     return SAVES_DIR / model_dir_name(model) / finetuning_type / dataset.replace(",", "+")
 
 
@@ -224,8 +221,6 @@ def resolve_template(args: dict[str, Any], source: str) -> str:
     template = str(args.get("template", ""))
     if template != "auto":
         return template
-    from densepolicy.serving.models import model_template
-
     found = model_template(args["model_name_or_path"])
     if found is None:
         raise ConfigError(f"{source}: key 'template' is auto, but {args['model_name_or_path']} has no template in "
@@ -871,8 +866,6 @@ def servable_model_spec(model_dir: str | os.PathLike):
 
     `./distributed_test.sh <model_dir> <dataset> codeact_agent P 0` accepts any directory that passes.
     """
-    from densepolicy.serving.models import ModelError, resolve_model
-
     path = check_servable(model_dir)
     try:
         return resolve_model(str(Path(path).resolve()))

@@ -93,8 +93,8 @@ class OfflineStages:
                 ids = json.loads(s.split("=", 1)[1])
                 if name in SPLIT_CHECKED:
                     from envs import load_env
-                    from densepolicy.experiment import task_config
-                    split = split or task_config(name).get(method, {}).get("split", "test")
+                    from densepolicy.loop_stages import method_split
+                    split = split or method_split(name, method)
                     known = {str(t) for t in load_env(name, split=split).task_ids()}
                     missing = [t for t in ids if t not in known]
                     assert not missing, f"{missing[0]!r} is not a task of {name}/{split}"

@@ -53,6 +53,11 @@ def tiny_pairs(n: int = 8, seed: int = 0) -> list[dict]:
     return [pair_to_sharegpt(json.loads(r["prompt"]), r["chosen"], r["rejected"]) for r in rows]
 
 
+# The shared tiny DPO run's settings (tests/integration/training/conftest.py: tiny_dpo_run) over cpu_tiny: 3 steps,
+# then LLaMA-Factory's evaluation on the held-out pairs `tiny_heldout`.
+TINY_DPO_OVERRIDES = ["max_steps=3", "eval_dataset=tiny_heldout", "do_eval=true", "per_device_eval_batch_size=1"]
+
+
 def write_dataset(dataset_dir: Path, name: str = "tiny_tree_dpo", n: int = 8, seed: int = 0,
                   via_prepare: bool = False) -> str:
     """Register `n` tiny pairs as `<dataset_dir>/<name>.json` in dataset_info.json.

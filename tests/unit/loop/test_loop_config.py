@@ -91,3 +91,15 @@ def test_both_loops_start_from_the_same_warm_start_hook(tmp_path):
     assert asked == [["expert_data.seed=3"]] and said == [f"warm-started model: {tmp_path / 'warm'}"]
     given = load(ExperimentConfig, [f"warm_model={tmp_path / 'mine'}"])
     assert given.warm_start_model(said.append, build) == str(tmp_path / "mine") and len(asked) == 1
+
+
+def test_the_loops_read_a_task_config_through_the_samplers_lookup():
+    """One lookup of configs/tasks/<dataset>.yaml for the loops and the workers: the same dict, and an unknown
+    dataset named with the key and the datasets that exist."""
+    from densepolicy.config import read_yaml
+    from densepolicy.loop_stages import task_config
+    from densepolicy.sampling.config import task_config_path
+
+    assert task_config("babyai") == read_yaml(task_config_path("babyai"))
+    with pytest.raises(ConfigError, match=r"key 'datasets': unknown dataset 'nope'.*known: .*babyai"):
+        task_config("nope")

@@ -140,3 +140,20 @@ def test_the_resolver_rejects_what_does_not_exist(original: tuple[set[str], set[
     assert unresolved("§10.29", sections, items) == ["§10.29"]
     assert unresolved("§6.1 step 9", sections, items) == ["§6.1 step 9"]
     assert unresolved("§3.4-3.99", sections, items) == ["§3.4-3.99"]
+
+
+def test_every_module_is_in_the_architecture_page():
+    """docs/architecture.md names every module of densepolicy/, agents/ and envs/ (a package's empty or one-line
+    `__init__.py` excepted), so a new module cannot be added without its line there."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = []
+    for base in ("densepolicy", "agents", "envs"):
+        for path in sorted((ROOT / base).rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            name = path.relative_to(ROOT).as_posix()
+            if path.name == "__init__.py" and len(path.read_text(encoding="utf-8").strip().splitlines()) <= 1:
+                continue
+            if f"`{name}`" not in doc:
+                missing.append(name)
+    assert not missing, f"docs/architecture.md does not name: {', '.join(missing)}"
