@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from typing import Any
 
 from densepolicy.config import ConfigError
 from densepolicy.gpus import detect_gpus
+from densepolicy.provenance.hashing import digest
 
 TORCHRUN_KEYS = ("FORCE_TORCHRUN", "NNODES", "NODE_RANK", "NPROC_PER_NODE", "MASTER_ADDR", "MASTER_PORT")
 NODE_TIMEOUT_ENV = "DENSEPOLICY_NODE_TIMEOUT"
@@ -177,7 +177,7 @@ def is_multinode(launch_env: Mapping[str, str]) -> bool:
 
 def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
     """sha256 of a JSON-able mapping with sorted keys (what the nodes of a run compare)."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()
+    return digest(fingerprint)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:

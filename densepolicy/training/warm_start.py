@@ -32,6 +32,7 @@ import yaml
 from densepolicy.config import ConfigError, help_field, load_config, read_yaml, to_dict
 from densepolicy.file_lock import LockLostError, OutputLock, lock_path
 from densepolicy.paths import PROJECT_ROOT, resolve
+from densepolicy.provenance.hashing import digest
 
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "warm_start.yaml"
 STAMP_FILE = ".densepolicy-stamp"
@@ -89,21 +90,21 @@ def _yaml_scalar(raw: str) -> Any:
 def base_model_fingerprint(model_dir: Path) -> str:
     """A content hash of a model directory that is cheap for large models: the small JSON/tokenizer files
     whole, and for every weight file its size plus its first and last MiB."""
-    digest = hashlib.sha256()
+    hasher = hashlib.sha256()
     for path in sorted(model_dir.iterdir()):
         if not path.is_file() or path.name.startswith("."):
             continue
-        digest.update(path.name.encode() + b"\0")
+        hasher.update(path.name.encode() + b"\0")
         if path.suffix in (".safetensors", ".bin", ".pt"):
             size = path.stat().st_size
-            digest.update(str(size).encode())
+            hasher.update(str(size).encode())
             with open(path, "rb") as fh:
-                digest.update(fh.read(1 << 20))
+                hasher.update(fh.read(1 << 20))
                 fh.seek(max(0, size - (1 << 20)))
-                digest.update(fh.read(1 << 20))
+                hasher.update(fh.read(1 << 20))
         elif path.suffix in (".json", ".jinja", ".model", ".txt"):
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+            hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:16]
 
 
 def warm_start_inputs(cfg: WarmStartConfig) -> dict[str, Any]:
@@ -131,7 +132,7 @@ def warm_start_inputs(cfg: WarmStartConfig) -> dict[str, Any]:
 def stamp_of(inputs: dict[str, Any]) -> str:
     """Hash of the inputs; the base model enters by content, not by path."""
     hashed = {k: v for k, v in inputs.items() if k != "base_model"}
-    return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(hashed)[:16]
 
 
 def read_stamp(model_dir: Path) -> str | None:

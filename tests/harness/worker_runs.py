@@ -18,9 +18,11 @@ from pathlib import Path
 from densepolicy.paths import PROJECT_ROOT
 from tests.harness import fakes
 
-ARGS = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
-        "base=3", "max_steps=4", "window_size=4", "max_sample_number=8", "max_tasks=2", "task_concurrency=2",
-        "backoff_s=0.05"]
+SCRIPTED_ENV_ARGS = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false"]
+"""Any method on the scripted math env, without a tokenizer limit or progress bars."""
+ARGS = [*SCRIPTED_ENV_ARGS, "in_context_number=0", "base=3", "max_steps=4", "window_size=4", "max_sample_number=8",
+        "max_tasks=2", "task_concurrency=2", "backoff_s=0.05"]
+"""A small tree per task (later `key=value` items override these)."""
 SHARD = "gsm8k.train.0"
 USER = [{"role": "user", "content": "2+3?"}]
 

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 
 from agents.runtime import request_seed
+from agents.tree_rules import PairRule, compute_node_stats, count_qualifying_pairs
 from densepolicy.postprocess.pairs import iter_tree_tasks, read_pairs
 from densepolicy.results_io import iter_csv
 from densepolicy.sampling.config import resolve_sampler_config
-from agents.tree_rules import PairRule, compute_node_stats, count_qualifying_pairs
 from densepolicy.sampling.worker import run_worker
 from tests.harness import fakes
+from tests.harness.worker_runs import SCRIPTED_ENV_ARGS
 
 ROOT = Path(__file__).resolve().parents[3]
-SETTINGS = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
+SETTINGS = [*SCRIPTED_ENV_ARGS, "in_context_number=0",
             "base=3", "max_steps=4", "window_size=4", "max_sample_number=6", "max_tasks=6"]
 
 

@@ -6,8 +6,9 @@ import json
 
 from densepolicy.sampling.config import resolve_sampler_config
 from densepolicy.sampling.worker import run_worker
+from tests.harness.worker_runs import SCRIPTED_ENV_ARGS
 
-ARGS = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "max_tasks=1"]
+ARGS = [*SCRIPTED_ENV_ARGS, "max_tasks=1"]
 
 
 def evaluate(server, tmp_path, *extra):

@@ -17,6 +17,7 @@ from densepolicy.postprocess.cli import load_postprocess_config
 from densepolicy.presets import PRESETS
 from densepolicy.sampling.config import resolve_sampler_config, sampler_settings
 from densepolicy.testing.synthetic_trees import tree_from_spec, write_jsonl
+from tests.harness.worker_runs import SCRIPTED_ENV_ARGS
 
 ROOT = Path(__file__).resolve().parents[3]
 SMALL = ["base=2", "max_steps=3", "window_size=8", "max_sample_number=100"]
@@ -162,7 +163,7 @@ def test_worker_with_the_preset_records_the_originals_crash_as_a_task_error(fake
     from densepolicy.sampling.worker import run_worker
     from tests.harness import fakes
 
-    base = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
+    base = [*SCRIPTED_ENV_ARGS, "in_context_number=0",
             "base=3", "max_steps=4", "window_size=4", "max_sample_number=6", "max_tasks=6", "preset=paper"]
     server = fake_server(fakes.scripted_reply)
     results = {}
@@ -214,7 +215,7 @@ def test_preset_paper_draws_in_context_examples_per_first_step_node(fake_server,
     from densepolicy.sampling.worker import run_worker
     from tests.harness import fakes
 
-    base = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=3",
+    base = [*SCRIPTED_ENV_ARGS, "in_context_number=3",
             "base=3", "max_steps=3", "window_size=4", "max_sample_number=2", "max_tasks=1", "update_rows=fixed"]
 
     def openings(name, *extra):

@@ -15,9 +15,7 @@ from densepolicy.paths import PROJECT_ROOT
 from densepolicy.results_io import split_jsonl
 from tests.harness import fakes, worker_runs
 
-ARGS = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
-        "base=3", "max_steps=4", "window_size=4", "max_sample_number=8", "max_tasks=6", "task_concurrency=2",
-        "max_retries=2", "backoff_s=0.05"]
+ARGS = [*worker_runs.ARGS, "max_tasks=6", "max_retries=2"]
 
 
 def command(server_url: str, out: Path, *extra: str) -> list[str]:

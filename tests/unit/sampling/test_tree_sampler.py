@@ -9,12 +9,13 @@ import pytest
 
 from agents.runtime import request_seed
 from agents.tree import branch_temperature, parse_node_key
-from densepolicy.sampling.config import resolve_sampler_config
 from agents.tree_rules import compute_node_stats
+from densepolicy.sampling.config import resolve_sampler_config
 from densepolicy.sampling.worker import run_worker
 from tests.harness import fakes
+from tests.harness.worker_runs import SCRIPTED_ENV_ARGS
 
-BASE = ["env=tests.harness.fakes:ScriptedMathEnv", "context_length=100000", "progress=false", "in_context_number=0",
+BASE = [*SCRIPTED_ENV_ARGS, "in_context_number=0",
         "base=3", "max_steps=4", "window_size=4", "max_sample_number=6", "max_tasks=4"]
 
 
