@@ -48,6 +48,9 @@ class EnvSpec:
     """Splits that hold evaluation tasks (never used for training data)."""
     content_field: str = ""
     """Field of `env.rows[int(task_id)]` holding a task's content (its question); '' = the task id is its content."""
+    evaluation_row_filters: tuple[tuple[str, str], ...] = ()
+    """(split, field) pairs: of that evaluation split only the rows whose `field` is set are evaluation tasks
+    (MATH's `test5000` holds the MATH-500 rows, marked by `math500_unique_id`, and others)."""
 
     def task_type(self, task_id: str) -> str:
         """The task type of `task_id` by the env's own table; "" if the env has none or does not know the id."""
@@ -69,7 +72,8 @@ ENV_SPECS: dict[str, EnvSpec] = {spec.name: spec for spec in (
     EnvSpec(name="gsm8k", factory="envs.math_env:GSM8KEnv", family="math", packages=("math-verify", "sympy"),
             title="GSM8K", score="attempts", evaluation_splits=("test",), content_field="question"),
     EnvSpec(name="math", factory="envs.math_env:MATHEnv", family="math", packages=("math-verify", "sympy"),
-            title="MATH", score="attempts", evaluation_splits=("test", "test5000"), content_field="problem"),
+            title="MATH", score="attempts", evaluation_splits=("test", "test5000"), content_field="problem",
+            evaluation_row_filters=(("test5000", "math500_unique_id"),)),
     EnvSpec(name="alfworld", factory="envs.alfworld_env:ALFWorldEnv", family="alfworld",
             packages=("alfworld", "textworld"), title="ALFWorld", score="task_types",
             task_types=("put", "examine", "clean", "cool", "heat", "puttwo"),

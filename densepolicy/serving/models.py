@@ -114,11 +114,12 @@ def resolve_model(name_or_path: str | None = None, max_model_len: int | None = N
     name_or_path = name_or_path or reg.default
     entry, name = reg.models.get(name_or_path), name_or_path
     if entry is None:
-        candidate = resolve(name_or_path)
-        if not candidate.is_dir():
+        candidates = model_dir_candidates(name_or_path, reg)
+        candidate = next((c for c in candidates if c.is_dir()), None)
+        if candidate is None:
             raise ModelError(
                 f"model {name_or_path!r} is neither a registered name ({', '.join(sorted(reg.models))}) "
-                f"nor an existing directory ({candidate})")
+                f"nor an existing directory ({' or '.join(str(c) for c in candidates)})")
         name, entry = _entry_for_dir(reg, candidate)
     model_dir = resolve(entry.path)
     if not model_dir.is_dir():
@@ -199,6 +200,22 @@ def model_dir_name(model_dir: str | Path) -> str:
         if match:
             return match.group("name")
     return path.name
+
+
+def model_dir_candidates(name_or_path: str | Path, registry: ModelRegistry | None = None) -> list[Path]:
+    """Where the model `name_or_path` may be, in the one search order that serving (`resolve_model`) and
+    training (`densepolicy.training.train.model_directory`) share: a registered name's path first, then the
+    argument as a path (relative to the project root), then models/<name> for a bare name."""
+    raw = str(name_or_path)
+    reg = registry or load_registry()
+    candidates = []
+    entry = reg.models.get(raw)
+    if entry is not None:
+        candidates.append(resolve(entry.path))
+    candidates.append(resolve(raw))
+    if "/" not in raw and not raw.startswith("."):
+        candidates.append(models_dir() / raw)
+    return list(dict.fromkeys(candidates))
 
 
 def _entry_for_dir(reg: ModelRegistry, model_dir: Path) -> tuple[str, ModelEntry]:

@@ -42,9 +42,10 @@ from typing import Any
 import yaml
 
 from densepolicy.config import ConfigError, read_yaml
-from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, models_dir, resolve
+from densepolicy.paths import PROJECT_ROOT, cache_dir, main_python, resolve
 from densepolicy.training.model_record import record_trained_model
-from densepolicy.serving.models import ModelError, load_registry, model_dir_name, model_template, resolve_model
+from densepolicy.serving.models import (ModelError, model_dir_candidates, model_dir_name,
+                                       model_template, resolve_model)
 from densepolicy.serving.chat_template import (
     ContentRule,
     content_rules,
@@ -162,20 +163,16 @@ def check_dataset(names: str, dataset_dir: str | os.PathLike) -> None:
 
 
 def model_directory(name_or_path: str | os.PathLike) -> Path:
-    """The directory of the weights to train: a path, a name from configs/models.yaml, or a name under models/
-    (no serving checks: `densepolicy.serving.models.resolve_model` is the model as served)."""
-    raw = str(name_or_path)
-    candidates = [resolve(raw)]
-    if os.sep not in raw and not raw.startswith("."):
-        entry = load_registry().models.get(raw)
-        if entry is not None:
-            candidates.append(resolve(entry.path))
-        candidates.append(models_dir() / raw)
+    """The directory of the weights to train: a name from configs/models.yaml, a path, or a name under models/,
+    searched in serving's order (`serving.models.model_dir_candidates`; no serving checks:
+    `densepolicy.serving.models.resolve_model` is the model as served)."""
+    candidates = model_dir_candidates(str(name_or_path))
     for path in candidates:
         if (path / "config.json").is_file():
             return path
     raise ConfigError(
-        f"model {raw!r}: no model directory with a config.json at {' or '.join(str(c) for c in candidates)}"
+        f"model {str(name_or_path)!r}: no model directory with a config.json at "
+        f"{' or '.join(str(c) for c in candidates)}"
     )
 
 

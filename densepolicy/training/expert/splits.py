@@ -24,15 +24,17 @@ def task_key(env: Any, task_id: str) -> str:
 
 
 def evaluation_keys(env_name: str, data_dir: str | None = None) -> set[str]:
-    """Content keys of every evaluation task of `env_name` (the `evaluation_splits` of its spec; of MATH's
-    `test5000`, only the MATH-500 rows are evaluation tasks)."""
+    """Content keys of every evaluation task of `env_name`: the `evaluation_splits` of its spec, less the rows
+    its `evaluation_row_filters` leave out (of MATH's `test5000`, only the MATH-500 rows are evaluation tasks)."""
     keys: set[str] = set()
-    for split in env_spec(env_name).evaluation_splits:
+    spec = env_spec(env_name)
+    row_filters = dict(spec.evaluation_row_filters)
+    for split in spec.evaluation_splits:
         env = load_env(env_name, split=split, **({"data_dir": data_dir} if data_dir else {}))
         try:
             ids = env.task_ids()
-            if env_name == "math" and split == "test5000":
-                ids = [i for i in ids if env.rows[int(i)].get("math500_unique_id") is not None]
+            if split in row_filters:
+                ids = [i for i in ids if env.rows[int(i)].get(row_filters[split]) is not None]
             keys.update(task_key(env, i) for i in ids)
         finally:
             env.close()

@@ -119,3 +119,27 @@ def test_template_auto_without_a_recognised_template_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match="key 'template' is auto.*set template=NAME"):
         build_train_args("gpu_full_zero3", dataset="tiny_tree_dpo", model=unknown, dataset_dir=tmp_path / "data",
                          known_keys=KEYS)
+
+
+def test_serving_and_training_find_a_model_in_the_same_search_order(tmp_path, monkeypatch):
+    """One search order (`model_dir_candidates`): a registered name first, then the path, then models/<name>.
+    Before, training tried the path first and serving never looked under models/, so a bare directory name
+    under models/ trained but did not serve, and a name that is both registered and a directory could train
+    one model and serve another."""
+    from densepolicy.serving import models as serving_models
+    from densepolicy.training.train import model_directory
+
+    registered = model(tmp_path / "weights" / "registered", "llama", LLAMA3_TEMPLATE)
+    shadow = model(tmp_path / "models" / "mymodel", "llama", LLAMA3_TEMPLATE)     # same bare name, not registered
+    under_models = model(tmp_path / "models" / "only-here", "llama", LLAMA3_TEMPLATE)
+    registry = tmp_path / "models.yaml"
+    registry.write_text(f"default: mymodel\nmodels:\n  mymodel:\n    path: {registered}\n    max_model_len: 4096\n")
+    monkeypatch.setattr(serving_models, "DEFAULT_REGISTRY", registry)
+    monkeypatch.setattr(serving_models, "models_dir", lambda: tmp_path / "models")
+
+    assert model_directory("mymodel") == registered and resolve_model("mymodel").path == registered.resolve()
+    assert shadow.is_dir()  # present, and neither side picks it over the registry entry
+    assert model_directory("only-here") == under_models
+    assert resolve_model("only-here").path == under_models.resolve()
+    with pytest.raises(ConfigError, match="no-such"):
+        model_directory("no-such")
