@@ -151,7 +151,7 @@ class SiblingPair:
 
     @property
     def value_gap(self) -> float:
-        return float(self.chosen.value) - float(self.rejected.value)  # type: ignore[arg-type]
+        return float(self.chosen.value or 0.0) - float(self.rejected.value or 0.0)  # a pair's nodes are valued
 
 
 def _label(record: Mapping[str, Any]) -> int:
@@ -207,7 +207,7 @@ def compute_node_stats(nodes: Iterable[Mapping[str, Any]], arithmetic: Mode = "f
                 node.runs = sum(c.runs for c in valued)
                 node.leaf_depth_sum = sum(c.leaf_depth_sum for c in valued)
                 if valued:
-                    node.value = node_value([c.value for c in valued], arithmetic)  # type: ignore[misc]
+                    node.value = node_value([c.value for c in valued if c.value is not None], arithmetic)
             if node.runs:
                 node.avg_remaining_depth = node.leaf_depth_sum / node.runs - node.depth
     return stats
@@ -232,16 +232,18 @@ def candidate_pairs(stats: Mapping[str, NodeStats], rule: PairRule = PairRule(),
     """
     pairs: list[SiblingPair] = []
     for group in sibling_groups(stats).values():
-        valued = [n for n in group if n.value is not None]
-        for i, a in enumerate(valued):
-            for b in valued[i + 1:]:
-                if not values_differ(a.value, b.value, rule.arithmetic):  # type: ignore[arg-type]
+        valued = [(n, n.value) for n in group if n.value is not None]
+        for i, (a, value_a) in enumerate(valued):
+            for b, value_b in valued[i + 1:]:
+                if not values_differ(value_a, value_b, rule.arithmetic):
                     continue
                 if texts is not None and texts.get(a.node_id, "").strip() == texts.get(b.node_id, "").strip():
                     continue
-                chosen, rejected = (a, b) if a.value > b.value else (b, a)  # type: ignore[operator]
-                selected = (gap_reaches(chosen.value - rejected.value, rule.thre_value,  # type: ignore[operator]
-                                        rule.arithmetic)
+                if value_a > value_b:
+                    chosen, rejected, gap = a, b, value_a - value_b
+                else:
+                    chosen, rejected, gap = b, a, value_b - value_a
+                selected = (gap_reaches(gap, rule.thre_value, rule.arithmetic)
                             and rule.is_trusted(chosen) and rule.is_trusted(rejected))
                 pairs.append(SiblingPair(chosen, rejected, selected))
     return pairs

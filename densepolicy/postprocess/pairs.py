@@ -270,7 +270,7 @@ def extraction_paths(data_dir: str | None = None, dataset_file_name: str | None 
         if not data_dir or not (dataset_file_name or template):
             raise ValueError("--process_result needs --tree_file, or --data_dir with --dataset_file_name "
                              "or --dataset_file_name_list")
-        name = dataset_file_name or template.format("None")  # type: ignore[union-attr]
+        name = dataset_file_name or (template or "").format("None")  # one of them is set (checked above)
         root = Path(data_dir)
         results_csv = root / name
         tree = root / "trees" / (name[: -len(".csv")] + ".jsonl")

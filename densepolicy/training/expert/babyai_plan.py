@@ -74,7 +74,8 @@ def parse_mission(mission: str) -> list[Instruction] | None:
         for piece in pieces:
             ordered += piece.split(" and ")
     instructions = [_instruction(p) for p in ordered]
-    return None if any(i is None for i in instructions) else instructions  # type: ignore[return-value]
+    understood = [i for i in instructions if i is not None]
+    return understood if len(understood) == len(instructions) else None
 
 
 def tool_call(action: str) -> str:
