@@ -238,15 +238,22 @@ class LoopStages:
         """Train-task screen: roll out each candidate of dataset d `rollouts[d]` times (codeact_agent with
         `settings[d]`, which name the train split; rollout k at `temperature` with sampler seed `seed + k`, into
         `<root>/<prefix>screen/sample<k>/<d>/`), all against one server. Returns d -> how often each was solved."""
+        # max_tasks after the settings: an evaluation's own cap (the demo's max_tasks=8) must not cut the screen
         jobs = {f"{prefix}screen/sample{k}": {
-                    d: [*settings[d], task_ids_setting(ids), f"temperature={temperature}", f"seed={seed + k}"]
+                    d: [*settings[d], task_ids_setting(ids), f"max_tasks={len(ids)}", f"temperature={temperature}",
+                        f"seed={seed + k}"]
                     for d, ids in candidates.items() if k < rollouts[d]}
                 for k in range(max(rollouts.values(), default=0))}
         out = self.run_jobs(model, "codeact_agent", server_url, jobs, 5, procs)
         result = {}
         for d, ids in candidates.items():
-            runs = [load_outcomes(merged_csv(out[j][d])) for j in jobs if d in out[j]]
-            result[d] = ScreenResult({t: sum(run[t].solved for run in runs if t in run) for t in ids}, len(runs))
+            runs = {j: load_outcomes(merged_csv(out[j][d])) for j in jobs if d in out[j]}
+            for j, run in runs.items():  # a candidate without an outcome is not "never solved"
+                missing = [t for t in ids if t not in run]
+                if missing:
+                    raise StageError(f"screen of {d}: {len(missing)} of {len(ids)} candidates have no result in "
+                                     f"{shown(merged_csv(out[j][d]))} (first: {missing[0]!r})")
+            result[d] = ScreenResult({t: sum(run[t].solved for run in runs.values()) for t in ids}, len(runs))
         return result
 
     def pairs(self, sample_dirs: Mapping[str, Path], merged: Path) -> dict[str, int]:

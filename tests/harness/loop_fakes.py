@@ -86,8 +86,11 @@ class OfflineStages:
         pass
 
     def task_ids(self, name, settings, method="codeact_agent"):
-        """The run's task ids; like the worker, refuses ids that are not tasks of the run's split."""
+        """The run's task ids; like the worker, refuses ids that are not tasks of the run's split and keeps the
+        first `max_tasks` (the last such setting wins, as on the command line)."""
         split = next((s.split("=", 1)[1] for s in settings if s.startswith("split=")), None)
+        caps = [int(s.split("=", 1)[1]) for s in settings if s.startswith("max_tasks=")]
+        ids = TASKS[name]
         for s in settings:
             if s.startswith("task_ids="):
                 ids = json.loads(s.split("=", 1)[1])
@@ -98,8 +101,7 @@ class OfflineStages:
                     known = {str(t) for t in load_env(name, split=split).task_ids()}
                     missing = [t for t in ids if t not in known]
                     assert not missing, f"{missing[0]!r} is not a task of {name}/{split}"
-                return ids
-        return TASKS[name]
+        return ids[:caps[-1]] if caps else ids
 
     def run_jobs(self, model, method, server_url, jobs, id_offset, proc_per_job=None):
         out = {}

@@ -9,7 +9,7 @@ import pytest
 
 from densepolicy.config import ConfigError, load_config
 from densepolicy.demo import Demo, DemoConfig
-from densepolicy.loop_stages import LoopStages, ScreenResult
+from densepolicy.loop_stages import LoopStages, ScreenResult, StageError
 from densepolicy.paths import PROJECT_ROOT
 from tests.harness.loop_fakes import OfflineStages
 
@@ -59,6 +59,28 @@ def test_demo_grows_trees_on_the_mixed_candidates_of_its_screen(tmp_path, capsys
     (sample,) = [c for c in stages.calls if c[0] == "sample"]
     assert f"task_ids={json.dumps(CANDIDATES[2:])}" in sample[2]["babyai"]  # the two mixed candidates
     assert "2 of 4 candidates mixed over 2 rollouts (1 always, 1 never solved); trees on 2" in capsys.readouterr().out
+
+
+def test_the_evaluations_max_tasks_does_not_cut_the_screen(tmp_path):
+    """The fresh-clone demo of 2026-12-04: 16 BabyAI candidates, but the demo's `evaluate` settings (which the
+    screen reuses) say max_tasks=8, so only 8 were rolled out and the other 8 were counted as never solved."""
+    stages = Stages(tmp_path / "run", tag="t", n_stages=1, proc_per_server=2, tmux_start_id=0, serving={},
+                    sampler={}, solved=lambda model, task, seed: task == CANDIDATES[3] and seed == 7)
+    (result,) = stages.screen("m", "url", {"babyai": CANDIDATES}, {"babyai": ["max_tasks=2", "split=train"]},
+                              {"babyai": 2}, 0.7, 7).values()
+    assert result.solved == {CANDIDATES[0]: 0, CANDIDATES[1]: 0, CANDIDATES[2]: 0, CANDIDATES[3]: 1}
+    assert result.mixed() == [CANDIDATES[3]]  # the last candidate, beyond the evaluation's cap, was rolled out
+
+
+def test_a_candidate_without_a_result_stops_the_screen_instead_of_counting_as_never_solved(tmp_path):
+    class Dropping(Stages):
+        def task_ids(self, name, settings, method="codeact_agent"):
+            return super().task_ids(name, settings, method)[:-1]
+
+    stages = Dropping(tmp_path / "run", tag="t", n_stages=1, proc_per_server=2, tmux_start_id=0, serving={},
+                      sampler={}, solved=lambda model, task, seed: False)
+    with pytest.raises(StageError, match=f"screen of babyai: 1 of 4 candidates have no result.*{CANDIDATES[3]}"):
+        stages.screen("m", "url", {"babyai": CANDIDATES}, {"babyai": ["split=train"]}, {"babyai": 2}, 0.7, 7)
 
 
 def test_screen_and_fixed_tree_tasks_are_refused_together(tmp_path):
