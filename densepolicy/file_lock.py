@@ -150,7 +150,8 @@ async def cancel_on_signals(coro: Awaitable[T],
     finally:
         for sig, old in previous.items():
             loop.remove_signal_handler(sig)
-            signal.signal(sig, old)  # remove_signal_handler leaves SIG_DFL
+            if old is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(sig, old)  # remove_signal_handler leaves SIG_DFL
 
 
 def _boot_id() -> str | None:
