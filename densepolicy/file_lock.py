@@ -122,8 +122,8 @@ async def cancel_on_signals(coro: Awaitable[T],
     """Await `coro` inside a running event loop; `signals` cancel it and then raise `Terminated`.
 
     Why not `terminate_on_signals` alone: a Python signal handler raises wherever the main thread is,
-    which inside an event loop may be the loop's own bookkeeping (a gather callback, the selector), so
-    the exception escapes `asyncio.run` with the tasks still pending, their clean-up runs in a closed
+    which inside an event loop may be the middle of one task's step or the loop's own bookkeeping, so
+    the exception escapes `asyncio.run` with the other tasks still pending, their clean-up runs in a closed
     loop and Python prints a traceback after the one-line message. Here the loop itself receives the
     signal and cancels the task, whose `finally` blocks then run normally. The previous handlers (e.g.
     `terminate_on_signals`) are put back afterwards. Outside the main thread this only awaits `coro`."""
