@@ -329,17 +329,7 @@ def _freeze_user(uid: int, deadline: float) -> tuple[set[int], set[int]] | None:
 def uids_in_use() -> set[int]:
     """The real uids of every live process (from /proc/<pid>/status: the owner of /proc/<pid> itself is root
     for a process that switched uid, which the kernel makes non-dumpable)."""
-    uids = set()
-    for pid in _pids():
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                status = f.read()
-        except OSError:
-            continue
-        at = status.find(b"\nUid:")
-        if at >= 0:
-            uids.add(int(status[at + 5:status.index(b"\n", at + 1)].split()[0]))
-    return uids
+    return {status[2] for pid in _pids() if (status := _status(pid)) is not None}
 
 
 def _is_own_uid(uid: int | None) -> bool:
@@ -353,16 +343,25 @@ def _pids() -> list[int]:
 
 def _state_of_uid(pid: int, uid: int) -> str:
     """The state letter of `pid` (R, S, T, ...) if its real uid is `uid` and it is not a zombie, else ""."""
+    status = _status(pid)
+    if status is None or status[2] != uid or status[0] in ("Z", "X"):
+        return ""
+    return status[0]
+
+
+_STATUS_FIELDS = re.compile(rb"^State:\s*(\S).*?^PPid:\s*(\d+).*?^Uid:\s*(\d+)", re.M | re.S)  # in this order
+
+
+def _status(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, parent pid, real uid) of `pid` from /proc/<pid>/status, or None if it is gone."""
     try:
         with open(f"/proc/{pid}/status", "rb") as f:
-            status = f.read()
+            fields = _STATUS_FIELDS.search(f.read())
     except OSError:
-        return ""
-    state = re.search(rb"^State:\s*(\S)", status, re.M)
-    real_uid = re.search(rb"^Uid:\s*(\d+)", status, re.M)
-    if state is None or real_uid is None or int(real_uid.group(1)) != uid or state.group(1) in (b"Z", b"X"):
-        return ""
-    return state.group(1).decode()
+        return None
+    if fields is None:
+        return None
+    return fields.group(1).decode(), int(fields.group(2)), int(fields.group(3))
 
 
 def _start_time(pid: int) -> str:
@@ -377,12 +376,8 @@ def _start_time(pid: int) -> str:
 
 def _ppid_uid(pid: int) -> tuple[int, int] | None:
     """(parent pid, real uid) of `pid`, or None."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        return int(fields["PPid"]), int(fields["Uid"].split()[0])
-    except (OSError, KeyError, ValueError):
-        return None
+    status = _status(pid)
+    return None if status is None else (status[1], status[2])
 
 
 def _state(pid: int) -> str:
