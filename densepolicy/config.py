@@ -14,6 +14,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -101,6 +102,18 @@ def parse_overrides(overrides: list[str], source: str = "command line") -> dict[
                 raise ConfigError(f"{source}: {key!r} sets a sub-key of a non-mapping value")
         node[parts[-1]] = value
     return nested
+
+
+def flat_keys(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}, "c": 2}`` -> ``{"a.b": 1, "c": 2}``: the dotted key of every leaf (the reverse of
+    `parse_overrides`' nesting)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(flat_keys(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def merge_dicts(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -10,10 +10,9 @@ an explicit key replaces are logged. `preset=none` (the default) changes nothing
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
-from densepolicy.config import ConfigError, merge_dicts
+from densepolicy.config import ConfigError, flat_keys, merge_dicts
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +41,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
 def preset_values(stage: str, name: str) -> dict[str, Any]:
     """The settings of preset `name` for `stage` ("sampler" or "postprocess")."""
     if name not in PRESETS[stage]:
@@ -64,8 +53,8 @@ def with_preset(stage: str, data: dict[str, Any], explicit: dict[str, Any]) -> d
     (command-line) values over both. The preset is named by `explicit` or else by `data`."""
     name = explicit.get("preset", data.get("preset", "none")) or "none"
     values = preset_values(stage, str(name))
-    given = _flat(explicit)
-    replaced = {k: v for k, v in _flat(values).items() if k in given and given[k] != v}
+    given = flat_keys(explicit)
+    replaced = {k: v for k, v in flat_keys(values).items() if k in given and given[k] != v}
     if replaced:
         log.info("preset=%s: the explicit %s replace the preset's %s", name,
                  ", ".join(f"{k}={given[k]!r}" for k in replaced), ", ".join(f"{k}={v!r}" for k, v in replaced.items()))

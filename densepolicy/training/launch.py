@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from densepolicy.config import ConfigError
+from densepolicy.config import ConfigError, flat_keys
 from densepolicy.gpus import detect_gpus
 from densepolicy.provenance.hashing import digest
 
@@ -180,18 +180,9 @@ def fingerprint_hash(fingerprint: Mapping[str, Any]) -> str:
     return digest(fingerprint)
 
 
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, Mapping):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flat(item, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): value}
-
-
 def fingerprint_differences(a: Mapping[str, Any], b: Mapping[str, Any], limit: int = 6) -> list[str]:
     """``key: A vs B`` for each (flattened) key whose value differs between two fingerprints."""
-    fa, fb = _flat(a), _flat(b)
+    fa, fb = flat_keys(a), flat_keys(b)
     keys = sorted(k for k in set(fa) | set(fb) if fa.get(k, "<unset>") != fb.get(k, "<unset>"))
     lines = [f"{k}: {fa.get(k, '<unset>')!r} vs {fb.get(k, '<unset>')!r}" for k in keys[:limit]]
     return lines + ([f"... and {len(keys) - limit} more"] if len(keys) > limit else [])
