@@ -42,7 +42,8 @@ from results_table import print_and_write  # noqa: E402
 
 from densepolicy.paths import embedded_model_dir  # noqa: E402
 from densepolicy.postprocess.lf_dataset import dataset_info_entry, pair_to_sharegpt, register_dataset  # noqa: E402
-from densepolicy.training.train import template_pair, train  # noqa: E402
+from densepolicy.config import read_yaml  # noqa: E402
+from densepolicy.training.train import TrainResult, template_pair, train  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "dpo_throughput.csv"
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -137,12 +138,11 @@ def token_counts(data: Path) -> tuple[list[tuple[int, int, int]], list[tuple[int
     return pairs, sft
 
 
-def step_seconds(out: Path) -> float:
-    """Median seconds per logged step after the first (LLaMA-Factory's trainer_log.jsonl elapsed times)."""
+def step_seconds(result: TrainResult) -> float:
+    """Median seconds per logged step after the first (LLaMA-Factory's trainer_log.jsonl elapsed times, in the
+    run's effective `output_dir`: the model directory, or its adapter folder for LoRA)."""
     times = []
-    log = out / "trainer_log.jsonl"
-    if not log.exists():  # a LoRA run trains into <out>/adapter (densepolicy.training.train)
-        log = out / "adapter" / "trainer_log.jsonl"
+    log = Path(read_yaml(result.config_path)["output_dir"]) / "trainer_log.jsonl"
     for line in log.read_text().splitlines():
         row = json.loads(line)
         if "loss" in row:
@@ -196,7 +196,7 @@ def main() -> int:
             tps = pair_tokens / runtime
             first = first or tps
             rows.append({"stage": "DPO", "run": label, "steps": args.pairs * args.epochs, "shape": shape,
-                         "train_runtime_s": round(runtime, 1), "median_step_s": step_seconds(out),
+                         "train_runtime_s": round(runtime, 1), "median_step_s": step_seconds(result),
                          "tok_per_s": round(tps, 1), "vs_first": f"{tps / first:.2f}x",
                          "train_loss": round(float(result.metrics.get("train_loss", "nan")), 5),
                          "wall_s": round(time.perf_counter() - start, 1)})
@@ -219,7 +219,7 @@ def main() -> int:
                 steps = json.loads((out / "trainer_state.json").read_text())["global_step"]
                 rows.append({"stage": "SFT", "run": label, "steps": steps,
                              "shape": f"{sft_tokens // len(sft)} tok/seq, {100 * trained // sft_tokens} % trained",
-                             "train_runtime_s": round(runtime, 1), "median_step_s": step_seconds(out),
+                             "train_runtime_s": round(runtime, 1), "median_step_s": step_seconds(result),
                              "tok_per_s": round(tps, 1), "vs_first": f"{tps / first:.2f}x",
                              "train_loss": round(float(result.metrics.get("train_loss", "nan")), 5),
                              "wall_s": round(time.perf_counter() - start, 1)})
