@@ -116,10 +116,10 @@ def test_plot_density_draws_one_panel_per_dataset_and_trial(tmp_path):
 
 
 @pytest.mark.integration
-def test_study_trains_and_evaluates_one_tiny_n_and_resumes(tmp_path):
+def test_study_trains_and_evaluates_one_tiny_n_and_resumes(tmp_path, tiny_llama):
     write_pairs_csv(tmp_path / "pairs.csv", TASKS)
     cfg = study_cfg(tmp_path, pair_budget=4, task_counts=[2],
-                    train={"config": "cpu_tiny", "overrides": ["max_steps=1"]},
+                    train={"config": "cpu_tiny", "model": str(tiny_llama), "overrides": ["max_steps=1"]},
                     evaluation={"kind": "command", "datasets": ["gsm8k"], "max_trials": [4, 10],
                                 "command": [sys.executable, str(EVAL_STUB), "{model_dir}", "{dataset}", "{eval_dir}"]})
     rows = run_study(cfg, progress=False)

@@ -264,14 +264,15 @@ def test_sft_scored_logits_equal_stock_loss_and_gradients(tiny, tmp_path):
 
 
 @pytest.mark.integration
-def test_cpu_tiny_with_the_plugin_trains_like_stock_and_exports_a_servable_model(tiny_dpo_run, tmp_path):
+def test_cpu_tiny_with_the_plugin_trains_like_stock_and_exports_a_servable_model(tiny_dpo_run, tiny_llama, tmp_path):
     """cpu_tiny through the plugin (the shared run, its default) and through llamafactory-cli, same data, seed
     and settings: same losses, and the plugin's output is a servable model."""
     from densepolicy.training.train import metric_series, read_log_history
 
     plugin = tiny_dpo_run
     stock = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=plugin.model_dir.parent / "data",
-                  output_dir=tmp_path / "stock", progress=False, overrides=[*TINY_DPO_OVERRIDES, "densepolicy_fast=false"])
+                  model=tiny_llama, output_dir=tmp_path / "stock", progress=False,
+                  overrides=[*TINY_DPO_OVERRIDES, "densepolicy_fast=false"])
     runs = {"plugin": plugin, "stock": stock}
     check_servable(plugin.model_dir)
     log_text = plugin.log_path.read_text()

@@ -1,12 +1,13 @@
 """Multi-node TreeDPO training (issue 18, item 3), on one CPU machine.
 
-What this covers: how a node finds its rank (NNODES/NODE_RANK, or a Slurm step's SLURM_PROCID; a multi-node
-run without a rank is refused, never rank 0 by default); two `TreeDPO/train.py` "nodes" on this machine,
-started as a cluster user starts them (same command, NNODES=2, NODE_RANK=0/1, MASTER_ADDR/MASTER_PORT), train
-one DPO step of the embedded model together over gloo (world size 2) and only node 0 writes the output
-directory, exports, plots and records provenance; nodes started with different arguments both refuse, naming the
-key; `TreeDPO/train.py ... --slurm` on a real single-node Slurm (tests/harness/slurm_local.py) runs the same two-node
-training as one sbatch job with one srun step. Not covered: GPUs, NCCL, DeepSpeed across nodes, two real hosts.
+What this covers: how a node finds its rank (NNODES/NODE_RANK, or a Slurm step's SLURM_PROCID; a multi-node run
+without a rank is refused, never rank 0 by default); two `TreeDPO/train.py` "nodes" on this machine, started as a
+cluster user starts them (same command, NNODES=2, NODE_RANK=0/1, MASTER_ADDR/MASTER_PORT), train one DPO step of
+the session's tiny Llama (the embedded model's tokenizer) together over gloo (world size 2) and only node 0 writes
+the output directory, exports, plots and records provenance; nodes started with different arguments both refuse,
+naming the key; `TreeDPO/train.py ... --slurm` on a real single-node Slurm (tests/harness/slurm_local.py) runs the
+same two-node training as one sbatch job with one srun step. Not covered: GPUs, NCCL, DeepSpeed across nodes, two
+real hosts.
 """
 from __future__ import annotations
 
@@ -157,11 +158,11 @@ def test_a_node_that_never_comes_is_named(clean_env):
 
 
 @pytest.mark.integration
-def test_two_nodes_train_together_through_train_py_and_only_node_0_writes(dataset_dir, tmp_path):
+def test_two_nodes_train_together_through_train_py_and_only_node_0_writes(dataset_dir, tiny_llama, tmp_path):
     out = tmp_path / "model"
     port = free_port()
     args = ["cpu_tiny", "--dataset", "tiny_tree_dpo", "--dataset-dir", str(dataset_dir), "--output-dir", str(out),
-            *TINY]
+            "--model", str(tiny_llama), *TINY]
     procs = [start_node(args, node_env(1, 2, port)), start_node(args, node_env(0, 2, port))]  # rank 1 first
     (rc1, out1, err1), (rc0, out0, err0) = finish(procs, timeout=420)
     assert rc0 == 0, out0 + err0
@@ -241,14 +242,15 @@ def slurm(tmp_path_factory):
 
 @pytest.mark.integration
 @pytest.mark.slurm
-def test_slurm_job_trains_on_two_tasks_with_one_command(slurm, dataset_dir, tmp_path):
+def test_slurm_job_trains_on_two_tasks_with_one_command(slurm, dataset_dir, tiny_llama, tmp_path):
     """`--slurm` on the local one-node Slurm: 2 train.py tasks on that node stand in for 2 nodes (same srun
     step, ranks from SLURM_PROCID, MASTER_ADDR/MASTER_PORT from the job script)."""
     out = tmp_path / "model"
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("SLURM_")}
     env.update(slurm.env, CUDA_VISIBLE_DEVICES="")
     done = subprocess.run([sys.executable, str(TRAIN_PY), "cpu_tiny", "--dataset", "tiny_tree_dpo", "--dataset-dir",
-                           str(dataset_dir), "--output-dir", str(out), *TINY, "--slurm", "slurm.nodes=1",
+                           str(dataset_dir), "--output-dir", str(out), "--model", str(tiny_llama), *TINY,
+                           "--slurm", "slurm.nodes=1",
                            "slurm.tasks_per_node=2", "slurm.gpus_per_node=0", "slurm.cpus_per_task=1",
                            "slurm.wait=true", "slurm.node_timeout_s=300"],
                           cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False, timeout=540)

@@ -1,5 +1,6 @@
 """TreeDPO training: config/dataset/model validation, the chat-template agreement between training and
-serving, curve plotting, and real LLaMA-Factory DPO runs (full + LoRA) on the embedded model."""
+serving, curve plotting, and real LLaMA-Factory runs: DPO (full + LoRA) on the session's tiny Llama (the
+embedded model's tokenizer and chat template, random weights), SFT on the embedded model itself."""
 from __future__ import annotations
 
 import csv
@@ -256,7 +257,7 @@ def test_record_length_counts_the_longer_answer_of_a_pair():
 
 
 @pytest.mark.integration
-def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(tiny_dpo_run):
+def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(tiny_dpo_run, tiny_llama):
     out = tiny_dpo_run.model_dir
     check_servable(out)
     history = read_log_history(out / "trainer_state.json")
@@ -276,7 +277,7 @@ def test_cpu_tiny_full_dpo_trains_and_exports_a_servable_model(tiny_dpo_run):
     from safetensors.torch import load_file
 
     trained = load_file(out / "model.safetensors")
-    base = load_file(embedded_model_dir() / "model.safetensors")
+    base = load_file(tiny_llama / "model.safetensors")
     name = next(n for n in trained if n.endswith("layers.0.self_attn.q_proj.weight"))
     assert not (trained[name] == base[name]).all()
 
@@ -291,8 +292,9 @@ def test_held_out_pairs_are_scored_after_training(tiny_dpo_run):
 
 
 @pytest.mark.integration
-def test_cpu_tiny_lora_is_merged_into_a_servable_model(tmp_path, dataset_dir):
+def test_cpu_tiny_lora_is_merged_into_a_servable_model(tmp_path, dataset_dir, tiny_llama):
     result = train("cpu_tiny", dataset="tiny_tree_dpo", dataset_dir=dataset_dir, output_dir=tmp_path / "lora",
+                   model=tiny_llama,
                    overrides=["finetuning_type=lora", "lora_target=all", "lora_rank=4", "max_steps=1",
                               "learning_rate=1e-4"], progress=False)
     assert result.model_dir == tmp_path / "lora"
@@ -335,7 +337,8 @@ def test_trained_model_is_served_by_vllm_with_the_training_prompt(tiny_dpo_run, 
             "model": server.served_name, "messages": messages[:-1], "max_tokens": 32, "temperature": 0.0})
         evaluation = _evaluate_on_gsm8k(tiny_dpo_run.model_dir, server.base_url, tmp_path / "eval")
     assert reply["model"] == spec.served_name
-    assert reply["choices"][0]["message"]["content"].strip()
+    assert reply["choices"][0]["message"]["content"] and reply["usage"]["completion_tokens"] > 0  # random weights:
+    # the tiny Llama's greedy text is often whitespace, so only its presence is checked
     assert reply["usage"]["prompt_tokens"] == len(training_prompt)
     # downstream evaluation of the trained model: the real eval agent on real GSM8K test tasks
     assert evaluation.returncode == 0, evaluation.stdout + evaluation.stderr
