@@ -176,8 +176,9 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight Llama (`densepolicy.testing.tiny_model`: hidden 128, 2 layers) with the embedded
     model's tokenizer and chat template, built once per session: for tests about what the pipeline does with a
-    training run (export, serving, launch, resume), not about the 135M model's weights. A 3-step DPO run of it
-    costs ~30 CPU-seconds against ~300 for SmolLM2-135M (benchmarks/bench_test_training.py); `cpu_sft` and the
+    training run (export, serving, launch, resume), not about the 135M model's weights. The suite's shared DPO
+    run (3 steps) costs ~15-17 CPU-seconds with it against ~35 with SmolLM2-135M on an idle 2-core machine
+    (benchmarks/bench_test_training.py, 2026-12-07; ~30 against ~300 beside an experiment); `cpu_sft` and the
     warm start still train the real model."""
     from densepolicy.testing.tiny_model import build_tiny_model
 
