@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from densepolicy.config import flat_keys
+
 # Keys that name where or how a run ran, not what it computed.
 NOT_A_SETTING = frozenset({"output_dir", "resume", "reuse_from", "tmux_start_id", "proc_per_server"})
 TREEDPO, WARM = "warm+TreeDPO", "warm-start"
@@ -26,19 +28,19 @@ class ExperimentDirError(ValueError):
     """An experiment directory without a readable report (names the file)."""
 
 
-def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Dotted key -> JSON text of every leaf of a stored config (lists of per-dataset dicts by their name)."""
-    out: dict[str, str] = {}
-    for key, value in cfg.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
-            for item in value:
-                out.update(_flatten({k: v for k, v in item.items() if k != "name"}, f"{name}.{item['name']}."))
-        else:
-            out[name] = json.dumps(value, sort_keys=True)
-    return out
+def _named_lists_as_mappings(value: Any) -> Any:
+    """A stored config with every list of per-dataset dicts (each with a "name") turned into {name: the rest}."""
+    if isinstance(value, Mapping):
+        return {k: _named_lists_as_mappings(v) for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(v, Mapping) and "name" in v for v in value):
+        return {item["name"]: _named_lists_as_mappings({k: v for k, v in item.items() if k != "name"}) for item in value}
+    return value
+
+
+def _flatten(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Dotted key (`config.flat_keys`) -> JSON text of every leaf of a stored config (lists of per-dataset dicts
+    by their name: `datasets.babyai.sample_tasks`)."""
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat_keys(_named_lists_as_mappings(cfg)).items()}
 
 
 def load_experiment(root: str | Path) -> dict[str, Any]:
