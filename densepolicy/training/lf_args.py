@@ -5,7 +5,7 @@ wrong type fails deep inside it (`False is not a valid IntervalStrategy` for ``e
 YAML 1.1 reads as a boolean). `coerce_args` converts every value to the type of its field, or refuses it
 with a one-line `ConfigError` naming the key:
 
-    fields = llamafactory_fields()
+    fields = llamafactory_fields()   # densepolicy.training.lf_fields: the types of its dataclasses (cached)
     values, raw = parse_lf_overrides(["eval_strategy=no", "learning_rate=1e-6", "bf16=false"])
     coerce_args(values, fields, "command line", raw)  # {'eval_strategy': 'no', 'learning_rate': 1e-06, 'bf16': False}
 
@@ -15,12 +15,9 @@ when it is >= 1, so ``warmup_ratio: 1.0`` became a single warm-up step.
 """
 from __future__ import annotations
 
-import dataclasses
 import enum
-import functools
 import math
 import types
-import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
 from densepolicy.config import ConfigError, split_override
@@ -35,31 +32,6 @@ _FALSE = ("false", "no", "off", "0")
 
 class _Mismatch(Exception):
     """A value does not fit a type; the message says what the type expects."""
-
-
-@functools.lru_cache(maxsize=1)
-def llamafactory_fields() -> dict[str, Any]:
-    """{key: type annotation} of every field of LLaMA-Factory's train/export argument dataclasses.
-
-    Raises ImportError when LLaMA-Factory is not importable (callers turn it into a clear message).
-    """
-    from llamafactory.hparams import (  # imported lazily: pulls in transformers (several seconds)
-        DataArguments,
-        FinetuningArguments,
-        GeneratingArguments,
-        ModelArguments,
-        TrainingArguments,
-    )
-
-    fields: dict[str, Any] = {}
-    for cls in (ModelArguments, DataArguments, FinetuningArguments, TrainingArguments, GeneratingArguments):
-        try:
-            hints = typing.get_type_hints(cls)
-        except Exception:  # noqa: BLE001 - an unresolvable annotation somewhere: fall back to the raw ones
-            hints = {}
-        for f in dataclasses.fields(cls):
-            fields.setdefault(f.name, hints.get(f.name, f.type))
-    return fields
 
 
 def parse_lf_overrides(overrides: list[str], source: str = "command line") -> tuple[dict[str, Any], dict[str, str]]:

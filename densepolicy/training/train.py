@@ -65,9 +65,9 @@ from densepolicy.training.launch import (
 )
 from densepolicy.training import lf_fast
 from densepolicy.training.gpu_memory import GpusBusyError, check_gpus_free
+from densepolicy.training.lf_fields import llamafactory_fields
 from densepolicy.training.lf_args import (
     coerce_args,
-    llamafactory_fields,
     merge_overrides,
     parse_lf_overrides,
     translate_warmup,
@@ -182,7 +182,8 @@ def llamafactory_keys() -> set[str]:
 
 
 def _llamafactory_fields() -> dict[str, Any]:
-    """{key: type} of LLaMA-Factory's argument dataclasses (`lf_args.llamafactory_fields`), or a clear error."""
+    """{key: type} of LLaMA-Factory's argument dataclasses (`lf_fields.llamafactory_fields`: cached per installed
+    version), or a clear error."""
     try:  # imported lazily: pulls in transformers (several seconds)
         return llamafactory_fields()
     except ImportError as exc:
