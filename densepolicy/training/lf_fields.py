@@ -61,10 +61,8 @@ def llamafactory_fields() -> dict[str, Any]:
     if path is not None:
         try:
             write_json_atomic(path, {"schema": SCHEMA_VERSION, "fields": encode_fields(fields)})
-        except Uncacheable:
-            pass
-        except OSError:  # a read-only or full cache folder: the check still works, only slower next time
-            pass
+        except (Uncacheable, OSError):  # a type without a stand-in, a read-only or full cache folder: the check
+            pass                        # still works, only slower next time
     return fields
 
 
