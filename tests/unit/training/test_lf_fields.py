@@ -118,3 +118,11 @@ def test_the_cache_key_follows_the_installed_versions(monkeypatch, tmp_path):
     monkeypatch.setattr(lf_fields.importlib.metadata, "version",
                         lambda name: "0.0-other" if name == "transformers" else real_version(name))
     assert lf_fields.cache_file() != before
+
+
+def test_an_unwritable_cache_folder_does_not_stop_the_check(isolated_cache, tmp_path, monkeypatch):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    monkeypatch.setattr(lf_fields, "cache_file", lambda: blocker / "key.json")
+    assert lf_fields.llamafactory_fields().keys() == SYNTHETIC.keys()
+    assert isolated_cache == [1] and blocker.is_file()
