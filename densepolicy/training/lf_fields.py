@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from densepolicy.paths import cache_dir
+from densepolicy.provenance.hashing import digest
 from densepolicy.results_io import write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -108,8 +108,7 @@ def cache_file() -> Path | None:
             key.append([str(source), stat.st_size, stat.st_mtime_ns])
         except OSError:
             key.append([str(source), None])
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    return cache_dir() / "llamafactory_fields" / f"{digest}.json"
+    return cache_dir() / "llamafactory_fields" / f"{digest(key)[:16]}.json"
 
 
 def read_cache(path: Path) -> dict[str, Any] | None:

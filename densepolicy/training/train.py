@@ -184,7 +184,7 @@ def llamafactory_keys() -> set[str]:
 def _llamafactory_fields() -> dict[str, Any]:
     """{key: type} of LLaMA-Factory's argument dataclasses (`lf_fields.llamafactory_fields`: cached per installed
     version), or a clear error."""
-    try:  # imported lazily: pulls in transformers (several seconds)
+    try:  # from the cache; on a miss, importing LLaMA-Factory pulls in transformers (seconds)
         return llamafactory_fields()
     except ImportError as exc:
         raise TrainingError(f"LLaMA-Factory is not importable from {sys.executable} ({exc}); "
