@@ -35,7 +35,7 @@ from typing import Any, Literal
 from densepolicy.config import (ConfigError, describe, from_dict, help_field, parse_overrides, read_yaml,
                                 to_dict)
 from densepolicy.loop_config import LoopConfig, WarmStart, cached_warm_start, load_loop_config
-from densepolicy.loop_stages import (LoopStages, StageError, merged_csv, move_aside, stop_on_signals,
+from densepolicy.loop_stages import (LoopStages, ScreenResult, StageError, merged_csv, move_aside, stop_on_signals,
                                      method_split, task_config, task_ids_setting, train_split)
 from densepolicy.paths import PROJECT_ROOT, resolve, shown
 from densepolicy.postprocess import comparison
@@ -74,6 +74,12 @@ class ExperimentDataset:
     screen_tasks: int = help_field(0, help="Candidate train tasks screened by rollouts (x budget); 0 = no screen, "
                                            "trees on sample_tasks seeded train tasks.")
     screen_samples: int = help_field(4, help="Rollouts per candidate (at eval_temperature); mixed outcomes = kept.")
+    screen: list[str] = help_field([], help="sample_tree.py key=value settings of the screen rollouts, after "
+                                            "`evaluate` (e.g. max_steps=8: the trees' depth, so a screen success is "
+                                            "one a tree can reach).")
+    screen_focus: float = help_field(0.0, help="Share of screen_tasks screened in a second pass, drawn from the task "
+                                               "types (BabyAI levels, ALFWorld task types) whose first-pass rollouts "
+                                               "were neither all solved nor all failed; 0 = one pass.")
 
     def __post_init__(self) -> None:
         if self.eval_samples is not None and self.eval_samples < 0:
@@ -81,6 +87,8 @@ class ExperimentDataset:
         if self.screen_tasks < 0 or self.screen_samples < 2:
             raise ConfigError(f"keys 'datasets.{self.name}.screen_tasks' (>= 0) and 'screen_samples' (>= 2: one "
                               f"rollout cannot be mixed) are out of range")
+        if not 0 <= self.screen_focus < 1:
+            raise ConfigError(f"key 'datasets.{self.name}.screen_focus' must be in [0, 1), got {self.screen_focus}")
 
 
 @dataclasses.dataclass
@@ -145,18 +153,45 @@ class ExperimentConfig(LoopConfig):
         return [f"{model_kind}/sample{k}" for k in range(most)]
 
 
-def select_task_ids(dataset: str, split: str, n: int, seed: int) -> list[str]:
-    """A seeded sample of `n` task ids of a split (all of them when the split is smaller), in split order."""
+def split_task_types(dataset: str, split: str) -> dict[str, str | None]:
+    """The task ids of a split (only the configured `task_type` where the task config names one), in split order,
+    each with its task type (BabyAI: the level; ALFWorld: the task type; None where the env has none)."""
     from envs import load_env
     tcfg = task_config(dataset)
     env = load_env(tcfg.get("env", dataset), split=split)
-    ids = [str(t) for t in env.task_ids()]
+    types = {str(t): env.task_info(t).get("task_type") for t in env.task_ids()}
     if tcfg.get("task_type"):
-        ids = [t for t in ids if env.task_info(t).get("task_type") == tcfg["task_type"]]
+        types = {t: kind for t, kind in types.items() if kind == tcfg["task_type"]}
+    return types
+
+
+def select_task_ids(dataset: str, split: str, n: int, seed: int) -> list[str]:
+    """A seeded sample of `n` task ids of a split (all of them when the split is smaller), in split order."""
+    ids = list(split_task_types(dataset, split))
     if n >= len(ids):
         return ids
     chosen = set(random.Random(f"{seed}:{dataset}:{split}").sample(ids, n))
     return [t for t in ids if t in chosen]
+
+
+def focus_candidates(dataset: str, split: str, first: ScreenResult, n: int, seed: int) -> tuple[list[str], list[str]]:
+    """The screen's second pass: up to `n` more candidates (a seeded sample, in split order) of the task types whose
+    first-pass rollouts, pooled over the type's candidates, were neither all solved nor all failed. Returns (the
+    candidates, those task types). A type always or never solved across its candidates yields few mixed tasks;
+    one with both outcomes (one seed solved, another not, or a mixed seed) is where the mixed ones are."""
+    types = split_task_types(dataset, split)
+    solved: dict[str | None, int] = {}
+    runs: dict[str | None, int] = {}
+    for task, n_solved in first.solved.items():
+        kind = types.get(task)
+        solved[kind] = solved.get(kind, 0) + n_solved
+        runs[kind] = runs.get(kind, 0) + first.rollouts
+    focused = [k for k in runs if k is not None and 0 < solved[k] < runs[k]]
+    pool = [t for t, kind in types.items() if kind in focused and t not in first.solved]
+    if n >= len(pool):
+        return pool, focused
+    chosen = set(random.Random(f"{seed}:{dataset}:{split}:focus").sample(pool, n))
+    return [t for t in pool if t in chosen], focused
 
 
 def training_processes(train_yaml: dict[str, Any]) -> int:
@@ -251,7 +286,7 @@ class Experiment:
             with st.serve(policy, "warm" if r == 1 else f"round{r}") as url:
                 if candidates:
                     with st.stage(f"screen candidate train tasks by rollouts of {name}"):
-                        train_tasks.update(self.screen(policy, url, candidates, prefix))
+                        train_tasks.update(self.screen(policy, url, candidates, prefix, r))
                 train_by_round.append(train_tasks)
                 self.write_tasks(train_by_round, eval_tasks)
                 sample_settings = {d.name: [*d.sample, task_ids_setting(train_tasks[d.name]), "in_context_number=0"]
@@ -346,7 +381,7 @@ class Experiment:
                               f"({run.get('warm_model')}, fingerprint {before_fp}) than this run's "
                               f"({self.info['warm_model']}, {now_fp})")
         copied = []
-        for kind in ("screen", "sample", EVAL_DIRS[WARM]):  # eval_warm/ holds the greedy and the sampled runs
+        for kind in ("screen", "screen_focus", "sample", EVAL_DIRS[WARM]):  # eval_warm/ holds the greedy and the sampled runs
             if (source / kind).is_dir() and not (self.root / kind).exists():
                 shutil.copytree(source / kind, self.root / kind, symlinks=True)
                 copied.append(kind)
@@ -359,14 +394,21 @@ class Experiment:
         cfg = self.cfg
         train_tasks, candidates = {}, {}
         for d in cfg.datasets:
-            n = cfg.scaled(d.screen_tasks) if d.screen_tasks else cfg.scaled(d.sample_tasks)
-            seed = cfg.seed if round_no == 1 else cfg.seed + round_no - 1
-            train_tasks[d.name] = select_task_ids(d.name, train_split(d.name), n, seed)
+            n = cfg.scaled(d.screen_tasks) - self.focus_share(d) if d.screen_tasks else cfg.scaled(d.sample_tasks)
+            train_tasks[d.name] = select_task_ids(d.name, train_split(d.name), n, self.round_seed(round_no))
             if d.screen_tasks:
                 candidates[d.name] = train_tasks[d.name]
             self.stages.say(f"{d.name}: {len(train_tasks[d.name])} {'candidate ' if d.screen_tasks else ''}train "
                             f"tasks ({train_split(d.name)}){'' if round_no == 1 else f', round {round_no}'}")
         return train_tasks, candidates
+
+    def round_seed(self, round_no: int) -> int:
+        """Seed of a round's train-task sample: `seed` in round 1, a new one in each later round."""
+        return self.cfg.seed if round_no == 1 else self.cfg.seed + round_no - 1
+
+    def focus_share(self, d: ExperimentDataset) -> int:
+        """Candidates of `d`'s screen left to its focused second pass (screen_focus x the scaled screen_tasks)."""
+        return round(self.cfg.scaled(d.screen_tasks) * d.screen_focus) if d.screen_tasks else 0
 
     def write_tasks(self, train_by_round: list[dict[str, list[str]]], eval_tasks: dict[str, list[str]]) -> None:
         data: dict[str, object] = {"train": train_by_round[0], "evaluation": eval_tasks}
@@ -447,21 +489,44 @@ class Experiment:
         sample_dirs = {ds: [out[j][ds] for j in jobs if j != kind and ds in out[j]] for ds in greedy}
         return out[kind], {ds: dirs for ds, dirs in sample_dirs.items() if dirs}
 
-    def screen(self, model: str, url: str, candidates: dict[str, list[str]], prefix: str = "") -> dict[str, list[str]]:
-        """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks)."""
+    def screen(self, model: str, url: str, candidates: dict[str, list[str]], prefix: str = "",
+               round_no: int = 1) -> dict[str, list[str]]:
+        """Roll out each candidate train task `screen_samples` times; keep the mixed ones (at most sample_tasks).
+
+        With `screen_focus`, a second pass (`<prefix>screen_focus/`) screens more candidates of the task types the
+        first pass found mixed (`focus_candidates`); the mixed ones of both passes are kept, the first pass's first.
+        """
         cfg = self.cfg
         screened = {d.name: d for d in cfg.datasets if d.name in candidates}
-        settings = {n: [*d.evaluate, "in_context_number=0", f"split={train_split(d.name)}"]
+        settings = {n: [*d.evaluate, *d.screen, "in_context_number=0", f"split={train_split(d.name)}"]
                     for n, d in screened.items()}
         rollouts = {n: d.screen_samples for n, d in screened.items()}
+        procs = self.procs_per_run(max(rollouts.values()))
         results = self.stages.screen(model, url, {n: candidates[n] for n in screened}, settings, rollouts,
-                                     cfg.eval_temperature, cfg.eval_seed + 100, prefix,
-                                     self.procs_per_run(max(rollouts.values())))
+                                     cfg.eval_temperature, cfg.eval_seed + 100, prefix, procs)
+        focus, focus_types = {}, {}
+        for n, d in screened.items():
+            if self.focus_share(d):
+                focus[n], focus_types[n] = focus_candidates(n, train_split(n), results[n], self.focus_share(d),
+                                                            self.round_seed(round_no))
+                self.stages.say(f"{n}: focused screen pass on {len(focus[n])} candidates of the {len(focus_types[n])} "
+                                f"task types the first pass found mixed")
+        focus = {n: ids for n, ids in focus.items() if ids}
+        second = (self.stages.screen(model, url, focus, {n: settings[n] for n in focus}, {n: rollouts[n] for n in focus},
+                                     cfg.eval_temperature, cfg.eval_seed + 100, prefix, procs, name="screen_focus")
+                  if focus else {})
         chosen, record = {}, {}
         for n, d in screened.items():
-            chosen[n] = results[n].mixed()[:cfg.scaled(d.sample_tasks)]
-            record[n] = results[n].record(len(chosen[n]))
-            self.stages.say(f"{n}: {results[n].summary(len(chosen[n]))}")
+            both = ScreenResult({**results[n].solved, **(second[n].solved if n in second else {})}, results[n].rollouts)
+            chosen[n] = both.mixed()[:cfg.scaled(d.sample_tasks)]
+            record[n] = both.record(len(chosen[n]))
+            if n in focus_types:
+                record[n]["first_pass"] = results[n].record(0)
+                record[n]["focused_pass"] = {**(second[n].record(0) if n in second else {"candidates": 0}),
+                                             "task_types": focus_types[n]}
+                for part in ("first_pass", "focused_pass"):
+                    record[n][part].pop("trees", None)
+            self.stages.say(f"{n}: {both.summary(len(chosen[n]))}")
         if not prefix:
             self.remember(screen=record)
         else:
@@ -607,6 +672,16 @@ def per_thousand(pairs: int, nodes: int) -> str:
     return f"{1000 * pairs / nodes:.1f}" if nodes else "–"
 
 
+def focus_note(record: dict) -> str:
+    """The two passes of a focused screen, side by side (the mixed share per candidate is what the focus buys)."""
+    def share(part: dict) -> str:
+        n = part.get("candidates", 0)
+        return f"{part.get('mixed', 0)} of {n} mixed ({100 * part.get('mixed', 0) / n:.1f} %)" if n else "none"
+    focused = record["focused_pass"]
+    return (f" (first pass: {share(record['first_pass'])}; focused pass on the {len(focused['task_types'])} task "
+            f"types mixed in the first: {share(focused)})")
+
+
 def write_report(root: Path, comparisons: list[comparison.EnvComparison], settings: dict) -> Path:
     """report.md, results.csv, paired_tests.csv, per_task.csv, success.png and settings.json in `root` (with sampled
     episodes also sampled_results.csv, paired_rate_tests.csv and per_task_sampled.csv)."""
@@ -639,7 +714,7 @@ def write_report(root: Path, comparisons: list[comparison.EnvComparison], settin
         lines += ["Train-task screen (rollouts of the warm-started model; trees only on mixed outcomes): " + "; ".join(
             f"{k}: {v['mixed']} of {v['candidates']} candidates mixed over {v['rollouts_per_task']} rollouts "
             f"({v['always_solved']} always, {v['never_solved']} never solved), trees on {v['trees']}"
-            for k, v in screen.items()), ""]
+            + (focus_note(v) if "focused_pass" in v else "") for k, v in screen.items()), ""]
     nodes = settings.get("tree_nodes", {})
     if pairs:
         lines += ["Preference pairs from tree sampling: " + ", ".join(

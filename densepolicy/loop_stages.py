@@ -234,12 +234,12 @@ class LoopStages:
 
     def screen(self, model: str, server_url: str, candidates: Mapping[str, Sequence[str]],
                settings: Mapping[str, Sequence[str]], rollouts: Mapping[str, int], temperature: float, seed: int,
-               prefix: str = "", procs: int | None = None) -> dict[str, ScreenResult]:
+               prefix: str = "", procs: int | None = None, name: str = "screen") -> dict[str, ScreenResult]:
         """Train-task screen: roll out each candidate of dataset d `rollouts[d]` times (codeact_agent with
         `settings[d]`, which name the train split; rollout k at `temperature` with sampler seed `seed + k`, into
-        `<root>/<prefix>screen/sample<k>/<d>/`), all against one server. Returns d -> how often each was solved."""
+        `<root>/<prefix><name>/sample<k>/<d>/`), all against one server. Returns d -> how often each was solved."""
         # max_tasks after the settings: an evaluation's own cap (the demo's max_tasks=8) must not cut the screen
-        jobs = {f"{prefix}screen/sample{k}": {
+        jobs = {f"{prefix}{name}/sample{k}": {
                     d: [*settings[d], task_ids_setting(ids), f"max_tasks={len(ids)}", f"temperature={temperature}",
                         f"seed={seed + k}"]
                     for d, ids in candidates.items() if k < rollouts[d]}

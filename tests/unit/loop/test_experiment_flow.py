@@ -188,6 +188,68 @@ def test_screen_grows_trees_only_on_train_tasks_with_mixed_rollouts(tmp_path):
     assert "4 of 12 candidates mixed" in (root / "report.md").read_text()
 
 
+def test_a_focused_screen_draws_its_second_pass_from_the_levels_the_first_found_mixed(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0",
+        "datasets=[{name: babyai, sample_tasks: 40, screen_tasks: 80, screen_samples: 2, screen_focus: 0.5,"
+        " screen: [max_steps=8], evaluate: [max_steps=10], eval_tasks: 4}]"])
+    warm_dir = str(tmp_path / "warm")
+
+    def level(task):
+        return task.rpartition(":")[0]
+
+    def solved(model, task, seed):
+        # GoTo* levels: solved in the first rollout only (every seed mixed); Open*: always; the rest never
+        if model != warm_dir or seed is None or seed < cfg.eval_seed + 100:
+            return False
+        return ("GoTo" in level(task) and seed == cfg.eval_seed + 100) or "-Open" in level(task)
+
+    exp = run_offline(cfg, tmp_path, solved)
+    screens = {c[0]: c for c in exp.stages.calls if "screen" in c[0]}
+    assert list(screens) == ["screen/sample0", "screen/sample1", "screen_focus/sample0", "screen_focus/sample1"]
+
+    def ids(call):
+        (text,) = [s for s in call[2]["babyai"] if s.startswith("task_ids=")]
+        return json.loads(text.split("=", 1)[1])
+
+    first, second = ids(screens["screen/sample0"]), ids(screens["screen_focus/sample0"])
+    assert len(first) == 40 and len(second) == 40 and not set(first) & set(second)
+    first_goto = {level(t) for t in first if "GoTo" in level(t)}
+    assert first_goto and {level(t) for t in second} <= first_goto  # only levels the first pass saw mixed
+    for call in screens.values():  # the screen's own settings come after the evaluation's: max_steps=8 wins
+        sets = call[2]["babyai"]
+        assert sets.index("max_steps=8") > sets.index("max_steps=10") and "split=train" in sets
+    record = json.loads((root / "settings.json").read_text())["screen"]["babyai"]
+    mixed_first = sum("GoTo" in level(t) for t in first)
+    assert record["first_pass"]["mixed"] == mixed_first and record["focused_pass"]["mixed"] == 40
+    assert record["mixed"] == mixed_first + 40 and record["candidates"] == 80
+    assert sorted(record["focused_pass"]["task_types"]) == sorted(first_goto)
+    train = json.loads((root / "tasks.json").read_text())["train"]["babyai"]
+    assert train[:mixed_first] == [t for t in first if "GoTo" in level(t)] and len(train) == 40  # first pass first
+    report = (root / "report.md").read_text()
+    assert f"first pass: {mixed_first} of 40 mixed" in report and "40 of 40 mixed (100.0 %)" in report
+
+
+def test_a_focused_screen_without_mixed_task_types_has_no_second_pass(tmp_path):
+    root = tmp_path / "exp"
+    cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
+        f"output_dir={root}", "budget=1", "evaluate_base=false", "eval_samples=0",
+        "datasets=[{name: babyai, sample_tasks: 4, screen_tasks: 10, screen_samples: 2, screen_focus: 0.5,"
+        " eval_tasks: 4}]"])
+    exp = run_offline(cfg, tmp_path, lambda model, task, seed=None: False)
+    assert not [c for c in exp.stages.calls if c[0].startswith("screen_focus/")]
+    record = json.loads((root / "settings.json").read_text())["screen"]["babyai"]
+    assert record["focused_pass"] == {"candidates": 0, "task_types": []} and record["candidates"] == 5
+
+
+@pytest.mark.parametrize("focus", ["-0.1", "1.0"])
+def test_screen_focus_out_of_range_is_refused_with_its_key(focus):
+    with pytest.raises(ConfigError, match=r"datasets.babyai.screen_focus"):
+        load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml",
+                    [f"datasets=[{{name: babyai, screen_tasks: 10, screen_samples: 2, screen_focus: {focus}}}]"])
+
+
 def test_an_env_without_base_evaluation_is_compared_without_the_base_row(tmp_path):
     root = tmp_path / "exp"
     cfg = load_config(ExperimentConfig, PROJECT_ROOT / "configs" / "experiment.yaml", [
