@@ -407,8 +407,10 @@ class Experiment:
         return self.cfg.seed if round_no == 1 else self.cfg.seed + round_no - 1
 
     def focus_share(self, d: ExperimentDataset) -> int:
-        """Candidates of `d`'s screen left to its focused second pass (screen_focus x the scaled screen_tasks)."""
-        return round(self.cfg.scaled(d.screen_tasks) * d.screen_focus) if d.screen_tasks else 0
+        """Candidates of `d`'s screen left to its focused second pass (screen_focus x the scaled screen_tasks; the
+        first pass keeps at least one, it is what the second is drawn from)."""
+        n = self.cfg.scaled(d.screen_tasks)
+        return min(n - 1, round(n * d.screen_focus)) if d.screen_tasks else 0
 
     def write_tasks(self, train_by_round: list[dict[str, list[str]]], eval_tasks: dict[str, list[str]]) -> None:
         data: dict[str, object] = {"train": train_by_round[0], "evaluation": eval_tasks}
