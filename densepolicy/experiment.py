@@ -523,11 +523,9 @@ class Experiment:
             chosen[n] = both.mixed()[:cfg.scaled(d.sample_tasks)]
             record[n] = both.record(len(chosen[n]))
             if n in focus_types:
-                record[n]["first_pass"] = results[n].record(0)
-                record[n]["focused_pass"] = {**(second[n].record(0) if n in second else {"candidates": 0}),
+                record[n]["first_pass"] = results[n].counts()
+                record[n]["focused_pass"] = {**(second[n].counts() if n in second else {"candidates": 0}),
                                              "task_types": focus_types[n]}
-                for part in ("first_pass", "focused_pass"):
-                    record[n][part].pop("trees", None)
             self.stages.say(f"{n}: {both.summary(len(chosen[n]))}")
         if not prefix:
             self.remember(screen=record)

@@ -76,12 +76,15 @@ class ScreenResult:
         always = [t for t, n in self.solved.items() if n == self.rollouts]
         return [*self.mixed(), *always, *[t for t, n in self.solved.items() if n == 0]]
 
-    def record(self, trees: int) -> dict[str, int]:
-        """The screen's counts for the run's record and report."""
+    def counts(self) -> dict[str, int]:
+        """How many candidates were always, never and sometimes solved."""
         return {"candidates": len(self.solved), "rollouts_per_task": self.rollouts,
                 "always_solved": sum(n == self.rollouts for n in self.solved.values()),
-                "never_solved": sum(n == 0 for n in self.solved.values()), "mixed": len(self.mixed()),
-                "trees": trees}
+                "never_solved": sum(n == 0 for n in self.solved.values()), "mixed": len(self.mixed())}
+
+    def record(self, trees: int) -> dict[str, int]:
+        """The screen's counts and the trees grown, for the run's record and report."""
+        return {**self.counts(), "trees": trees}
 
     def summary(self, trees: int) -> str:
         r = self.record(trees)

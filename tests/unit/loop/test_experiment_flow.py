@@ -32,6 +32,12 @@ class Stages(OfflineStages, LoopStages):
         (out / "config.json").write_text("{}")
 
 
+def task_ids_of(sets):
+    """The task ids a launcher run was given (its `task_ids=` setting)."""
+    (text,) = [s for s in sets if s.startswith("task_ids=")]
+    return json.loads(text.split("=", 1)[1])
+
+
 def run_offline(cfg, tmp_path, solved):
     """`make experiment` with `cfg` on the offline stages (warm start = tmp_path/warm); asserts it exits 0."""
     exp = Experiment(cfg, warm_start=lambda overrides, log: tmp_path / "warm")
@@ -116,7 +122,7 @@ def test_two_rounds_sample_with_the_newest_model_and_train_it_further(tmp_path):
     assert trains == [(warm_dir, "cpu_dpo"), (str(round1), "cpu_dpo")]
     samples = [c for c in calls if c[0] in ("sample", "round2/sample")]
     assert [c[0] for c in samples] == ["sample", "round2/sample"]
-    ids = [json.loads(next(s for s in c[2]["babyai"] if s.startswith("task_ids=")).split("=", 1)[1]) for c in samples]
+    ids = [task_ids_of(c[2]["babyai"]) for c in samples]
     assert ids[0] != ids[1]                                      # new train tasks in the new round
     evals = [c[1] for c in calls if c[0] == "eval_treedpo"]
     assert evals == [str(round2)]                                # the last model is the one evaluated
@@ -174,8 +180,7 @@ def test_screen_grows_trees_only_on_train_tasks_with_mixed_rollouts(tmp_path):
     exp = run_offline(cfg, tmp_path, solved)
     screens = [c for c in exp.stages.calls if c[0].startswith("screen/")]
     assert [c[0] for c in screens] == ["screen/sample0", "screen/sample1", "screen/sample2"]
-    (ids,) = [s for s in screens[0][2]["babyai"] if s.startswith("task_ids=")]
-    candidates = json.loads(ids.split("=", 1)[1])
+    candidates = task_ids_of(screens[0][2]["babyai"])
     assert len(candidates) == 12 and all("split=train" in c[2]["babyai"] for c in screens)
     mixed = [t for t in candidates if kinds[t] % 3 == 2]
     tasks = json.loads((root / "tasks.json").read_text())
@@ -209,11 +214,7 @@ def test_a_focused_screen_draws_its_second_pass_from_the_levels_the_first_found_
     screens = {c[0]: c for c in exp.stages.calls if "screen" in c[0]}
     assert list(screens) == ["screen/sample0", "screen/sample1", "screen_focus/sample0", "screen_focus/sample1"]
 
-    def ids(call):
-        (text,) = [s for s in call[2]["babyai"] if s.startswith("task_ids=")]
-        return json.loads(text.split("=", 1)[1])
-
-    first, second = ids(screens["screen/sample0"]), ids(screens["screen_focus/sample0"])
+    first, second = (task_ids_of(screens[k][2]["babyai"]) for k in ("screen/sample0", "screen_focus/sample0"))
     assert len(first) == 40 and len(second) == 40 and not set(first) & set(second)
     first_goto = {level(t) for t in first if "GoTo" in level(t)}
     assert first_goto and {level(t) for t in second} <= first_goto  # only levels the first pass saw mixed
